@@ -1,0 +1,1 @@
+"""One module per `animdreamer` subcommand (see animdreamer_jax/cli.py)."""

@@ -1,0 +1,36 @@
+"""Benchmarks that print ratios measured in the same run (never timed tests).
+
+  animdreamer bench step [...]   jitted render+loss+grad step: achieved FLOP/s / dense matmul FLOP/s
+  animdreamer bench unet [...]   MVDream UNet forward+VJP: JAX vs the PyTorch diffusers reference
+
+`animdreamer bench <which> --help` lists each benchmark's own flags.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+
+from animdreamer_jax.errors import UserError
+
+BENCHMARKS = {
+    "step": "animdreamer_jax.train.bench_step",
+    "unet": "animdreamer_jax.prior.bench_unet",
+}
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+  parser.add_argument("which", choices=sorted(BENCHMARKS), help="which benchmark")
+  parser.add_argument("rest", nargs=argparse.REMAINDER,
+                      help="the benchmark's own flags (see `bench <which> --help`)")
+
+
+def run(args: argparse.Namespace) -> int:
+  try:
+    module = importlib.import_module(BENCHMARKS[args.which])
+  except ModuleNotFoundError as e:
+    raise UserError(f"benchmark '{args.which}' is not available: {e}") from e
+  parser = argparse.ArgumentParser(prog=f"animdreamer bench {args.which}",
+                                   description=module.__doc__)
+  module.add_arguments(parser)
+  return int(module.run(parser.parse_args(args.rest)) or 0)
