@@ -1,0 +1,207 @@
+"""ml_collections config files: load by path, override from the command line, save.
+
+A config file is a Python file with `get_config() -> ml_collections.ConfigDict`
+(big_vision style; its docstring gives the command, runtime and expected
+result). Fields are overridden with `--config.a.b=value` (or
+`--config.a.b value`); the value is parsed as a Python literal and must match
+the type of the field it replaces, so a typo never silently becomes a new
+field or a string.
+"""
+
+from __future__ import annotations
+
+import ast
+import importlib.util
+import json
+import os
+import pathlib
+import sys
+import tempfile
+from typing import Any, Sequence
+
+import ml_collections
+
+from animdreamer_jax.errors import UserError
+
+OVERRIDE_PREFIX = "--config."
+
+
+def load_config_file(path: str | os.PathLike) -> ml_collections.ConfigDict:
+  """Imports `path` and returns its `get_config()`, locked (no new keys)."""
+  path = pathlib.Path(path)
+  if not path.is_file():
+    raise UserError(f"{path}: config file not found")
+  module_name = f"_animdreamer_config_{abs(hash(str(path.resolve())))}"
+  spec = importlib.util.spec_from_file_location(module_name, path)
+  if spec is None or spec.loader is None:
+    raise UserError(f"{path}: not a Python config file")
+  module = importlib.util.module_from_spec(spec)
+  try:
+    spec.loader.exec_module(module)
+  except Exception as e:  # A broken config file is bad input, not a crash.
+    raise UserError(f"{path}: cannot be loaded: {type(e).__name__}: {e}") from e
+  if not hasattr(module, "get_config"):
+    raise UserError(f"{path}: has no get_config() function")
+  config = module.get_config()
+  if not isinstance(config, ml_collections.ConfigDict):
+    raise UserError(f"{path}: get_config() must return an ml_collections.ConfigDict")
+  config.lock()
+  return config
+
+
+def split_overrides(argv: Sequence[str]) -> tuple[list[str], list[tuple[str, str]]]:
+  """Separates `--config.key=value` / `--config.key value` pairs from other args.
+
+  Returns:
+    (the other arguments in order, [(dotted key, raw value string), ...]).
+  """
+  rest, overrides = [], []
+  i = 0
+  argv = list(argv)
+  while i < len(argv):
+    arg = argv[i]
+    if arg.startswith(OVERRIDE_PREFIX):
+      body = arg[len(OVERRIDE_PREFIX):]
+      if "=" in body:
+        key, value = body.split("=", 1)
+      else:
+        if i + 1 >= len(argv):
+          raise UserError(f"config.{body}: missing value")
+        key, value = body, argv[i + 1]
+        i += 1
+      if not key:
+        raise UserError(f"{arg}: empty config key")
+      overrides.append((key, value))
+    else:
+      rest.append(arg)
+    i += 1
+  return rest, overrides
+
+
+def _parse_value(text: str) -> Any:
+  """Python literal if it parses as one, else the raw string."""
+  lowered = text.strip().lower()
+  if lowered in ("true", "false"):
+    return lowered == "true"
+  if lowered in ("none", "null"):
+    return None
+  try:
+    return ast.literal_eval(text)
+  except (ValueError, SyntaxError):
+    return text
+
+
+def _coerce(key: str, old: Any, new: Any) -> Any:
+  """Returns `new` converted to the type of `old`, or raises UserError."""
+  if old is None:
+    return new
+  if isinstance(old, bool):
+    if isinstance(new, bool):
+      return new
+    if new in (0, 1):
+      return bool(new)
+    raise UserError(f"config.{key}: expected a bool (true/false), got {new!r}")
+  if isinstance(old, int):
+    if isinstance(new, int) and not isinstance(new, bool):
+      return new
+    if isinstance(new, float) and new.is_integer():
+      return int(new)
+    raise UserError(f"config.{key}: expected an int, got {new!r}")
+  if isinstance(old, float):
+    if isinstance(new, (int, float)) and not isinstance(new, bool):
+      return float(new)
+    raise UserError(f"config.{key}: expected a number, got {new!r}")
+  if isinstance(old, str):
+    return str(new) if not isinstance(new, (list, tuple, dict)) else _fail(key, "a string", new)
+  if isinstance(old, (tuple, list)):
+    if isinstance(new, (int, float)) and not isinstance(new, bool):
+      new = (new,)
+    if not isinstance(new, (tuple, list)):
+      raise UserError(f"config.{key}: expected a sequence like (1, 2), got {new!r}")
+    if old and new:
+      new = [_coerce(f"{key}[{i}]", old[0], v) for i, v in enumerate(new)]
+    return type(old)(new)
+  if isinstance(old, ml_collections.ConfigDict):
+    raise UserError(f"config.{key}: is a section; override its fields, e.g. config.{key}.<field>")
+  return new
+
+
+def _fail(key: str, what: str, got: Any) -> Any:
+  raise UserError(f"config.{key}: expected {what}, got {got!r}")
+
+
+def apply_overrides(config: ml_collections.ConfigDict,
+                    overrides: Sequence[tuple[str, str]]) -> ml_collections.ConfigDict:
+  """Applies (dotted key, raw value) pairs in place; unknown key -> UserError."""
+  for key, raw in overrides:
+    parts = key.split(".")
+    node = config
+    for i, part in enumerate(parts[:-1]):
+      if not isinstance(node, ml_collections.ConfigDict) or part not in node:
+        raise UserError(f"config.{'.'.join(parts[:i + 1])}: unknown config key")
+      node = node[part]
+    leaf = parts[-1]
+    if not isinstance(node, ml_collections.ConfigDict) or leaf not in node:
+      raise UserError(f"config.{key}: unknown config key")
+    value = _coerce(key, node[leaf], _parse_value(raw))
+    with node.unlocked():
+      node[leaf] = value
+  return config
+
+
+def load_config(path: str | os.PathLike,
+                overrides: Sequence[tuple[str, str]] | Sequence[str] = ()) -> ml_collections.ConfigDict:
+  """Loads a config file and applies overrides.
+
+  Args:
+    path: the config file.
+    overrides: (dotted key, raw value) pairs, or `--config.key=value` strings.
+  """
+  config = load_config_file(path)
+  pairs = []
+  for item in overrides:
+    if isinstance(item, str):
+      rest, parsed = split_overrides([item])
+      if rest:
+        raise UserError(f"{item}: not a --config.<key>=<value> override")
+      pairs.extend(parsed)
+    else:
+      pairs.append(tuple(item))
+  return apply_overrides(config, pairs)
+
+
+def config_to_dict(config: ml_collections.ConfigDict) -> dict:
+  """Plain JSON-able nested dict (tuples become lists)."""
+  return json.loads(config.to_json())
+
+
+def save_config(config: ml_collections.ConfigDict, path: str | os.PathLike) -> None:
+  """Writes the resolved config as JSON, atomically."""
+  path = pathlib.Path(path)
+  path.parent.mkdir(parents=True, exist_ok=True)
+  text = json.dumps(config_to_dict(config), indent=2, sort_keys=True) + "\n"
+  fd, tmp = tempfile.mkstemp(prefix=path.name + ".tmp-", dir=path.parent)
+  try:
+    with os.fdopen(fd, "w") as f:
+      f.write(text)
+    os.replace(tmp, path)
+  except BaseException:
+    if os.path.exists(tmp):
+      os.unlink(tmp)
+    raise
+
+
+def config_from_dict(data: dict) -> ml_collections.ConfigDict:
+  """Inverse of `config_to_dict` (lists stay lists)."""
+  config = ml_collections.ConfigDict(data)
+  config.lock()
+  return config
+
+
+def describe_overrides(overrides: Sequence[tuple[str, str]]) -> str:
+  return " ".join(f"{OVERRIDE_PREFIX}{k}={v}" for k, v in overrides)
+
+
+if __name__ == "__main__":  # Print a resolved config: python -m ... FILE [--config.k=v]
+  rest_args, pairs_args = split_overrides(sys.argv[1:])
+  print(json.dumps(config_to_dict(load_config(rest_args[0], pairs_args)), indent=2))
