@@ -15,7 +15,7 @@ KHRONOS_FOX = "khronos_fox/Fox.gltf"
 QUATERNIUS_WOLF = "quaternius_animals/Wolf.glb"
 
 
-def _random_sequence(seed=0, frames=5, verts=7, joints=3) -> assets.MeshSequence:
+def _random_sequence(seed=0, frames=5, verts=7, joints=3):
   rng = np.random.default_rng(seed)
   return assets.MeshSequence(
       vertices=rng.normal(size=(frames, verts, 3)).astype(np.float32),

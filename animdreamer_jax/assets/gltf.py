@@ -285,7 +285,7 @@ class _Document:
     else:
       json_bytes = raw
     try:
-      self.json = json.loads(json_bytes.decode("utf-8"))
+      self.json = json.loads(json_bytes.decode("utf-8-sig"))
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
       raise UserError(f"{path}: not a glTF 2.0 file (invalid JSON: {e})") from e
     if not isinstance(self.json, dict) or not str(
