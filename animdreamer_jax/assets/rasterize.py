@@ -182,6 +182,8 @@ def interpolate(raster: Raster, faces: np.ndarray, vertex_values: np.ndarray) ->
   faces = np.asarray(faces)
   vertex_values = np.asarray(vertex_values, dtype=np.float64)
   fid = raster.face_id
-  tri = vertex_values[faces[np.maximum(fid, 0)]]           # (H, W, 3, C)
-  out = np.einsum("hwk,hwkc->hwc", raster.barycentric.astype(np.float64), tri)
-  return np.where(fid[..., None] >= 0, out, 0.0)
+  fg = fid >= 0
+  out = np.zeros(fid.shape + vertex_values.shape[1:], np.float64)
+  tri = vertex_values[faces[fid[fg]]]                        # (N, 3, C)
+  out[fg] = np.einsum("nk,nkc->nc", raster.barycentric[fg].astype(np.float64), tri)
+  return out
