@@ -129,7 +129,7 @@ def _check_array(name: str, a: Any, dtype, shape: tuple) -> np.ndarray:
   """Dtype and shape check; None in `shape` matches any size."""
   if not isinstance(a, np.ndarray):
     raise UserError(f"{name}: expected a NumPy array, got {type(a).__name__}")
-  want = "(" + ", ".join("?" if s is None else str(s) for s in shape) + ")"
+  want = str(tuple("?" if s is None else s for s in shape)).replace("'", "")
   if a.dtype != np.dtype(dtype) or a.ndim != len(shape) or any(
       s is not None and s != n for s, n in zip(shape, a.shape)):
     raise UserError(f"{name}: expected {np.dtype(dtype)} {want}, got {_describe(a)}")
@@ -152,8 +152,10 @@ def _check_cameras(name: str, intrinsics: np.ndarray, w2c: np.ndarray, t: int) -
     raise UserError(f"{name} w2c: last row must be [0, 0, 0, 1]")
   rot = w2c[:, :3, :3].astype(np.float64)
   err = np.abs(rot @ np.swapaxes(rot, 1, 2) - np.eye(3)).max()
-  if err > 1e-3 or np.any(np.linalg.det(rot) <= 0):
-    raise UserError(f"{name} w2c: rotation part is not a proper rotation (error {err:.2g})")
+  det = np.linalg.det(rot).min()
+  if err > 1e-3 or det <= 0:
+    raise UserError(f"{name} w2c: rotation part is not a proper rotation "
+                    f"(orthonormality error {err:.2g}, smallest determinant {det:.3g})")
 
 
 def _check_meta(name: str, meta: Any) -> None:
