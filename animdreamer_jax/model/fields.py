@@ -1,0 +1,186 @@
+"""Canonical-space neural fields (Flax): SDF + colour, feature, visibility, skinning delta.
+
+Architecture follows lab4d's foreground field (`nnutils/nerf.py`,
+`feature.py`, `visibility.py`, `skinning.py`); sizes come from the model
+config so a small CPU model and the lab4d sizes share one code path.
+
+Deliberate differences from lab4d:
+- With a single video, lab4d still concatenates one learned 32-D "instance
+  code" to every field input; that is just an extra bias, so it is omitted.
+  Multi-video conditioning of the canonical field is not implemented (all
+  videos share one canonical shape, as in AnimatableDreamer).
+- The SDF (10 bands), colour (12 bands), feature (6 bands) and visibility
+  (10 bands) encodings share one set of sin/cos evaluations.
+- Per-frame inputs (appearance code, time code) enter through `SplitDense`,
+  so they are multiplied once per frame instead of once per sample.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+from animdreamer_jax.model import encoding
+from animdreamer_jax.model import mlp as mlp_lib
+
+
+def l2_normalize(x: jnp.ndarray, eps: float = 1e-12) -> jnp.ndarray:
+  """x / |x| over the last axis, finite at 0. (..., C) -> (..., C)."""
+  return x * jnp.reciprocal(jnp.sqrt(jnp.maximum(jnp.sum(x * x, -1, keepdims=True), eps)))
+
+
+class CanonicalField(nn.Module):
+  """SDF + RGB + unit-norm feature (+ visibility) at canonical points.
+
+  Submodule (parameter-group) names: `sdf_trunk`, `sdf_head`, `color_mlp`,
+  `rgb_hidden`, `rgb_out` (geometry and colour), `feature_mlp`,
+  `visibility_mlp`.
+
+  Attributes:
+    sdf_depth, sdf_width, sdf_skips, sdf_freqs: geometry trunk (lab4d 8x256,
+      skip at 4, 10 bands, annealed by alpha). The trunk ends with a W -> W
+      ReLU layer (lab4d's `final_act`), then `sdf_head` Linear(W -> 1).
+    color_depth, color_freqs: colour branch MLP (lab4d D=2 on 12 annealed
+      bands) whose W-wide output is ADDED to the trunk features.
+    appearance_dim: width of the per-frame appearance code read by the RGB
+      head (W + A -> W/2 -> 3, sigmoid); 0 disables it.
+    feature_dim, feature_depth, feature_width, feature_freqs: feature field
+      (lab4d 16-D, 5x128, 6 bands, not annealed), L2-normalised output.
+    use_visibility, vis_depth, vis_width, vis_freqs: visibility logit field
+      (lab4d 2x64, 10 bands).
+  """
+  sdf_depth: int = 8
+  sdf_width: int = 256
+  sdf_skips: tuple[int, ...] = (4,)
+  sdf_freqs: int = 10
+  color_depth: int = 2
+  color_freqs: int = 12
+  appearance_dim: int = 32
+  feature_dim: int = 16
+  feature_depth: int = 5
+  feature_width: int = 128
+  feature_freqs: int = 6
+  use_visibility: bool = True
+  vis_depth: int = 2
+  vis_width: int = 64
+  vis_freqs: int = 10
+
+  def setup(self):
+    w = self.sdf_width
+    self.sdf_trunk = mlp_lib.MLP(self.sdf_depth, w, w, self.sdf_skips,
+                                 final_activation=True)
+    self.sdf_head = mlp_lib.TorchDense(1)
+    self.color_mlp = mlp_lib.MLP(self.color_depth, w, w, (),
+                                 final_activation=True)
+    self.rgb_hidden = mlp_lib.SplitDense(w // 2)
+    self.rgb_out = mlp_lib.TorchDense(3)
+    if self.feature_dim > 0:
+      self.feature_mlp = mlp_lib.MLP(self.feature_depth, self.feature_width,
+                                     self.feature_dim, (4,))
+    if self.use_visibility:
+      self.visibility_mlp = mlp_lib.MLP(self.vis_depth, self.vis_width, 1, (4,))
+
+  def _bands(self, x: jnp.ndarray) -> jnp.ndarray:
+    n = max(self.sdf_freqs, self.color_freqs, self.feature_freqs,
+            self.vis_freqs if self.use_visibility else 0, 0)
+    return encoding.fourier_bands(x, n)
+
+  def _geometry(self, x, bands, alpha):
+    trunk = self.sdf_trunk(
+        encoding.features_from_bands(x, bands, self.sdf_freqs, alpha))
+    return self.sdf_head(trunk)[..., 0], trunk
+
+  def sdf(self, x: jnp.ndarray, alpha: Optional[jnp.ndarray] = None) -> jnp.ndarray:
+    """Signed distance (negative inside). (..., 3) -> (...,)."""
+    n = max(self.sdf_freqs, 0)
+    return self._geometry(x, encoding.fourier_bands(x, n), alpha)[0]
+
+  def feature(self, x: jnp.ndarray) -> jnp.ndarray:
+    """Unit-norm feature descriptor. (..., 3) -> (..., feature_dim)."""
+    bands = encoding.fourier_bands(x, max(self.feature_freqs, 0))
+    return self._feature(x, bands)
+
+  def _feature(self, x, bands):
+    raw = self.feature_mlp(encoding.features_from_bands(x, bands, self.feature_freqs))
+    return l2_normalize(raw)
+
+  def visibility(self, x: jnp.ndarray) -> jnp.ndarray:
+    """Visibility logit (> 0: observed). (..., 3) -> (...,)."""
+    bands = encoding.fourier_bands(x, max(self.vis_freqs, 0))
+    return self._visibility(x, bands)
+
+  def _visibility(self, x, bands):
+    return self.visibility_mlp(
+        encoding.features_from_bands(x, bands, self.vis_freqs))[..., 0]
+
+  def __call__(self, x: jnp.ndarray, appearance: Optional[jnp.ndarray] = None,
+               alpha: Optional[jnp.ndarray] = None) -> dict[str, jnp.ndarray]:
+    """Evaluates every field at canonical points.
+
+    Args:
+      x: (..., 3) canonical points.
+      appearance: (..., A) appearance codes broadcastable against x's leading
+        dims (e.g. (F, 1, A) for (F, P, 3) points: one code per frame), or None
+        for a zero code.
+      alpha: coarse-to-fine fraction for the SDF and colour encodings, or None.
+
+    Returns:
+      dict with "sdf" (...,), "rgb" (..., 3) in [0, 1], "feature"
+      (..., feature_dim) unit norm (absent if feature_dim == 0), "vis" (...,)
+      logits (absent if use_visibility is False).
+    """
+    bands = self._bands(x)
+    sdf, trunk = self._geometry(x, bands, alpha)
+    color_feat = trunk + self.color_mlp(
+        encoding.features_from_bands(x, bands, self.color_freqs, alpha))
+    if self.appearance_dim > 0:
+      if appearance is None:
+        appearance = jnp.zeros((1,) * (x.ndim - 1) + (self.appearance_dim,), x.dtype)
+      hidden = self.rgb_hidden(color_feat, appearance)
+    else:
+      hidden = self.rgb_hidden(color_feat)
+    rgb = nn.sigmoid(self.rgb_out(nn.relu(hidden)))
+    out = {"sdf": sdf, "rgb": rgb}
+    if self.feature_dim > 0:
+      out["feature"] = self._feature(x, bands)
+    if self.use_visibility:
+      out["vis"] = self._visibility(x, bands)
+    return out
+
+
+class SkinningDelta(nn.Module):
+  """lab4d's delta-skinning MLP: ReLU(MLP(bone-local coords, time code)) * scale.
+
+  Input: the point's coordinates in all B bone frames (3B numbers, no Fourier
+  features) plus a time code; output: B non-negative offsets subtracted from
+  the skinning logits (they can only reduce a bone's influence).
+
+  Attributes:
+    num_bones: B.
+    depth, width: lab4d 2 x 64.
+    scale: lab4d 0.1.
+  """
+  num_bones: int
+  depth: int = 2
+  width: int = 64
+  scale: float = 0.1
+
+  @nn.compact
+  def __call__(self, local_coords: jnp.ndarray, time_code: jnp.ndarray) -> jnp.ndarray:
+    """Delta skinning.
+
+    Args:
+      local_coords: (..., B, 3) the point in every bone frame, divided by the
+        bones' Gaussian scales (lab4d's `get_gauss_bone_coords`).
+      time_code: (..., T) time code, broadcastable against the leading dims
+        (e.g. (T,) for one frame).
+
+    Returns:
+      (..., B) non-negative offsets.
+    """
+    flat = local_coords.reshape(local_coords.shape[:-2] + (3 * self.num_bones,))
+    raw = mlp_lib.MLP(self.depth, self.width, self.num_bones, (4,), name="mlp")(
+        flat, time_code)
+    return nn.relu(raw) * self.scale
