@@ -434,3 +434,41 @@ def test_synth_cli_bad_input(repo_root, tmp_path, capsys, case):
   lines = err.strip().splitlines()
   assert len(lines) == 1 and lines[0].startswith("error: "), err
   assert not out.exists() and not list(tmp_path.glob("video*"))
+
+
+def test_synth_bundled_fox_writes_full_format(repo_root, tmp_path, capsys):
+  out = tmp_path / "fox"
+  status, err = _synth_in_process(capsys, "--asset", repo_root / "third_party" / "khronos_fox" /
+                                  "Fox.gltf", "--clip", "Run", "--frames", 6, "--res", 32,
+                                  "--out", out)
+  assert status == 0, err
+  video = video_lib.load_video(out)
+  assert video.gt.meshes.skin_weights is not None and video.gt.meshes.joint_positions is not None
+  assert video.mask.any(axis=(1, 2)).all()
+  files = {p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file()}
+  assert files == {"video.json", "rgb.npy", "mask.npy", "depth.npy", "feature.npy",
+                   "cameras.npz", "contact_sheet.png", "gt/meshes.npz", "gt/rest.npz",
+                   "gt/cameras.npz", "gt/face_visible.npy",
+                   *(f"flow_{d}_{g}.npy" for d in ("fw", "bw") for g in (1, 2, 4, 8))}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("animal", ["Fox", "Deer", "Wolf"])
+def test_synth_quaternius_animals(shared_assets, tmp_path, capsys, animal):
+  out = tmp_path / animal
+  status, err = _synth_in_process(capsys, "--asset", shared_assets / "quaternius_animals" /
+                                  f"{animal}.glb", "--clip", "Walk", "--frames", 16,
+                                  "--res", 64, "--camera", "arc", "--out", out)
+  assert status == 0, err
+  video = video_lib.load_video(out)
+  assert 0.3 < video.gt.face_visible.mean() < 1.0  # the arc leaves a side unseen
+
+
+@pytest.mark.slow
+def test_demo_scores_ground_truth_perfectly(tmp_path, capsys):
+  status = cli.main(["demo", "--out", str(tmp_path / "demo"), "--frames", "8", "--res", "32",
+                     "--quiet"])
+  assert status == 0, capsys.readouterr().err
+  report = json.loads((tmp_path / "demo" / "eval_gt.json").read_text())
+  assert report["mean"]["all"]["chamfer"] < 1e-3
+  assert report["mean"]["all"]["fscore@1%"] == pytest.approx(100.0)
