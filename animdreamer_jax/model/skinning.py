@@ -323,6 +323,14 @@ def cycle_distance(x_t: jnp.ndarray, bones_t: Bones, bones_rest: Bones,
 # Bone density prior.
 
 
+def _log_gaussian_bone_density(x: jnp.ndarray, bones: Bones,
+                               radius: float) -> jnp.ndarray:
+  """log of `gaussian_bone_density`, exact even where the density underflows."""
+  dist_sq = jnp.sum((x - bones.trans) ** 2, axis=-1)
+  # max over bones of exp(-d / 2r^2) is the nearest centre's term.
+  return -0.5 * jnp.min(dist_sq) / radius**2
+
+
 def gaussian_bone_density(x: jnp.ndarray, bones: Bones,
                           radius: float = 0.01) -> jnp.ndarray:
   """lab4d's bone density: max_b exp(-0.5 |x - t_b|^2 / radius^2).
@@ -336,19 +344,19 @@ def gaussian_bone_density(x: jnp.ndarray, bones: Bones,
     radius: Gaussian standard deviation.
 
   Returns:
-    () density in (0, 1].
+    () density in [0, 1].
   """
-  dist_sq = jnp.sum((x - bones.trans) ** 2, axis=-1)
-  # max over bones of exp(-d/2r^2) = exp of the nearest centre's term.
-  return jnp.exp(-0.5 * jnp.min(dist_sq) / radius**2)
+  return jnp.exp(_log_gaussian_bone_density(x, bones, radius))
 
 
 def gaussian_bone_sdf(x: jnp.ndarray, bones: Bones, radius: float = 0.01,
                       bias: float = 0.0) -> jnp.ndarray:
   """Signed distance proxy of the bone density: -logit(density) + bias.
 
-  The density is clamped to [1e-6, 1 - 1e-6] first (as in lab4d), so the SDF
-  lies in about [-13.8, 13.8]. Used to initialise the canonical SDF.
+  As in lab4d the density is clamped to [1e-6, 1 - 1e-6] first, so the SDF
+  lies in [-13.8155, 13.8155] (+ bias); the clamp is applied to log(density)
+  and the logit is formed as log(-expm1(L)) - L, which keeps float32 exact near
+  the bone centres. Used to initialise the canonical SDF of skeleton models.
 
   Args:
     x: (3,) point.
@@ -359,8 +367,9 @@ def gaussian_bone_sdf(x: jnp.ndarray, bones: Bones, radius: float = 0.01,
   Returns:
     () SDF value (negative inside).
   """
-  density = jnp.clip(gaussian_bone_density(x, bones, radius), 1e-6, 1.0 - 1e-6)
-  return -(jnp.log(density) - jnp.log1p(-density)) + bias
+  log_density = jnp.clip(_log_gaussian_bone_density(x, bones, radius),
+                         jnp.log(1e-6), jnp.log1p(-1e-6))
+  return jnp.log(-jnp.expm1(log_density)) - log_density + bias
 
 
 # ----------------------------------------------------------------------------
