@@ -25,9 +25,10 @@ DensityFn = Callable[[jnp.ndarray, jnp.ndarray], jnp.ndarray]
 def laplace_cdf_neg(sdf: jnp.ndarray, beta: jnp.ndarray) -> jnp.ndarray:
   """Psi_beta(-sdf): 1 - 0.5 exp(sdf / beta) inside, 0.5 exp(-sdf / beta) outside.
 
-  Written with expm1 on a non-positive argument in each branch (no overflow,
-  no cancellation near sdf = 0), and with a "double where" so the gradient is
-  exact everywhere, including sdf = 0 (where lab4d's sign() form gives 0).
+  Each branch is evaluated without cancellation (exp of a non-positive number
+  outside, 0.5 - 0.5 expm1(.) inside; lab4d's single expm1 form underflows to 0
+  in the far tail), and a "double where" keeps the gradient exact everywhere,
+  including sdf = 0 (where lab4d's sign() form gives 0).
 
   Args:
     sdf: (...) signed distances.
@@ -39,8 +40,7 @@ def laplace_cdf_neg(sdf: jnp.ndarray, beta: jnp.ndarray) -> jnp.ndarray:
   outside = sdf > 0
   # -|sdf| / beta, with the derivative of the branch actually taken.
   neg_abs = jnp.where(outside, -sdf, sdf) / beta
-  half_em1 = 0.5 * jnp.expm1(neg_abs)
-  return jnp.where(outside, 0.5 + half_em1, 0.5 - half_em1)
+  return jnp.where(outside, 0.5 * jnp.exp(neg_abs), 0.5 - 0.5 * jnp.expm1(neg_abs))
 
 
 def volsdf_density(sdf: jnp.ndarray, beta: jnp.ndarray) -> jnp.ndarray:
