@@ -14,6 +14,7 @@ transpose. The fused `in_proj` (q, k, v rows stacked) is kept fused.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import re
 from collections.abc import Mapping
 from typing import Any
@@ -187,9 +188,10 @@ def init_text_encoder_params(config: TextEncoderConfig, rng: jax.Array) -> dict:
   return OpenClipTextEncoder(config).init(rng, tokens)["params"]
 
 
+@functools.partial(jax.jit, static_argnames=("config", "dtype"))
 def encode_text(params: Any, tokens: jax.Array, config: TextEncoderConfig,
                 dtype: Any = jnp.float32) -> jax.Array:
-  """Pure wrapper: tokens int (B, L) -> context (B, L, width) float32."""
+  """Jitted pure wrapper: tokens int (B, L) -> context (B, L, width) float32."""
   return OpenClipTextEncoder(config, dtype=dtype).apply({"params": params}, tokens)
 
 

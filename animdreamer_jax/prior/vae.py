@@ -20,6 +20,7 @@ Parameter names mirror the LDM state dict (`encoder.down.1.block.0.conv1.weight`
 from __future__ import annotations
 
 import dataclasses
+import functools
 import re
 from collections.abc import Mapping
 from typing import Any
@@ -274,6 +275,14 @@ def posterior_sample(mean: jax.Array, logvar: jax.Array, noise: jax.Array) -> ja
   return mean + jnp.exp(0.5 * logvar) * noise
 
 
+@functools.partial(jax.jit, static_argnames=("config", "dtype"))
+def encode_moments(params: Any, images: jax.Array, config: VaeConfig, dtype: Any = jnp.float32
+                  ) -> tuple[jax.Array, jax.Array]:
+  """Jitted `AutoencoderKL.encode`: images (N, H, W, 3) in [-1, 1] -> (mean, logvar) (N, H/f, W/f, z)."""
+  return AutoencoderKL(config, dtype).apply({"params": params}, images, method=AutoencoderKL.encode)
+
+
+@functools.partial(jax.jit, static_argnames=("config", "dtype"))
 def encode_to_latents(params: Any, images: jax.Array, config: VaeConfig,
                       key: jax.Array | None = None, dtype: Any = jnp.float32) -> jax.Array:
   """Images (N, H, W, 3) in [-1, 1] -> diffusion latents `scale * z` (N, H/f, W/f, z).
@@ -281,12 +290,12 @@ def encode_to_latents(params: Any, images: jax.Array, config: VaeConfig,
   z is a posterior sample drawn with `key` (MVDream's SDS uses `.sample()`), or the posterior mean when
   `key` is None. Differentiable w.r.t. `images` (CSD backpropagates through it).
   """
-  mean, logvar = AutoencoderKL(config, dtype).apply({"params": params}, images,
-                                                    method=AutoencoderKL.encode)
+  mean, logvar = encode_moments(params, images, config, dtype)
   z = mean if key is None else posterior_sample(mean, logvar, jax.random.normal(key, mean.shape))
   return config.scale_factor * z
 
 
+@functools.partial(jax.jit, static_argnames=("config", "dtype"))
 def decode_latents(params: Any, latents: jax.Array, config: VaeConfig,
                    dtype: Any = jnp.float32) -> jax.Array:
   """Diffusion latents (N, h, w, z) -> images (N, f h, f w, 3), unclipped, roughly [-1, 1]."""
