@@ -13,6 +13,7 @@ import pytest
 
 from animdreamer_jax import assets
 from animdreamer_jax import cli
+from animdreamer_jax.assets import rasterize as rz
 from animdreamer_jax.data import synthetic
 from animdreamer_jax.data import video as video_lib
 
@@ -249,8 +250,14 @@ def test_normalisation_and_ground_truth(tube_video):
                              gt.meshes.vertices, atol=1e-6)
   np.testing.assert_allclose(norm["scale"], 1 / np.linalg.norm(
       seq.rest_vertices.max(0) - seq.rest_vertices.min(0)), rtol=1e-6)
-  # face_visible == union of the faces drawn: re-rasterise two frames independently.
+  # face_visible == union over frames of the faces in the id buffers (re-rasterised here).
   assert gt.face_visible.dtype == bool and gt.face_visible.shape == (len(seq.faces),)
+  union = np.zeros(len(seq.faces), bool)
+  for t in range(video.num_frames):
+    cam = synthetic.to_camera(gt.meshes.vertices[t], gt.w2c[t])
+    ids = rz.rasterize(cam, gt.meshes.faces, gt.intrinsics[t], 64, 64).face_id
+    union[ids[ids >= 0]] = True
+  np.testing.assert_array_equal(gt.face_visible, union)
   assert 0.5 < gt.face_visible.mean() <= 1
 
 
@@ -330,9 +337,12 @@ def test_paths_framing_and_visibility():
                              progress=False)
   fixed = synthetic.synthesize(seq, synthetic.SynthOptions(camera_path="fixed", **opts),
                                progress=False)
-  centres = lambda v: np.stack([-m[:3, :3].T @ m[:3, 3] for m in v.gt.w2c])  # noqa: E731
-  az = lambda v: np.degrees(np.arctan2(centres(v)[:, 0] - v.meta["source"]["camera"]["target"][0],  # noqa: E731
-                                       centres(v)[:, 2] - v.meta["source"]["camera"]["target"][2]))
+  def az(v):
+    """Camera azimuths (degrees) about the look-at point."""
+    c = np.stack([-m[:3, :3].T @ m[:3, 3] for m in v.gt.w2c])
+    c -= np.asarray(v.meta["source"]["camera"]["target"])
+    return np.degrees(np.arctan2(c[:, 0], c[:, 2]))
+
   steps = np.diff(np.unwrap(np.radians(az(orbit))))
   np.testing.assert_allclose(np.degrees(steps), 360 / 24, atol=1e-3)
   np.testing.assert_allclose(az(arc)[[0, -1]], [60, 120], atol=1e-3)

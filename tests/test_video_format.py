@@ -73,7 +73,8 @@ def test_round_trip(video, folder):
   meta = json.loads((folder / "video.json").read_text())
   assert meta == loaded.meta
   assert meta["format"] == "animdreamer-video" and meta["version"] == 1
-  assert (meta["num_frames"], meta["height"], meta["width"], meta["feature_dim"]) == (T, RES, RES, 16)
+  sizes = (meta["num_frames"], meta["height"], meta["width"], meta["feature_dim"])
+  assert sizes == (T, RES, RES, 16)
   assert meta["feature_kind"] == "oracle" and meta["camera_path"] == "orbit"
   assert meta["source"]["asset"] == "twisting_box"
   gt, want = loaded.gt, video.gt

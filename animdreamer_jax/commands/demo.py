@@ -18,7 +18,8 @@ import time
 
 from animdreamer_jax.errors import UserError
 
-DEMO_ASSET = pathlib.Path(__file__).resolve().parents[2] / "third_party" / "khronos_fox" / "Fox.gltf"
+REPO_ROOT = pathlib.Path(__file__).resolve().parents[2]
+DEMO_ASSET = REPO_ROOT / "third_party" / "khronos_fox" / "Fox.gltf"
 DEMO_CLIP = "Walk"
 
 

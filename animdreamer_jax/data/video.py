@@ -12,10 +12,11 @@ A video folder DIR holds (T frames of H x W pixels, C feature channels):
   mask.npy          uint8   (T, H, W)     1 = foreground
   depth.npy         float32 (T, H, W)     camera-space z of the visible surface, 0 on background
   feature.npy       float16 (T, H, W, C)  unit-norm on foreground, 0 on background
-  flow_fw_<d>.npy   float16 (T, H, W, 3)  for each gap d: (dx, dy, valid), the pixel displacement of
-                                          the surface point seen at pixel (u, v) of frame t to its
-                                          projection in frame t + d; valid = 1 only if t + d < T, the
-                                          pixel is foreground and the point is visible in frame t + d
+  flow_fw_<d>.npy   float16 (T, H, W, 3)  for each gap d: (dx, dy, valid), the pixel displacement
+                                          of the surface point seen at pixel (u, v) of frame t to
+                                          its projection in frame t + d; valid = 1 only if
+                                          t + d < T, the pixel is foreground and the point is
+                                          visible in frame t + d
   flow_bw_<d>.npy   float16 (T, H, W, 3)  the same from frame t to frame t - d
   cameras.npz       intrinsics float32 (T, 4) fx, fy, cx, cy; w2c float32 (T, 4, 4): the cameras
                     reconstruction uses (ground truth, or noisy when noise was requested)
@@ -392,7 +393,8 @@ def write_video(path: str | os.PathLike, video: Video, overwrite: bool = False,
     if video.gt is not None:
       _write_gt(tmp / "gt", video.gt)
     if contact_sheet:
-      from animdreamer_jax.data import contact_sheet as sheet  # pylint: disable=import-outside-toplevel
+      # pylint: disable-next=import-outside-toplevel
+      from animdreamer_jax.data import contact_sheet as sheet
       sheet.write_png(tmp / "contact_sheet.png", sheet.make_contact_sheet(video))
     if root.exists():
       # Move the old folder aside first so that DIR is never half old, half new.
