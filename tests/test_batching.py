@@ -52,7 +52,7 @@ def test_batch_values_match_direct_lookup(seed):
     first = n < num_pairs
     assert (partner > t) == first
     for j in range(k):
-      u, v = b.pixel[n, j] - 0.5
+      u, v = b.uv[n, j]
       assert u == int(u) and v == int(v)
       u, v = int(u), int(v)
       np.testing.assert_allclose(b.rgb[n, j], rgb[t, v, u] / 255.0, rtol=1e-6)
@@ -76,11 +76,11 @@ def test_sampling_is_deterministic_and_covers_gaps():
   sample = jax.jit(batching.sample_batch, static_argnums=(2, 3, 4))
   a = sample(video, jax.random.PRNGKey(5), 64, 4, 0.5)
   b = sample(video, jax.random.PRNGKey(5), 64, 4, 0.5)
-  np.testing.assert_array_equal(a.pixel, b.pixel)
+  np.testing.assert_array_equal(a.uv, b.uv)
   gaps = np.abs(np.asarray(a.partner_frame) - np.asarray(a.frame_index))
   assert set(gaps.tolist()) == set(GAPS)
   # Pixels are spread over the foreground: many distinct ones.
-  assert len({tuple(p) for p in np.asarray(a.pixel).reshape(-1, 2).tolist()}) > 20
+  assert len({tuple(p) for p in np.asarray(a.uv).reshape(-1, 2).tolist()}) > 20
 
 
 def test_bad_inputs():

@@ -64,7 +64,8 @@ class Batch:
     frame_index: (N,) int32 video frame of each row.
     partner_frame: (N,) int32 video frame of each row's partner.
     partner_index: (N,) int32 row of each row's partner.
-    pixel: (N, K, 2) float32 pixel-centre coordinates (u + 0.5, v + 0.5).
+    uv: (N, K, 2) float32 pixel indices (column u, row v); the pixel's centre is
+      at (u + 0.5, v + 0.5) (geometry.rays convention).
     rgb: (N, K, 3) float32 in [0, 1].
     mask: (N, K) float32 foreground.
     depth: (N, K) float32.
@@ -75,7 +76,7 @@ class Batch:
   frame_index: jnp.ndarray
   partner_frame: jnp.ndarray
   partner_index: jnp.ndarray
-  pixel: jnp.ndarray
+  uv: jnp.ndarray
   rgb: jnp.ndarray
   mask: jnp.ndarray
   depth: jnp.ndarray
@@ -253,13 +254,13 @@ def sample_batch(video: DeviceVideo, key: jax.Array, num_pairs: int, pixels_per_
   flow_bw = video.flow_bw[gap_rows[:, None], frames[:, None], idx]
   is_first = (rows < num_pairs)[:, None, None]
   flow = jnp.where(is_first, flow_fw, flow_bw).astype(jnp.float32)
-  u = (idx % video.width).astype(jnp.float32) + 0.5
-  v = (idx // video.width).astype(jnp.float32) + 0.5
+  u = (idx % video.width).astype(jnp.float32)
+  v = (idx // video.width).astype(jnp.float32)
   return Batch(
       frame_index=frames,
       partner_frame=partners,
       partner_index=partner_index.astype(jnp.int32),
-      pixel=jnp.stack([u, v], axis=-1),
+      uv=jnp.stack([u, v], axis=-1),
       rgb=gather(video.rgb).astype(jnp.float32) / 255.0,
       mask=gather(video.mask).astype(jnp.float32),
       depth=gather(video.depth),
@@ -269,6 +270,6 @@ def sample_batch(video: DeviceVideo, key: jax.Array, num_pairs: int, pixels_per_
 
 
 def image_pixels(height: int, width: int) -> np.ndarray:
-  """(H*W, 2) float32 pixel centres in raster order, for rendering whole images."""
+  """(H*W, 2) float32 pixel indices (u, v) in raster order, for rendering whole images."""
   v, u = np.meshgrid(np.arange(height), np.arange(width), indexing="ij")
-  return np.stack([u.ravel() + 0.5, v.ravel() + 0.5], axis=-1).astype(np.float32)
+  return np.stack([u.ravel(), v.ravel()], axis=-1).astype(np.float32)

@@ -198,6 +198,79 @@ def config_from_dict(data: dict) -> ml_collections.ConfigDict:
   return config
 
 
+# ----------------------------------------------------------------------------
+# Defaults shared by configs/extract_*.py (lab4d's values unless noted).
+
+# Lengths of the model in lab4d's field units (object ~0.2-0.4 across) scaled
+# to the normalised sequences here (rest bbox diagonal 1): x2.5.
+_LENGTH_SCALE = 2.5
+
+
+def extract_base_config(model_preset: str = "cpu") -> ml_collections.ConfigDict:
+  """Every field the extraction stage reads, with lab4d's defaults.
+
+  Args:
+    model_preset: "lab4d" (8x256 trunk, 5x256 time MLPs), "cpu" (6x128, 3x128)
+      or "tiny" (tests); see animdreamer_jax.model.articulated_model.
+  """
+  import dataclasses  # pylint: disable=g-import-not-at-top
+  from animdreamer_jax.model import articulated_model  # pylint: disable=g-import-not-at-top
+  presets = {"lab4d": articulated_model.lab4d_config, "cpu": articulated_model.cpu_config,
+             "tiny": articulated_model.tiny_config}
+  if model_preset not in presets:
+    raise UserError(f"model_preset: unknown preset {model_preset!r}; use one of {sorted(presets)}")
+  model = dataclasses.asdict(presets[model_preset]())
+  model.pop("video_lengths")  # both come from the video
+  model.pop("image_size")
+  model = {k: (tuple(v) if isinstance(v, list) else v) for k, v in model.items()}
+  model.update(
+      sphere_radius=0.1 * _LENGTH_SCALE, init_gauss_scale=0.03 * _LENGTH_SCALE,
+      bone_trans_scale=0.1 * _LENGTH_SCALE, bone_density_radius=0.01 * _LENGTH_SCALE,
+      init_bone_beta=0.01 * _LENGTH_SCALE)
+
+  c = ml_collections.ConfigDict()
+  c.model_preset = model_preset
+  c.model = ml_collections.ConfigDict(model)
+  # Batches: lab4d 128 pairs x 2 frames x 16 pixels = 4096 rays per step.
+  c.data = ml_collections.ConfigDict(dict(pairs_per_batch=128, pixels_per_frame=16,
+                                          fg_fraction=0.5))
+  c.render = ml_collections.ConfigDict(dict(
+      num_samples=64, density="volsdf", blend="dqs",
+      eikonal_ray_fraction=1.0 / 16, match_candidates=1024,
+      eval_samples=32, eval_importance_samples=32, eval_chunk=4096))
+  c.loss = ml_collections.ConfigDict()
+  c.loss.weights = ml_collections.ConfigDict(dict(
+      mask=0.1, rgb=0.1, depth=0.0, flow=0.5, feature=1e-2, feat_reproj=5e-2, vis=0.0,
+      eikonal=1e-3, cycle=1e-2, delta_skin=5e-3, skin_entropy=5e-4, gauss_skin=1e-3,
+      gauss_mask=1e-2, cam_prior=0.1))
+  c.loss.train_res = 0.0  # 0: max(H, W) of the video (flows are in its pixels)
+  c.loss.gauss_skin_points = 2048
+  # Schedule lengths as fractions of training: lab4d's eikonal ramp, bone-mask
+  # decay and coarse-to-fine window end at step 4000 of its 4000-step default
+  # run, its camera prior at step 800 (so they keep their shape in short runs).
+  c.loss.schedules = ml_collections.ConfigDict(dict(
+      eikonal_fraction=1.0, cam_prior_fraction=0.2, gauss_mask_fraction=1.0,
+      pos_alpha_start=0.6, pos_alpha_fraction=1.0))
+  c.optim = ml_collections.ConfigDict(dict(
+      lr=5e-4, warmup_fraction=0.1, initial_div=25.0, final_div=25.0,
+      explicit_lr_multiplier=10.0, weight_decay=1e-4, b1=0.9, b2=0.999, eps=1e-8,
+      clip_norm=5.0,
+      explicit_params=("log_gauss", "logibeta", "logsigma", "base_quat", "base_logfocal",
+                       "base_ppoint")))
+  c.train = ml_collections.ConfigDict(dict(
+      seed=0, num_rounds=20, iters_per_round=200,
+      grad_spike_threshold=5.0, max_nonfinite_steps=3,
+      checkpoint_every_rounds=1, keep_checkpoints=2,
+      log_every=10, tensorboard=True, log_image_every_rounds=1, log_image_frame=0,
+      mc_resolution=64, mc_level=0.0, mc_extend=0.5, geometry_ema=0.9,
+      near_far_tolerance=1.5, proxy_points=1024, init_aabb_half=0.6,
+      init_root_steps=500, init_sdf_steps=500, use_video_intrinsics=True))
+  c.extract = ml_collections.ConfigDict(dict(
+      mc_resolution=128, mc_level=0.0, mesh_frame="object", eval_samples=10000,
+      contact_frames=6, video_fps=0.0, render_stride=1))
+  return c
+
+
 def describe_overrides(overrides: Sequence[tuple[str, str]]) -> str:
   return " ".join(f"{OVERRIDE_PREFIX}{k}={v}" for k, v in overrides)
 

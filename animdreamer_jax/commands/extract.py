@@ -1,0 +1,98 @@
+"""Train an animatable model from a video folder, then export meshes and scores.
+
+  bin/animdreamer extract --config configs/extract_demo_cpu.py --video DIR --workdir RUN \\
+      [--config.train.num_rounds=4 ...] [--resume]
+
+Any config field can be overridden with --config.<a.b>=<value> (type-checked;
+an unknown key is an error). A run folder that already holds a checkpoint is
+resumed automatically (--resume only makes a missing checkpoint an error).
+The run folder ends with config.json, checkpoints/, tensorboard/, rest.npz,
+meshes.npz (per-frame meshes), motion.npz, bones.npz, reconstruction.mp4,
+contact_sheet.png and, when the video has ground truth, metrics.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import pathlib
+import sys
+from typing import Any, Sequence
+
+from animdreamer_jax.errors import UserError
+from animdreamer_jax.train import config as config_lib
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+  parser.add_argument("--config", required=True, help="config file (configs/extract_*.py)")
+  parser.add_argument("--video", required=True, help="video folder (see `animdreamer synth`)")
+  parser.add_argument("--workdir", required=True, help="run folder (created; resumed if it has a checkpoint)")
+  parser.add_argument("--resume", action="store_true",
+                      help="require a checkpoint in --workdir and continue from it")
+  parser.epilog = "Override config fields with --config.<key>=<value>, e.g. --config.train.num_rounds=2"
+  # The CLI calls parser.parse_args(); argparse cannot declare a family of
+  # `--config.*` options, so this parser separates them first.
+  plain_parse = parser.parse_args
+
+  def parse_args(args: Sequence[str] | None = None, namespace=None):
+    argv = sys.argv[1:] if args is None else list(args)
+    rest, overrides = config_lib.split_overrides(argv)
+    parsed = plain_parse(rest, namespace)
+    parsed.config_overrides = overrides
+    return parsed
+
+  parser.parse_args = parse_args  # type: ignore[method-assign]
+
+
+def run_extraction(config: Any, video_dir: str | pathlib.Path, workdir: str | pathlib.Path,
+                   resume: bool = False, overrides: Sequence[Any] = (),
+                   progress: bool = True) -> dict:
+  """Trains on a video and writes the run folder; the `demo` command calls this.
+
+  Args:
+    config: an ml_collections ConfigDict or the path of a config file.
+    video_dir: the video folder.
+    workdir: the run folder.
+    resume: require an existing checkpoint (a run folder with one is resumed anyway).
+    overrides: (key, value-string) pairs or "--config.k=v" strings (with a path config).
+    progress: show the tqdm progress bar.
+
+  Returns:
+    {"workdir", "meshes", "rest_mesh", "metrics" (dict or None), "metrics_path",
+     "steps", "train_seconds", ...} (see extract_outputs.write_outputs).
+
+  Raises:
+    UserError: bad config, video or run folder; nothing is written in that case.
+  """
+  from animdreamer_jax.train import loop  # pylint: disable=g-import-not-at-top
+  if isinstance(config, (str, pathlib.Path)):
+    config = config_lib.load_config(config, overrides)
+  elif overrides:
+    config = config_lib.apply_overrides(config, [tuple(o) for o in overrides])
+  return loop.run_extraction(config, pathlib.Path(video_dir), pathlib.Path(workdir),
+                             resume=resume, progress=progress)
+
+
+def _fmt(x: Any) -> str:
+  return "n/a" if x is None else f"{x:.4g}"
+
+
+def run(args: argparse.Namespace) -> int:
+  result = run_extraction(args.config, args.video, args.workdir, resume=args.resume,
+                          overrides=getattr(args, "config_overrides", []))
+  print(f"run folder: {result['workdir']}")
+  print(f"per-frame meshes: {result['meshes']}")
+  metrics = result.get("metrics")
+  if metrics:
+    mean = metrics["mean"]["all"]
+    print(f"chamfer: {_fmt(mean.get('chamfer'))} (normalised units; 0.02 = 2% of the bbox diagonal)"
+          f"  F@2%: {_fmt(mean.get('fscore@2%'))}  F@5%: {_fmt(mean.get('fscore@5%'))}")
+    if "unseen" in metrics["mean"]:
+      unseen = metrics["mean"]["unseen"]
+      print(f"never-seen side: chamfer {_fmt(unseen.get('chamfer'))}  F@2% {_fmt(unseen.get('fscore@2%'))}")
+    print(f"metrics: {result['metrics_path']}")
+  else:
+    print("the video has no ground truth: no metrics")
+  return 0
+
+
+__all__ = ["add_arguments", "run", "run_extraction", "UserError"]

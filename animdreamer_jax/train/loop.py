@@ -1,0 +1,254 @@
+"""The host training loop: rounds of jitted steps, rollback, geometry updates, logging.
+
+One round = `train.iters_per_round` calls of the jitted, state-donating step
+(`step.make_train_step`). The host
+
+- computes the scheduled scalars (learning rate, loss weights, coarse-to-fine
+  alpha) for every step and passes them as arguments;
+- reads back a few scalars per step (loss, grad norm, finite/applied flags):
+  a step whose gradient is non-finite or above `train.grad_spike_threshold`
+  was not applied by the step itself, and the host restores the parameters
+  and optimiser state cached at the start of the round before last (lab4d's
+  rollback); `train.max_nonfinite_steps` non-finite steps in a row stop the
+  run with a clear message (the last good checkpoint is kept);
+- between rounds, runs marching cubes on the canonical SDF and refreshes the
+  proxy surface points, the bounding box (EMA) and per-frame near/far (EMA)
+  in `state.aux`;
+- writes TensorBoard scalars (tensorboardX) and one rendered image per round,
+  and a checkpoint every `train.checkpoint_every_rounds` rounds.
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+import pathlib
+import shutil
+import time
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from animdreamer_jax.data import batching
+from animdreamer_jax.errors import UserError
+from animdreamer_jax.train import checkpoint as checkpoint_lib
+from animdreamer_jax.train import config as config_lib
+from animdreamer_jax.train import extract_outputs
+from animdreamer_jax.train import state as state_lib
+from animdreamer_jax.train import step as step_lib
+
+
+class TrainingDiverged(UserError):
+  """Raised when the loss stays non-finite after rollbacks."""
+
+
+def total_steps(config: ml_collections.ConfigDict) -> int:
+  return int(config.train.num_rounds) * int(config.train.iters_per_round)
+
+
+# ----------------------------------------------------------------------------
+# Geometry bookkeeping between rounds (lab4d MultiFields.update_geometry_aux).
+
+
+def update_geometry(state: state_lib.TrainState, trainer: "Trainer",
+                    ema: float | None = None) -> tuple[state_lib.TrainState, dict]:
+  """Marching cubes of the canonical SDF -> proxy points, AABB (EMA), near/far (EMA).
+
+  Args:
+    state: the train state (its aux is replaced).
+    trainer: the Trainer (config, jitted SDF and root-pose functions).
+    ema: EMA factor of the old values (None: config.train.geometry_ema; 0 at
+      start-up replaces the placeholders outright).
+
+  Returns the new state and a dict of host statistics for logging. If the
+  SDF has no zero crossing in the box, the previous proxy is kept.
+  """
+  cfg = trainer.config.train
+  aux = {k: np.asarray(v) for k, v in state.aux.items()}
+  params = state.params
+  aabb = aux["aabb"]
+  search = extract_outputs.extend_aabb(aabb, cfg.mc_extend)
+  verts, faces = extract_outputs.extract_mesh(trainer.sdf_fn(params), search, cfg.mc_resolution,
+                                              level=cfg.mc_level, largest=True)
+  stats = {"proxy_vertices": float(verts.shape[0])}
+  if faces.shape[0] == 0:
+    return state, stats
+  ema = cfg.geometry_ema if ema is None else ema
+  new_aabb = np.stack([verts.min(0), verts.max(0)]).astype(np.float32)
+  aux["aabb"] = (ema * aabb + (1 - ema) * new_aabb).astype(np.float32)
+  rng = np.random.default_rng(int(state.step))
+  aux["proxy_points"] = extract_outputs.sample_surface(verts, faces, aux["proxy_points"].shape[0], rng)
+  root = np.asarray(trainer.root_poses_fn(params))
+  near_far = extract_outputs.near_far_from_points(verts, root, tolerance=cfg.near_far_tolerance)
+  aux["near_far"] = (ema * aux["near_far"] + (1 - ema) * near_far).astype(np.float32)
+  stats.update(aabb_size=float(np.linalg.norm(aux["aabb"][1] - aux["aabb"][0])),
+               near=float(aux["near_far"][:, 0].mean()), far=float(aux["near_far"][:, 1].mean()))
+  return state.replace(aux={k: jnp.asarray(v) for k, v in aux.items()}), stats
+
+
+# ----------------------------------------------------------------------------
+# The trainer.
+
+
+class Trainer:
+  """Owns the model, data, jitted functions, checkpointer and logs of one run."""
+
+  def __init__(self, config: ml_collections.ConfigDict, video, workdir: pathlib.Path,
+               source: str = "video"):
+    self.config = config
+    self.video = video
+    self.workdir = workdir
+    self.data = step_lib.make_train_data(video, config, source=source)
+    self.model = step_lib.make_model(config, video)
+    self.steps_total = total_steps(config)
+    self._template = step_lib.initial_state(config, self.model, self.data, video, fit=False)
+    self.step_fn = step_lib.make_train_step(config, self.model, self._template.params)
+    self.render_fn = step_lib.make_render_fn(config, self.model, self.data,
+                                             video.meta.get("background", (1.0, 1.0, 1.0)))
+    self._sdf = jax.jit(lambda params, x: self.model.apply(params, x, method="sdf"))
+    frames = jnp.arange(video.num_frames, dtype=jnp.int32)
+    self._root = jax.jit(lambda params: self.model.apply(params, frames, method="root_pose"))
+
+  def sdf_fn(self, params):
+    return lambda x: self._sdf(params, x)
+
+  def root_poses_fn(self, params):
+    return self._root(params)
+
+  def initial_state(self, fit: bool = True) -> state_lib.TrainState:
+    if not fit:
+      return self._template
+    return step_lib.initial_state(self.config, self.model, self.data, self.video)
+
+
+def _log_scalars(writer, metrics: dict, step: int, prefix: str = "train/") -> None:
+  if writer is None:
+    return
+  for k, v in metrics.items():
+    if np.ndim(v) == 0:
+      writer.add_scalar(prefix + k, float(v), step)
+
+
+def _log_image(writer, trainer: Trainer, state: state_lib.TrainState, step: int) -> None:
+  if writer is None:
+    return
+  frame = int(trainer.config.train.log_image_frame) % trainer.video.num_frames
+  out = trainer.render_fn(state.params, state.aux, frame)
+  gt = trainer.video.rgb[frame].astype(np.float32) / 255.0
+  panel = np.concatenate([gt, np.asarray(out["rgb"]), np.repeat(np.asarray(out["mask"])[..., None], 3, -1)], 1)
+  writer.add_image("render/reference_vs_rgb_vs_mask", np.clip(panel, 0, 1), step, dataformats="HWC")
+
+
+def train(trainer: Trainer, resume: bool, progress: bool = True) -> tuple[state_lib.TrainState, dict]:
+  """Runs (or resumes) training to config.train.num_rounds rounds.
+
+  Returns:
+    (final state, {"steps", "train_seconds", "rollbacks", "resumed_from"}).
+  """
+  config = trainer.config
+  cfg = config.train
+  iters = int(cfg.iters_per_round)
+  checkpointer = checkpoint_lib.Checkpointer(trainer.workdir / "checkpoints", cfg.keep_checkpoints)
+  resumed_from = None
+  if checkpointer.latest_step() is not None:
+    state, _ = checkpointer.restore(trainer.initial_state(fit=False))
+    resumed_from = int(state.step)
+  elif resume:
+    raise UserError(f"{trainer.workdir}: --resume given but there is no checkpoint to resume from")
+  else:
+    state = trainer.initial_state()
+    # Proxy mesh, box and near/far from the initial SDF before the first step.
+    state, _ = update_geometry(state, trainer, ema=0.0)
+    checkpointer.save(state, {"round": 0})
+
+  writer = None
+  if cfg.tensorboard:
+    from tensorboardX import SummaryWriter  # pylint: disable=g-import-not-at-top
+    writer = SummaryWriter(str(trainer.workdir / "tensorboard"))
+
+  pbar = None
+  if progress:
+    from tqdm import tqdm  # pylint: disable=g-import-not-at-top
+    pbar = tqdm(total=trainer.steps_total, initial=int(state.step), desc="extract", unit="step",
+                dynamic_ncols=True)
+  # Host copies of the state at the start of the last two rounds (lab4d caches).
+  cache: collections.deque = collections.deque(maxlen=2)
+  rollbacks = 0
+  nonfinite_in_row = 0
+  start = time.time()
+  step = int(state.step)
+  loss_ema = None
+  try:
+    while step < trainer.steps_total:
+      if step % iters == 0 or not cache:
+        cache.append(state_lib.to_host(state))
+      scalars = step_lib.scheduled_scalars(config, step, trainer.steps_total)
+      state, metrics = trainer.step_fn(state, trainer.data, scalars)
+      m = jax.device_get(metrics)
+      step += 1
+      if not bool(m["applied"]):
+        nonfinite_in_row = nonfinite_in_row + 1 if not bool(m["finite"]) else 0
+        if nonfinite_in_row >= cfg.max_nonfinite_steps:
+          raise TrainingDiverged(
+              f"{trainer.workdir}: the loss was NaN/Inf in {nonfinite_in_row} steps in a row at step "
+              f"{step} even after rolling back; stopped (the last checkpoint is intact). Try a lower "
+              "--config.optim.lr or check the video's cameras")
+        # lab4d rollback: parameters and optimiser from two rounds back (keep the step count).
+        rollbacks += 1
+        restored = state_lib.to_device(cache[0])
+        state = restored.replace(step=state.step, aux=state.aux)
+      else:
+        nonfinite_in_row = 0
+        loss = float(m["loss"])
+        loss_ema = loss if loss_ema is None else 0.9 * loss_ema + 0.1 * loss
+      if step % cfg.log_every == 0 or step == trainer.steps_total:
+        _log_scalars(writer, {**m, "rollbacks": rollbacks, **scalars}, step)
+      if pbar is not None:
+        pbar.update(1)
+        if step % 5 == 0 and loss_ema is not None:
+          pbar.set_postfix(loss=f"{loss_ema:.4f}", gnorm=f"{float(m['grad_norm']):.2f}",
+                           rb=rollbacks, refresh=False)
+      if step % iters == 0:
+        round_index = step // iters
+        state, stats = update_geometry(state, trainer)
+        _log_scalars(writer, stats, step, prefix="geometry/")
+        if cfg.log_image_every_rounds and round_index % cfg.log_image_every_rounds == 0:
+          _log_image(writer, trainer, state, step)
+        if round_index % cfg.checkpoint_every_rounds == 0 or step == trainer.steps_total:
+          checkpointer.save(state, {"round": round_index})
+    if checkpointer.latest_step() != step:
+      checkpointer.save(state, {"round": step // iters})
+  finally:
+    if pbar is not None:
+      pbar.close()
+    if writer is not None:
+      writer.close()
+    checkpointer.close()
+  return state, {"steps": step, "train_seconds": time.time() - start, "rollbacks": rollbacks,
+                 "resumed_from": resumed_from}
+
+
+def _check_workdir(workdir: pathlib.Path) -> None:
+  if workdir.exists() and not workdir.is_dir():
+    raise UserError(f"{workdir}: exists and is not a folder")
+
+
+def run_extraction(config: ml_collections.ConfigDict, video_dir: pathlib.Path,
+                   workdir: pathlib.Path, resume: bool = False, progress: bool = True) -> dict:
+  """Loads the video, trains (or resumes), and writes the outputs. See commands/extract.py."""
+  from animdreamer_jax.data import video as video_lib  # pylint: disable=g-import-not-at-top
+  _check_workdir(workdir)
+  if resume and not (workdir / "checkpoints").is_dir():
+    raise UserError(f"{workdir}: --resume given but there is no checkpoint to resume from")
+  video = video_lib.load_video(video_dir)
+  # Validates shapes and an empty mask before anything is written.
+  trainer = Trainer(config, video, workdir, source=str(video_dir))
+  workdir.mkdir(parents=True, exist_ok=True)
+  config_lib.save_config(config, workdir / "config.json")
+  state, info = train(trainer, resume=resume, progress=progress)
+  outputs = extract_outputs.write_outputs(trainer, state, workdir, progress=progress)
+  result = {"workdir": str(workdir), **info, **outputs}
+  return result

@@ -1,0 +1,31 @@
+r"""Extraction on the 2-core CPU demo: small model, 64-px video, a few minutes.
+
+Command (the `demo` subcommand runs the same thing on the bundled Khronos Fox):
+
+  bin/animdreamer synth --asset third_party/khronos_fox/Fox.gltf --clip Walk \
+      --frames 32 --res 64 --out runs/demo/video
+  bin/animdreamer extract --config configs/extract_demo_cpu.py \
+      --video runs/demo/video --workdir runs/demo/extract
+
+Expected runtime and result: MEASURED values are filled in below by the
+person who ran them (see the closing note of the extraction issue).
+  runtime: TO BE MEASURED
+  metrics: TO BE MEASURED
+"""
+
+from animdreamer_jax.train import config as config_lib
+
+
+def get_config():
+  config = config_lib.extract_base_config("cpu")
+  config.model.num_bones = 16
+  config.data.pairs_per_batch = 8
+  config.data.pixels_per_frame = 32
+  config.render.num_samples = 32
+  config.render.eval_samples = 24
+  config.render.eval_importance_samples = 24
+  config.train.num_rounds = 10
+  config.train.iters_per_round = 60
+  config.train.mc_resolution = 40
+  config.extract.mc_resolution = 96
+  return config
