@@ -8,9 +8,13 @@ Products compose like matrices: dq_multiply(a, b) applies b first, then a.
 
 from __future__ import annotations
 
+import jax
 import jax.numpy as jnp
 
 from animdreamer_jax.geometry import quaternion as quat_lib
+
+# Full float32 matmuls: GPUs would otherwise use TF32 (~1e-3 relative error).
+_EXACT = jax.lax.Precision.HIGHEST
 
 
 def _real(dq: jnp.ndarray) -> jnp.ndarray:
@@ -131,11 +135,20 @@ def dq_blend(weights: jnp.ndarray, dqs: jnp.ndarray) -> jnp.ndarray:
   Returns:
     (..., 8) blended dual quaternion with unit real part.
   """
-  dqs = jnp.broadcast_to(dqs, weights.shape + (8,))
-  pivot_index = jnp.argmax(weights, axis=-1)
-  pivot = jnp.take_along_axis(
-      _real(dqs), pivot_index[..., None, None], axis=-2)  # (..., 1, 4)
-  dots = jnp.sum(_real(dqs) * pivot, axis=-1, keepdims=True)  # (..., B, 1)
-  signs = jnp.where(dots < 0.0, -1.0, 1.0).astype(dqs.dtype)
-  blended = jnp.sum((weights[..., None] * signs) * dqs, axis=-2)
+  pivot_one_hot = jax.nn.one_hot(jnp.argmax(weights, axis=-1), weights.shape[-1],
+                                 dtype=weights.dtype)  # (..., B)
+  if dqs.ndim == 2:
+    # One bone table shared by all points: the B x B sign table is computed
+    # once, and the per-point work is two small matmuls (no gathers).
+    real = _real(dqs)
+    dots = jnp.matmul(real, real.T, precision=_EXACT)
+    sign_table = jnp.where(dots < 0.0, -1.0, 1.0).astype(weights.dtype)
+    signs = jnp.matmul(pivot_one_hot, sign_table, precision=_EXACT)  # pivot's row
+    blended = jnp.matmul(weights * signs, dqs, precision=_EXACT)
+  else:
+    dqs = jnp.broadcast_to(dqs, weights.shape + (8,))
+    pivot = jnp.sum(pivot_one_hot[..., None] * _real(dqs), axis=-2, keepdims=True)
+    dots = jnp.sum(_real(dqs) * pivot, axis=-1)  # (..., B)
+    signs = jnp.where(dots < 0.0, -1.0, 1.0).astype(dqs.dtype)
+    blended = jnp.sum((weights * signs)[..., None] * dqs, axis=-2)
   return dq_normalize(blended)

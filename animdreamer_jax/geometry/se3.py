@@ -5,9 +5,13 @@ A transform M maps p to M[:3, :3] @ p + M[:3, 3]; its last row is (0, 0, 0, 1).
 
 from __future__ import annotations
 
+import jax
 import jax.numpy as jnp
 
 from animdreamer_jax.geometry import quaternion as quat_lib
+
+# Full float32 matmuls: GPUs would otherwise use TF32 (~1e-3 relative error).
+_EXACT = jax.lax.Precision.HIGHEST
 
 
 def rt_to_matrix(rotation: jnp.ndarray, translation: jnp.ndarray) -> jnp.ndarray:
@@ -40,7 +44,8 @@ def se3_inverse(matrix: jnp.ndarray) -> jnp.ndarray:
   rotation, translation = matrix_to_rt(matrix)
   rotation_inv = jnp.swapaxes(rotation, -1, -2)
   return rt_to_matrix(
-      rotation_inv, -jnp.einsum("...ij,...j->...i", rotation_inv, translation))
+      rotation_inv, -jnp.einsum("...ij,...j->...i", rotation_inv, translation,
+                  precision=_EXACT))
 
 
 def apply_se3(matrix: jnp.ndarray, points: jnp.ndarray) -> jnp.ndarray:
@@ -54,7 +59,8 @@ def apply_se3(matrix: jnp.ndarray, points: jnp.ndarray) -> jnp.ndarray:
     (..., 3) transformed points.
   """
   rotation, translation = matrix_to_rt(matrix)
-  return jnp.einsum("...ij,...j->...i", rotation, points) + translation
+  return jnp.einsum("...ij,...j->...i", rotation, points,
+                    precision=_EXACT) + translation
 
 
 def quat_t_to_matrix(q: jnp.ndarray, t: jnp.ndarray) -> jnp.ndarray:

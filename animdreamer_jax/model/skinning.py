@@ -36,6 +36,9 @@ DeltaFn = Callable[[jnp.ndarray], jnp.ndarray]
 BlendFn = Callable[[jnp.ndarray, jnp.ndarray, jnp.ndarray], jnp.ndarray]
 Blend = Union[str, BlendFn]
 
+# Full float32 matmuls: GPUs would otherwise use TF32 (~1e-3 relative error).
+_EXACT = jax.lax.Precision.HIGHEST
+
 
 class Bones(NamedTuple):
   """B rigid bone-to-object transforms (a pytree; vmap/jit friendly).
@@ -76,7 +79,7 @@ def bone_local_coords(x: jnp.ndarray, bones: Bones) -> jnp.ndarray:
     (B, 3) bone-local coordinates.
   """
   rotations = quat_lib.quat_to_matrix(bones.quat)  # (B, 3, 3), point-independent
-  return jnp.einsum("bji,bj->bi", rotations, x - bones.trans)
+  return jnp.einsum("bji,bj->bi", rotations, x - bones.trans, precision=_EXACT)
 
 
 def gaussian_skinning_logits(x: jnp.ndarray, bones: Bones,
@@ -184,7 +187,7 @@ def blend_lbs(weights: jnp.ndarray, rel: jnp.ndarray) -> jnp.ndarray:
     (3, 4) blended [R | t] block (R is generally not a rotation).
   """
   matrices = relative_matrices(rel) if rel.shape[-1] == 8 else rel[..., :3, :4]
-  return jnp.einsum("b,bij->ij", weights, matrices)
+  return jnp.einsum("b,bij->ij", weights, matrices, precision=_EXACT)
 
 
 def warp_point(x: jnp.ndarray, weights: jnp.ndarray, rel: jnp.ndarray,
@@ -207,7 +210,7 @@ def warp_point(x: jnp.ndarray, weights: jnp.ndarray, rel: jnp.ndarray,
     return dq_lib.dq_apply(blend_dqs(weights, rel), x)
   if blend == "lbs":
     matrix = blend_lbs(weights, rel)
-    return matrix[:, :3] @ x + matrix[:, 3]
+    return jnp.matmul(matrix[:, :3], x, precision=_EXACT) + matrix[:, 3]
   raise ValueError(f"blend: unknown blending {blend!r}; use 'dqs', 'lbs' or a callable")
 
 
