@@ -86,6 +86,11 @@ def gaussian_skinning_logits(x: jnp.ndarray, bones: Bones,
                              log_scale: jnp.ndarray) -> jnp.ndarray:
   """Minus the squared Mahalanobis distance of x to every bone Gaussian.
 
+  Written as one (3B x 3) matrix-vector product, u = A x - c with
+  A_b = diag(exp(-log_scale_b)) R_b^T and c_b = A_b t_b: A and c do not depend
+  on x, so under vmap they are computed once and the per-sample work becomes a
+  single (N, 3) x (3, 3B) matmul instead of B small ones.
+
   Args:
     x: (3,) point in object space.
     bones: B bones.
@@ -95,7 +100,12 @@ def gaussian_skinning_logits(x: jnp.ndarray, bones: Bones,
   Returns:
     (B,) logits -|diag(exp(-log_scale_b)) R_b^T (x - t_b)|^2.
   """
-  local = bone_local_coords(x, bones) * jnp.exp(-log_scale)
+  num_bones = log_scale.shape[0]
+  rotations_t = jnp.swapaxes(quat_lib.quat_to_matrix(bones.quat), -1, -2)
+  to_local = rotations_t * jnp.exp(-log_scale)[:, :, None]  # (B, 3, 3)
+  offsets = jnp.einsum("bij,bj->bi", to_local, bones.trans, precision=_EXACT)
+  local = jnp.matmul(to_local.reshape(num_bones * 3, 3), x, precision=_EXACT)
+  local = local.reshape(num_bones, 3) - offsets
   return -jnp.sum(local * local, axis=-1)
 
 
