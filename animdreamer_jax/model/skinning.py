@@ -19,7 +19,11 @@ Semantics follow lab4d (`nnutils/skinning.py`, `nnutils/warping.py`,
 Deliberate differences:
 - `blend` may also be any callable (x, weights, rel) -> x', so a researcher
   can swap the blending without touching this module;
-- bones are stored as (quat, trans) rather than as a dual quaternion pair.
+- bones are stored as (quat, trans) rather than as a dual quaternion pair;
+- the bone SDF clamps log(density) instead of density (same range, but exact
+  in float32 next to the bone centres);
+- the delta is whatever `delta_fn` returns: non-negativity (lab4d's
+  ReLU(.) * 0.1) is the caller's MLP's job, not enforced here.
 """
 
 from __future__ import annotations
