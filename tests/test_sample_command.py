@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import cv2
 import jax
 import jax.numpy as jnp
@@ -10,6 +12,7 @@ import pytest
 
 from animdreamer_jax import cli
 from animdreamer_jax.commands import sample
+from animdreamer_jax.errors import UserError
 from animdreamer_jax.prior import convert
 
 
@@ -78,6 +81,13 @@ def test_missing_weights_is_a_clear_error(tmp_path, capsys):
   assert rc == 2
   assert "none: no converted MVDream weights" in capsys.readouterr().err
   assert not (tmp_path / "x.png").exists()
+
+
+def test_text_vocabulary_must_cover_the_tokenizer():
+  prior = sample.tiny_prior(0)
+  prior.text_config = dataclasses.replace(prior.text_config, vocab_size=1000)
+  with pytest.raises(UserError, match="vocabulary of 1000 tokens"):
+    sample.sample_views(prior, "a fox", size=32, steps=1)
 
 
 def test_make_grid():

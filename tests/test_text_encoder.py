@@ -150,7 +150,7 @@ def test_bfloat16_activations(converted, golden):
   out = te.encode_text(params, golden["tokens"], cfg, dtype=jnp.bfloat16)
   assert out.dtype == jnp.float32
   err = _relative_error(out, golden["output"])
-  assert err < 5e-2, err
+  assert err < 2e-2, err  # measured 7.5e-3
 
 
 def test_converter_errors(state, converted):

@@ -231,7 +231,7 @@ def test_bfloat16_activations(converted, golden):
   mean, _ = V.encode_moments(params, golden["images"], cfg, jnp.bfloat16)
   assert mean.dtype == jnp.float32
   err = _relative_error(mean, golden["mean"])
-  assert err < 5e-2, err
+  assert err < 4e-2, err  # measured 1.3e-2
 
 
 def test_converter_errors(state, converted):

@@ -178,6 +178,9 @@ def sample_views(prior: Prior, prompt: str, negative_prompt: str = "", *, num_vi
                     f"{prior.unet_config.context_dim}")
 
   tokens = tokenizer.tokenize([negative_prompt, prompt], prior.text_config.context_length)
+  if tokens.max() >= prior.text_config.vocab_size:
+    raise UserError(f"text encoder: vocabulary of {prior.text_config.vocab_size} tokens is smaller than the "
+                    f"CLIP tokenizer's (token id {int(tokens.max())}); not an OpenCLIP text tower")
   context = text_encoder.encode_text(prior.text_params, tokens, prior.text_config, dtype=act)
   # Batch order as MVDream's DDIM sampler: [uncond views; cond views], the cameras repeated.
   context = jnp.repeat(context, num_views, axis=0)
@@ -195,7 +198,11 @@ def sample_views(prior: Prior, prompt: str, negative_prompt: str = "", *, num_vi
   sched = ddim.make_ddim_schedule(schedule.make_alphas_cumprod(), steps, eta=eta)
   latents = ddim.ddim_sample_loop(eps_fn, x_T, sched, key_ddim if eta > 0 else None, progress=progress)
   images = vae.decode_latents(prior.vae_params, latents, prior.vae_config, dtype=act)
-  images = np.clip((np.asarray(images, np.float32) + 1.0) / 2.0, 0.0, 1.0)
+  images = np.asarray(images, np.float32)
+  if not np.all(np.isfinite(images)):
+    raise UserError("sampling produced non-finite values (corrupt weights, or overflow with --dtype "
+                    "bfloat16)")
+  images = np.clip((images + 1.0) / 2.0, 0.0, 1.0)
   return np.round(255.0 * images).astype(np.uint8)
 
 
