@@ -349,13 +349,13 @@ def _split_and_convert_ldm(state: Mapping[str, Any], num_head_channels: int,
   consumed |= used
   if any(k.startswith(LDM_VAE_PREFIX) for k in state):
     log("converting the VAE")
-    vae = _import_h7("vae")
+    vae = _import_prior_module("vae")
     params, used = vae.convert_vae_state(state, LDM_VAE_PREFIX)
     result["vae"] = (_config_dict(vae, "vae_config_from_state", state, LDM_VAE_PREFIX), params)
     consumed |= set(used)
   if any(k.startswith(LDM_TEXT_PREFIX) for k in state):
     log("converting the text encoder")
-    text = _import_h7("text_encoder")
+    text = _import_prior_module("text_encoder")
     params, used = text.convert_text_encoder_state(state, LDM_TEXT_PREFIX)
     result["text_encoder"] = (_config_dict(text, "text_encoder_config_from_state", state,
                                            LDM_TEXT_PREFIX), params)
@@ -370,12 +370,83 @@ def _split_and_convert_ldm(state: Mapping[str, Any], num_head_channels: int,
   return result
 
 
-def _import_h7(name: str):
+def _import_prior_module(name: str):
   import importlib  # pylint: disable=import-outside-toplevel
   try:
     return importlib.import_module(f"animdreamer_jax.prior.{name}")
   except ModuleNotFoundError as e:
     raise UserError(f"animdreamer_jax.prior.{name}: not available in this build ({e})") from None
+
+
+def _check_all_used(where, state: Mapping[str, Any], used, ignored) -> None:
+  leftover = sorted(set(state) - set(used) - set(ignored))
+  if leftover:
+    more = f" and {len(leftover) - 5} more" if len(leftover) > 5 else ""
+    raise UserError(f"{where}: {leftover[0]}: key neither converted nor on the ignore list "
+                    f"({', '.join(leftover[:5])}{more})")
+
+
+def _vae_config_from_diffusers(vae_module, config_json: Mapping[str, Any]):
+  """VaeConfig from a diffusers `vae/config.json` (SD defaults for absent entries)."""
+  widths = [int(c) for c in config_json.get("block_out_channels", (128, 256, 512, 512))]
+  return vae_module.VaeConfig(
+      in_channels=int(config_json.get("in_channels", 3)),
+      out_channels=int(config_json.get("out_channels", 3)), base_channels=widths[0],
+      channel_mult=tuple(c // widths[0] for c in widths),
+      num_res_blocks=int(config_json.get("layers_per_block", 2)),
+      z_channels=int(config_json.get("latent_channels", 4)),
+      norm_groups=int(config_json.get("norm_num_groups", 32)),
+      scale_factor=float(config_json.get("scaling_factor", 0.18215)))
+
+
+# HF CLIPTextModel -> OpenCLIP text tower names (per block; q/k/v are concatenated into in_proj).
+_HF_CLIP_BLOCK_RENAMES = {"layer_norm1": "ln_1", "layer_norm2": "ln_2", "self_attn.out_proj": "attn.out_proj",
+                          "mlp.fc1": "mlp.c_fc", "mlp.fc2": "mlp.c_proj"}
+# Present in some HF exports, unused by the text tower: the position-id buffer, a projection head.
+_HF_CLIP_IGNORED = ("text_model.embeddings.position_ids", "text_projection.weight")
+
+
+def hf_clip_text_to_open_clip(state: Mapping[str, Any]) -> tuple[dict[str, np.ndarray], list[str]]:
+  """transformers `CLIPTextModel` state dict -> OpenCLIP text-tower names (no prefix).
+
+  Returns:
+    (open_clip_state, ignored_keys).
+
+  Raises:
+    UserError: a key this mapping does not know.
+  """
+  out: dict[str, np.ndarray] = {}
+  qkv: dict[int, dict[str, np.ndarray]] = {}
+  ignored = []
+  for key, value in state.items():
+    if key in _HF_CLIP_IGNORED:
+      ignored.append(key)
+      continue
+    if key == "text_model.embeddings.token_embedding.weight":
+      out["token_embedding.weight"] = value
+    elif key == "text_model.embeddings.position_embedding.weight":
+      out["positional_embedding"] = value
+    elif key.startswith("text_model.final_layer_norm."):
+      out["ln_final." + key.rsplit(".", 1)[1]] = value
+    elif m := re.fullmatch(r"text_model\.encoder\.layers\.(\d+)\.(.+)\.(weight|bias)", key):
+      block, layer, kind = int(m.group(1)), m.group(2), m.group(3)
+      if m2 := re.fullmatch(r"self_attn\.([qkv])_proj", layer):
+        qkv.setdefault(block, {})[m2.group(1) + kind] = np.asarray(value)
+      elif layer in _HF_CLIP_BLOCK_RENAMES:
+        out[f"transformer.resblocks.{block}.{_HF_CLIP_BLOCK_RENAMES[layer]}.{kind}"] = value
+      else:
+        raise UserError(f"{key}: not a key of a transformers CLIPTextModel")
+    else:
+      raise UserError(f"{key}: not a key of a transformers CLIPTextModel")
+  for block, parts in qkv.items():
+    for kind in ("weight", "bias"):
+      names = [c + kind for c in "qkv"]
+      missing = [n for n in names if n not in parts]
+      if missing:
+        raise UserError(f"text_model.encoder.layers.{block}.self_attn: missing {missing[0][0]}_proj.{kind}")
+      out[f"transformer.resblocks.{block}.attn.in_proj_{kind}"] = np.concatenate(
+          [parts[n] for n in names], axis=0)
+  return out, ignored
 
 
 def _config_dict(module, function: str, state: Mapping[str, Any], prefix: str) -> dict:
@@ -420,20 +491,29 @@ def _convert_diffusers_folder(folder: pathlib.Path, num_head_channels: int,
   log("converting the UNet")
   params, _, cfg = convert_unet_state(state, "", num_head_channels=num_head_channels)
   result["unet"] = (cfg.to_dict(), params)
-  for sub, module_name, converter in (("vae", "vae", "convert_diffusers_vae_state"),
-                                      ("text_encoder", "text_encoder",
-                                       "convert_hf_text_encoder_state")):
-    if not (folder / sub).is_dir():
-      continue
-    module = _import_h7(module_name)
-    if not hasattr(module, converter):
-      raise UserError(f"{folder / sub}: converting this diffusers-format part needs "
-                      f"animdreamer_jax.prior.{module_name}.{converter}, which this build lacks")
-    stem = "diffusion_pytorch_model" if sub == "vae" else "model"
-    log(f"converting {sub}")
-    state = read_state_dict(_find_weights_file(folder / sub, stem))
-    params, config = getattr(module, converter)(state, _read_json(folder / sub / "config.json"))
-    result[sub] = (config.to_dict(), params)
+  if (folder / "vae").is_dir():
+    log("converting the VAE")
+    vae = _import_prior_module("vae")
+    state = read_state_dict(_find_weights_file(folder / "vae", "diffusion_pytorch_model"))
+    params, used = vae.convert_vae_diffusers_state(state, "")
+    config = _vae_config_from_diffusers(vae, _read_json(folder / "vae" / "config.json"))
+    _check_all_used(folder / "vae", state, used, ignored=())
+    result["vae"] = (config.to_dict(), params)
+  if (folder / "text_encoder").is_dir():
+    log("converting the text encoder")
+    text = _import_prior_module("text_encoder")
+    state = read_state_dict(_find_weights_file(folder / "text_encoder", "model"))
+    open_clip_state, ignored = hf_clip_text_to_open_clip(state)
+    hf_config = _read_json(folder / "text_encoder" / "config.json")
+    width = int(np.shape(open_clip_state["token_embedding.weight"])[1])
+    head_dim = width // int(hf_config.get("num_attention_heads", width // 64))
+    # An HF export holds exactly the blocks that run (23 for SD2 / MVDream): skip none.
+    config = text.text_encoder_config_from_state(open_clip_state, "", head_dim=head_dim,
+                                                 skip_last_layers=0)
+    params, used = text.convert_text_encoder_state(open_clip_state, "", config)
+    _check_all_used(folder / "text_encoder", open_clip_state, used, ignored=())
+    result["text_encoder"] = (config.to_dict(), params)
+    result["ignored_keys"] += [f"text_encoder/{k}" for k in ignored]
   return result
 
 
