@@ -23,6 +23,7 @@ import gzip
 import html
 import os
 import pathlib
+import site
 import sys
 import unicodedata
 from collections.abc import Sequence
@@ -46,7 +47,8 @@ def bpe_file_candidates() -> list[pathlib.Path]:
 
   1. `$ANIMDREAMER_CLIP_BPE` (a file, or a folder holding it);
   2. `third_party/clip_bpe/` of the source tree this package lives in (checkout, editable install);
-  3. `<sys.prefix>/share/animdreamer_jax/clip_bpe/` (a wheel install that ships it as data-files).
+  3. `<sys.prefix or the user base>/share/animdreamer_jax/clip_bpe/` (a wheel install that ships it as
+     setuptools data-files).
   """
   candidates = []
   env = os.environ.get(BPE_ENV_VAR)
@@ -55,8 +57,8 @@ def bpe_file_candidates() -> list[pathlib.Path]:
     candidates.append(p / BPE_FILENAME if p.is_dir() else p)
   repo_root = pathlib.Path(__file__).resolve().parents[2]
   candidates.append(repo_root / "third_party" / "clip_bpe" / BPE_FILENAME)
-  candidates.append(pathlib.Path(sys.prefix) / "share" / "animdreamer_jax" / "clip_bpe" /
-                    BPE_FILENAME)
+  for base in (sys.prefix, site.getuserbase()):
+    candidates.append(pathlib.Path(base) / "share" / "animdreamer_jax" / "clip_bpe" / BPE_FILENAME)
   return candidates
 
 
