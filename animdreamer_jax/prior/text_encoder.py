@@ -152,7 +152,9 @@ class Transformer(nn.Module):
   @nn.compact
   def __call__(self, x: jax.Array, mask: jax.Array) -> jax.Array:
     for i in range(self.num_layers):
-      x = ResidualAttentionBlock(self.num_heads, self.mlp_width, dtype=self.dtype, name=f"resblocks.{i}")(x, mask)
+      block = ResidualAttentionBlock(self.num_heads, self.mlp_width, dtype=self.dtype,
+                                     name=f"resblocks.{i}")
+      x = block(x, mask)
     return x
 
 
