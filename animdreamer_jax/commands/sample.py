@@ -1,4 +1,4 @@
-"""Text -> 4 views of one object with the MVDream prior (DDIM + classifier-free guidance), saved as a PNG grid.
+"""Text -> 4 views of one object with the MVDream prior (DDIM + CFG), saved as a PNG grid.
 
   animdreamer sample --prompt "a corgi wearing a beret" --weights weights/mvdream --out corgi.png
   animdreamer sample --prompt "a fox" --tiny --out smoke.png      # random tiny model: a CPU smoke test
@@ -92,7 +92,8 @@ def load_prior(weights: pathlib.Path | None) -> Prior:
   return Prior(
       unet_config=unet_lib.UNetConfig.from_dict(config["unet"], where=where + " unet"),
       unet_params=loaded["unet"],
-      text_config=text_encoder.TextEncoderConfig.from_dict(config["text_encoder"], where=where + " text_encoder"),
+      text_config=text_encoder.TextEncoderConfig.from_dict(config["text_encoder"],
+                                                           where=where + " text_encoder"),
       text_params=loaded["text_encoder"],
       vae_config=vae.VaeConfig.from_dict(config["vae"], where=where + " vae"),
       vae_params=loaded["vae"])

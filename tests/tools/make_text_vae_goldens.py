@@ -1,4 +1,4 @@
-"""Generates the text-encoder and VAE goldens (tests/data/mvdream/{text,vae}_tiny.npz) with PyTorch references.
+"""Generates the text-encoder and VAE goldens (tests/data/mvdream/{text,vae}_tiny.npz) from PyTorch.
 
     python3 tests/tools/make_text_vae_goldens.py        # needs torch + diffusers + transformers ('parity')
 
