@@ -1,0 +1,365 @@
+"""Export a trained run as a rigged, animated glTF (+ viewer page, motion, meshes, videos).
+
+  bin/animdreamer export --run RUN --out OUT.glb [--no-root-motion] [--blend lbs|dqs]
+      [--video VIDEO_DIR] [--no-viewer] [--no-videos]
+
+Writes, next to OUT.glb (same stem):
+  OUT.glb              rest mesh + vertex colours, one joint per Gaussian bone under
+                       a root joint (root motion, object -> world), top-4 skin
+                       weights, one clip "motion" at the video frame rate
+  OUT.html             a self-contained three.js page playing OUT.glb (offline)
+  OUT.motion.json      root poses + bone transforms per frame (motion_file.py)
+  OUT.meshes.npz       the model's own per-frame meshes (mesh-sequence NPZ) and
+  OUT_frames/*.obj     the same as OBJ files, in the glTF's frame
+  OUT_turntable.mp4    rest shape turning: colours | skinning + bone ellipsoids
+  OUT_animation.mp4    the glTF posed by a glTF player, fixed camera
+  OUT_reference.mp4    input frames | glTF posed, from each frame's camera (--video)
+  OUT.export.json      the export log: glTF player vs the model's forward warp per
+                       frame, validator result, settings
+
+A glTF player blends bones linearly with 4 influences; the model blends all
+bones with dual quaternions (config render.blend). The log reports, per frame,
+the distance between the two (and against the model's linear blending, where
+only the top-4 truncation remains). --blend picks which of the model's
+blendings the written per-frame meshes use (default: the run's).
+
+Root motion needs the video's cameras (motion.npz 'w2c', or --video).
+Everything is written to a temporary folder first and moved into place at the
+end (the .glb last); on an error nothing is left behind.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import pathlib
+import shutil
+import sys
+import tempfile
+import time
+from typing import Optional
+
+import numpy as np
+
+from animdreamer_jax.errors import UserError
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+  parser.add_argument("--run", required=True, help="finished extraction run folder")
+  parser.add_argument("--out", required=True, help="output .glb (siblings share its stem)")
+  parser.add_argument("--no-root-motion", action="store_true",
+                      help="keep the root joint still (the animal articulates in place)")
+  parser.add_argument("--blend", choices=("dqs", "lbs"), default=None,
+                      help="model blending for the written per-frame meshes (default: the run's)")
+  parser.add_argument("--video", default=None,
+                      help="the run's video folder: cameras for root motion (if motion.npz has "
+                           "none) and the reference-view video")
+  parser.add_argument("--no-viewer", action="store_true", help="skip the HTML viewer page")
+  parser.add_argument("--no-videos", action="store_true", help="skip the MP4 videos")
+  parser.add_argument("--size", type=int, default=256, help="video frame size (pixels)")
+
+
+# ----------------------------------------------------------------------------
+# Output paths and staging.
+
+
+def output_paths(out: pathlib.Path) -> dict[str, pathlib.Path]:
+  """Every file the export may write, keyed by role."""
+  stem, parent = out.stem, out.parent
+  return {"glb": out, "viewer": parent / f"{stem}.html",
+          "motion": parent / f"{stem}.motion.json", "meshes": parent / f"{stem}.meshes.npz",
+          "frames": parent / f"{stem}_frames", "turntable": parent / f"{stem}_turntable.mp4",
+          "animation": parent / f"{stem}_animation.mp4",
+          "reference": parent / f"{stem}_reference.mp4", "log": parent / f"{stem}.export.json"}
+
+
+def check_out_path(out: str | os.PathLike) -> pathlib.Path:
+  out = pathlib.Path(out)
+  if out.suffix.lower() != ".glb":
+    raise UserError(f"{out}: the output must be a .glb file")
+  if out.exists() and out.is_dir():
+    raise UserError(f"{out}: is a folder")
+  parent = out.parent if str(out.parent) else pathlib.Path(".")
+  if parent.exists() and not parent.is_dir():
+    raise UserError(f"{parent}: not a folder")
+  return out
+
+
+class Staging:
+  """A temp folder next to the outputs; `commit` moves files into place (the .glb last)."""
+
+  def __init__(self, out: pathlib.Path):
+    out.parent.mkdir(parents=True, exist_ok=True)
+    self.dir = pathlib.Path(tempfile.mkdtemp(prefix=f".{out.stem}.export-tmp-", dir=out.parent))
+    self.final = output_paths(out)
+    self.written: list[str] = []
+
+  def path(self, role: str) -> pathlib.Path:
+    self.written.append(role)
+    return self.dir / self.final[role].name
+
+  def commit(self) -> dict[str, str]:
+    from animdreamer_jax.export import gltf_writer  # pylint: disable=g-import-not-at-top
+    file_mode = gltf_writer.default_file_mode()
+    dir_mode = file_mode | ((file_mode & 0o444) >> 2)  # x wherever r is allowed
+    order = [r for r in self.written if r != "glb"] + [r for r in self.written if r == "glb"]
+    for role in order:
+      src, dst = self.dir / self.final[role].name, self.final[role]
+      # Helpers write through mkstemp (0o600); outputs are ordinary files.
+      for item in [src, *src.rglob("*")] if src.is_dir() else [src]:
+        os.chmod(item, dir_mode if item.is_dir() else file_mode)
+      if dst.is_dir() and not dst.is_symlink():
+        shutil.rmtree(dst)
+      os.replace(src, dst)
+    shutil.rmtree(self.dir, ignore_errors=True)
+    return {role: str(self.final[role]) for role in order}
+
+  def discard(self) -> None:
+    shutil.rmtree(self.dir, ignore_errors=True)
+
+
+# ----------------------------------------------------------------------------
+# Measurements.
+
+
+def frame_errors(a: np.ndarray, b: np.ndarray) -> dict:
+  """Per-frame vertex distances between two (T, V, 3) sequences."""
+  dist = np.linalg.norm(np.asarray(a, np.float64) - np.asarray(b, np.float64), axis=-1)
+  return {"per_frame_max": [float(x) for x in dist.max(1)],
+          "per_frame_mean": [float(x) for x in dist.mean(1)],
+          "max": float(dist.max()), "mean": float(dist.mean())}
+
+
+def truncated_weight(weights: np.ndarray, k: int) -> dict:
+  """Skinning weight mass outside each vertex's top k (what a 4-influence player drops)."""
+  sorted_w = -np.sort(-np.asarray(weights, np.float64), axis=1)
+  rest = sorted_w[:, k:].sum(1)
+  return {"max": float(rest.max()) if rest.size else 0.0, "mean": float(rest.mean())
+          if rest.size else 0.0}
+
+
+def _progress(total: int, desc: str, enabled: bool):
+  if not enabled:
+    return None, lambda: None
+  from tqdm import tqdm  # pylint: disable=g-import-not-at-top
+  bar = tqdm(total=total, desc=desc, leave=False, file=sys.stderr)
+  return bar, lambda: bar.update(1)
+
+
+# ----------------------------------------------------------------------------
+# The shared pipeline (also used by `reanimate`).
+
+
+@dataclasses.dataclass
+class ExportJob:
+  """What to write. `weights` are the model's full forward weights (V, B)."""
+  rig: object  # gltf_writer.Rig
+  weights: np.ndarray
+  model_blend: str
+  out: pathlib.Path
+  root_motion: bool = True
+  blend: Optional[str] = None
+  log_scale: Optional[np.ndarray] = None
+  object_to_camera: Optional[np.ndarray] = None
+  intrinsics: Optional[np.ndarray] = None
+  reference_rgb: Optional[np.ndarray] = None
+  viewer: bool = True
+  videos: bool = True
+  size: int = 256
+  extra_log: dict = dataclasses.field(default_factory=dict)
+  progress: bool = True
+
+
+def export_rig(job: ExportJob) -> dict:
+  """Writes the .glb and its companions for `job`; returns the log dict."""
+  # pylint: disable=g-import-not-at-top
+  from animdreamer_jax import assets
+  from animdreamer_jax.export import gltf_writer
+  from animdreamer_jax.export import motion_file
+  from animdreamer_jax.export import rig_from_run
+  from animdreamer_jax.export import videos
+  from animdreamer_jax.export import viewer
+  # pylint: enable=g-import-not-at-top
+  start = time.time()
+  rig = gltf_writer.validate_rig(job.rig, str(job.out))
+  blend = job.blend or job.model_blend
+  root_motion = bool(job.root_motion and rig.root_to_world is not None)
+  if job.viewer:
+    viewer.three_package_dir()  # fail before any work if three.js is missing
+  frame_name = "world" if root_motion else "object"
+  root = (np.asarray(rig.root_to_world, np.float64) if root_motion
+          else np.tile(np.eye(4), (rig.num_frames, 1, 1)))
+  extent = rig.rest_vertices.max(0) - rig.rest_vertices.min(0)
+  diagonal = float(np.linalg.norm(extent))
+
+  # The model's own forward warp, both blendings (object frame -> export frame).
+  posed = {b: rig_from_run.apply_transforms(root, rig_from_run.forward_warp_np(rig, job.weights, b))
+           for b in ("dqs", "lbs")}
+
+  staging = Staging(job.out)
+  try:
+    glb_path = staging.path("glb")
+    extras = {"fps": rig.fps, "num_frames": rig.num_frames, "root_motion": root_motion,
+              "frame": frame_name, "model_blend": job.model_blend, **job.extra_log.get(
+                  "asset_extras", {})}
+    glb_info = gltf_writer.write_glb(glb_path, rig, root_motion=root_motion, extras=extras)
+
+    # What a standard glTF player shows: the project's loader, at the key times.
+    asset = assets.load_gltf(glb_path)
+    times = np.arange(rig.num_frames) / rig.fps
+    player = asset.pose(gltf_writer.CLIP_NAME, times).astype(np.float64)
+    log = {
+        "out": str(job.out), "root_motion": root_motion, "frame": frame_name,
+        "model_blend": job.model_blend, "meshes_blend": blend, "fps": rig.fps,
+        "num_frames": rig.num_frames, "num_vertices": int(rig.rest_vertices.shape[0]),
+        "num_faces": int(rig.faces.shape[0]), "num_bones": rig.num_bones,
+        "rest_bbox_diagonal": diagonal,
+        "units": "the run's normalised units (distances below are absolute, "
+                 "rest_bbox_diagonal gives the scale)",
+        "player": "animdreamer_jax.assets.load_gltf (glTF 2.0 LBS, 4 influences)",
+        "player_vs_model_dqs": frame_errors(player, posed["dqs"]),
+        "player_vs_model_lbs": frame_errors(player, posed["lbs"]),
+        "model_dqs_vs_lbs": frame_errors(posed["dqs"], posed["lbs"]),
+        "weight_outside_top4": truncated_weight(job.weights, gltf_writer.NUM_INFLUENCES),
+        "glb": glb_info,
+    }
+    log.update({k: v for k, v in job.extra_log.items() if k != "asset_extras"})
+
+    validation = gltf_writer.khronos_validate(glb_path)
+    log["khronos_validator"] = (
+        "not installed (" + viewer.INSTALL_HINT + ")" if validation is None else
+        {k: validation[k] for k in ("numErrors", "numWarnings", "numInfos", "numHints")}
+        | {"messages": validation["messages"][:20]})
+    if validation is not None and validation["numErrors"]:
+      raise RuntimeError(f"{job.out}: the Khronos validator reports "
+                         f"{validation['numErrors']} errors: {validation['messages'][:3]}")
+
+    motion = motion_file.motion_from_rig(rig, job.object_to_camera, job.log_scale,
+                                         source=str(job.extra_log.get("run", "")))
+    motion_file.save_motion(staging.path("motion"), motion)
+
+    meshes = posed[blend].astype(np.float32)
+    assets.save_sequence_npz(staging.path("meshes"), assets.MeshSequence(
+        vertices=meshes, faces=rig.faces.astype(np.int32), fps=rig.fps,
+        vertex_colors=rig.vertex_colors, rest_vertices=rig.rest_vertices.astype(np.float32),
+        skin_weights=np.asarray(job.weights, np.float32)))
+    frames_dir = staging.path("frames")
+    frames_dir.mkdir()
+    for t in range(rig.num_frames):
+      assets.write_obj(frames_dir / f"{job.out.stem}_{t:05d}.obj", meshes[t], rig.faces,
+                       rig.vertex_colors)
+
+    if job.viewer:
+      center, radius = videos.bounding_ball(player)
+      viewer.write_viewer(staging.path("viewer"), glb_path.read_bytes(), job.out.stem, center,
+                          radius, rig.fps, rig.num_frames)
+
+    if job.videos:
+      log["videos"] = _write_videos(job, rig, player, root, staging)
+
+    log["seconds"] = round(time.time() - start, 2)
+    log_path = staging.path("log")
+    gltf_writer.write_bytes_atomic(log_path, (json.dumps(log, indent=1) + "\n").encode())
+    log["files"] = staging.commit()
+    return log
+  except BaseException:
+    staging.discard()
+    raise
+
+
+def _write_videos(job: ExportJob, rig, player: np.ndarray, root: np.ndarray,
+                  staging: Staging) -> dict:
+  # pylint: disable=g-import-not-at-top
+  from animdreamer_jax.export import gltf_writer
+  from animdreamer_jax.export import videos
+  # pylint: enable=g-import-not-at-top
+  info = {}
+  size = int(job.size)
+  if job.log_scale is not None:
+    count = 48
+    bar, tick = _progress(count, "turntable", job.progress)
+    frames = videos.turntable_frames(
+        rig.rest_vertices, rig.faces, rig.vertex_colors, job.weights,
+        gltf_writer.rigid_matrix(rig.rest_bone_quat, rig.rest_bone_trans), job.log_scale,
+        num_frames=count, size=size, progress=tick)
+    if bar is not None:
+      bar.close()
+    videos.write_mp4(staging.path("turntable"), frames, fps=24.0)
+    info["turntable"] = f"{count} frames, {size}x{2 * size}"
+  bar, tick = _progress(rig.num_frames, "animation", job.progress)
+  frames = videos.animation_frames(player, rig.faces, rig.vertex_colors, size=size, progress=tick)
+  if bar is not None:
+    bar.close()
+  videos.write_mp4(staging.path("animation"), videos.upscale(frames), fps=rig.fps)
+  info["animation"] = f"{rig.num_frames} frames, glTF player pose"
+  if job.reference_rgb is not None and job.object_to_camera is not None \
+      and job.intrinsics is not None:
+    # Export frame -> camera: object_to_camera_t * root_t^-1.
+    to_cam = np.asarray(job.object_to_camera, np.float64) @ np.linalg.inv(root)
+    cam = (np.einsum("tij,tvj->tvi", to_cam[:, :3, :3], player) + to_cam[:, None, :3, 3])
+    bar, tick = _progress(rig.num_frames, "reference", job.progress)
+    frames = videos.reference_frames(job.reference_rgb, cam, rig.faces, rig.vertex_colors,
+                                     job.intrinsics, progress=tick)
+    if bar is not None:
+      bar.close()
+    videos.write_mp4(staging.path("reference"), videos.upscale(frames), fps=rig.fps)
+    info["reference"] = "input | glTF posed from the learned cameras"
+  return info
+
+
+def _summary(log: dict) -> str:
+  d = log["rest_bbox_diagonal"]
+  dq, lb = log["player_vs_model_dqs"], log["player_vs_model_lbs"]
+  val = log["khronos_validator"]
+  val_text = val if isinstance(val, str) else (f"{val['numErrors']} errors, "
+                                               f"{val['numWarnings']} warnings")
+  lines = [
+      f"glTF: {log['files'].get('glb')} ({log['num_vertices']} vertices, {log['num_bones']} "
+      f"bones + root, {log['num_frames']} frames at {log['fps']:g} fps, root motion "
+      f"{'on' if log['root_motion'] else 'off'})",
+      f"glTF player (LBS, top-4) vs model forward warp, max / mean vertex distance "
+      f"(rest bbox diagonal {d:.4g}):",
+      f"  vs model DQS: {dq['max']:.3g} / {dq['mean']:.3g}  ({100 * dq['max'] / d:.3g}% / "
+      f"{100 * dq['mean'] / d:.3g}% of the diagonal)",
+      f"  vs model LBS: {lb['max']:.3g} / {lb['mean']:.3g}  (top-4 truncation only; weight "
+      f"outside the top 4: max {log['weight_outside_top4']['max']:.3g})",
+      f"Khronos validator: {val_text}",
+  ]
+  for role, path in log["files"].items():
+    if role != "glb":
+      lines.append(f"{role}: {path}")
+  return "\n".join(lines)
+
+
+def run(args: argparse.Namespace) -> int:
+  # pylint: disable=g-import-not-at-top
+  from animdreamer_jax.export import rig_from_run
+  # pylint: enable=g-import-not-at-top
+  out = check_out_path(args.out)
+  run_rig = rig_from_run.load_run_rig(args.run, video_dir=args.video)
+  reference_rgb = None
+  if args.video is not None and not args.no_videos:
+    from animdreamer_jax.data import video as video_lib  # pylint: disable=g-import-not-at-top
+    reference_rgb = video_lib.load_video(args.video).rgb
+  meshes_check = None
+  expected = rig_from_run.model_meshes_in_frame(
+      run_rig, rig_from_run.forward_warp_np(run_rig.rig, run_rig.rig.skin_weights, run_rig.blend),
+      run_rig.meshes_frame)
+  if expected is not None:
+    dist = np.linalg.norm(expected - run_rig.meshes_vertices, axis=-1)
+    meshes_check = {"frame": run_rig.meshes_frame, "max": float(dist.max()),
+                    "mean": float(dist.mean())}
+  job = ExportJob(
+      rig=run_rig.rig, weights=run_rig.rig.skin_weights, model_blend=run_rig.blend, out=out,
+      root_motion=not args.no_root_motion, blend=args.blend, log_scale=run_rig.log_scale,
+      object_to_camera=run_rig.object_to_camera, intrinsics=run_rig.intrinsics,
+      reference_rgb=reference_rgb, viewer=not args.no_viewer, videos=not args.no_videos,
+      size=args.size,
+      extra_log={"run": str(run_rig.run_dir), "root_source": run_rig.root_source,
+                 "meshes_npz_vs_recomputed_warp": meshes_check,
+                 "asset_extras": {"source_run": str(run_rig.run_dir)}})
+  log = export_rig(job)
+  print(_summary(log))
+  return 0

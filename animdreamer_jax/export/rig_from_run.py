@@ -1,0 +1,364 @@
+"""A finished extraction run folder -> the arrays of a rigged, animated asset.
+
+Reads (all written by `animdreamer extract`, see train/extract_outputs.py):
+  config.json   the resolved config (model sizes, render.blend, ...);
+  rest.npz      rest mesh: vertices (V, 3), faces (F, 3), vertex_colors (V, 3);
+  motion.npz    object_to_camera (T, 4, 4), bone_quat/bone_trans (T, B, 4/3),
+                rest_bone_quat/rest_bone_trans, bone_log_scale (B, 3), and,
+                when present, w2c (T, 4, 4) (the video's cameras);
+  meshes.npz    the model's per-frame meshes (its fps, and the check below);
+  checkpoints/  the trained parameters (orbax, train/checkpoint.py).
+
+From the checkpoint it takes the skinning weights that the model's forward
+warp really uses at the rest vertices: softmax(-(Mahalanobis^2 + delta)) with
+the delta-skinning MLP at the mean time code (motion.npz's
+rest_skin_weights leave the delta out). With those weights the model's forward
+warp of any bone motion is a pure function of arrays
+(`model_forward_warp`), which the export compares with what a glTF player
+shows.
+
+Root motion (object -> world) needs the video's cameras: world = the video's
+world frame, root_t = w2c_t^-1 * object_to_camera_t (identity where the learned
+root pose matches the cameras; the remainder is the animal's own motion). The
+cameras come from motion.npz (key w2c) or from the video folder (`video_dir`);
+without them there is no root motion.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import pathlib
+from typing import Optional
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from animdreamer_jax.errors import UserError
+from animdreamer_jax.export import gltf_writer
+from animdreamer_jax.model import skinning
+from animdreamer_jax.model.skinning import Bones
+
+REQUIRED_FILES = ("config.json", "rest.npz", "motion.npz", "meshes.npz")
+_MOTION_KEYS = {"object_to_camera": 3, "bone_quat": 3, "bone_trans": 3, "rest_bone_quat": 2,
+                "rest_bone_trans": 2, "bone_log_scale": 2}
+_WEIGHT_CHUNK = 4096  # rest vertices per jitted skinning-weight call
+
+
+@dataclasses.dataclass(frozen=True)
+class RunRig:
+  """Everything the export needs from one run folder.
+
+  Attributes:
+    rig: gltf_writer.Rig (object frame; root_to_world set when cameras are known).
+    run_dir: the run folder.
+    blend: the model's blending ("dqs" or "lbs", config.render.blend).
+    object_to_camera: (T, 4, 4) learned root poses.
+    log_scale: (B, 3) Gaussian bone log-scales.
+    root_source: where the root motion came from (for the log).
+    meshes_frame: the frame of meshes.npz ("object", "camera" or "world").
+    meshes_vertices: (T, V, 3) meshes.npz's vertices (the extraction's own
+      forward warp, in meshes_frame).
+    intrinsics: (T, 4) learned intrinsics, or None.
+  """
+  rig: gltf_writer.Rig
+  run_dir: pathlib.Path
+  blend: str
+  object_to_camera: np.ndarray
+  log_scale: np.ndarray
+  root_source: str
+  meshes_frame: str
+  meshes_vertices: np.ndarray
+  intrinsics: Optional[np.ndarray] = None
+
+
+# ----------------------------------------------------------------------------
+# Pure numerics.
+
+
+def model_forward_warp(rest_vertices: jnp.ndarray, weights: jnp.ndarray, rest_quat: jnp.ndarray,
+                       rest_trans: jnp.ndarray, bone_quat: jnp.ndarray, bone_trans: jnp.ndarray,
+                       blend: str = "dqs") -> jnp.ndarray:
+  """The model's forward warp (canonical -> frame object space) with given weights.
+
+  Same per-point function as the renderer's `SkinningWarp.forward`
+  (`skinning.warp_point` of the rest -> frame relative transforms), with the
+  frame-independent forward weights precomputed.
+
+  Args:
+    rest_vertices: (V, 3) canonical points.
+    weights: (V, B) forward skinning weights.
+    rest_quat, rest_trans: (B, 4), (B, 3) rest bones.
+    bone_quat, bone_trans: (T, B, 4), (T, B, 3) bones per frame.
+    blend: "dqs" or "lbs".
+  Returns:
+    (T, V, 3) posed points in each frame's object space.
+  """
+  rest = Bones(quat=rest_quat, trans=rest_trans)
+
+  def one_frame(quat, trans):
+    rel = skinning.relative_transforms(rest, Bones(quat=quat, trans=trans))
+    return jax.vmap(lambda x, w: skinning.warp_point(x, w, rel, blend))(rest_vertices, weights)
+
+  return jax.vmap(one_frame)(bone_quat, bone_trans)
+
+
+_jit_forward_warp = jax.jit(model_forward_warp, static_argnames=("blend",))
+
+
+def forward_warp_np(rig: gltf_writer.Rig, weights: np.ndarray, blend: str) -> np.ndarray:
+  """`model_forward_warp` for a Rig's arrays, one frame at a time (bounded memory). -> (T, V, 3)."""
+  out = []
+  for t in range(rig.num_frames):
+    out.append(np.asarray(_jit_forward_warp(
+        jnp.asarray(rig.rest_vertices, jnp.float32), jnp.asarray(weights, jnp.float32),
+        jnp.asarray(rig.rest_bone_quat, jnp.float32), jnp.asarray(rig.rest_bone_trans, jnp.float32),
+        jnp.asarray(rig.bone_quat[t:t + 1], jnp.float32),
+        jnp.asarray(rig.bone_trans[t:t + 1], jnp.float32), blend=blend))[0])
+  return np.stack(out).astype(np.float32)
+
+
+def apply_transforms(matrices: np.ndarray, points: np.ndarray) -> np.ndarray:
+  """(T, 4, 4) rigid transforms applied to (T, V, 3) points -> (T, V, 3) float64."""
+  matrices = np.asarray(matrices, np.float64)
+  return (np.einsum("tij,tvj->tvi", matrices[:, :3, :3], np.asarray(points, np.float64))
+          + matrices[:, None, :3, 3])
+
+
+def root_from_cameras(object_to_camera: np.ndarray, w2c: np.ndarray) -> np.ndarray:
+  """Root motion object -> world: w2c_t^-1 object_to_camera_t, re-orthonormalised. (T, 4, 4)."""
+  root = np.linalg.inv(np.asarray(w2c, np.float64)) @ np.asarray(object_to_camera, np.float64)
+  # Nearest rotation (float32 inputs drift slightly off SO(3)).
+  u, _, vt = np.linalg.svd(root[:, :3, :3])
+  fix = np.linalg.det(u @ vt) < 0
+  u[fix, :, -1] *= -1
+  root[:, :3, :3] = u @ vt
+  root[:, 3] = [0.0, 0.0, 0.0, 1.0]
+  return root
+
+
+# ----------------------------------------------------------------------------
+# Reading the run folder.
+
+
+def _load_npz(path: pathlib.Path) -> dict[str, np.ndarray]:
+  try:
+    with np.load(path, allow_pickle=False) as data:
+      return {k: data[k] for k in data.files}
+  except (OSError, ValueError) as e:
+    raise UserError(f"{path}: cannot read ({e})") from e
+
+
+def check_run_folder(run_dir: str | pathlib.Path) -> pathlib.Path:
+  """Raises UserError unless `run_dir` is a finished extraction run with a checkpoint."""
+  run_dir = pathlib.Path(run_dir)
+  if not run_dir.is_dir():
+    raise UserError(f"{run_dir}: run folder not found")
+  missing = [name for name in REQUIRED_FILES if not (run_dir / name).is_file()]
+  if missing:
+    raise UserError(f"{run_dir}: not a finished extraction run (missing {', '.join(missing)}); "
+                    "let `animdreamer extract` finish (or resume it) first")
+  checkpoints = run_dir / "checkpoints"
+  steps = [p for p in checkpoints.iterdir() if p.is_dir() and p.name.isdigit()] \
+      if checkpoints.is_dir() else []
+  if not steps:
+    raise UserError(f"{checkpoints}: missing checkpoint (the trained model is needed for the "
+                    "skinning weights)")
+  return run_dir
+
+
+def load_config(run_dir: pathlib.Path):
+  from animdreamer_jax.train import config as config_lib  # pylint: disable=g-import-not-at-top
+  path = run_dir / "config.json"
+  try:
+    data = json.loads(path.read_text())
+  except (OSError, json.JSONDecodeError) as e:
+    raise UserError(f"{path}: cannot read the run's config ({e})") from e
+  if not isinstance(data, dict) or "model" not in data:
+    raise UserError(f"{path}: not a run config (no 'model' section)")
+  return config_lib.config_from_dict(data)
+
+
+def restore_model(run_dir: pathlib.Path, config, num_frames: int):
+  """The run's ArticulatedModel and trained parameters from its latest checkpoint.
+
+  The restore template is built exactly as the trainer builds its state (same
+  config, same frame count), so the checkpointer's shape check applies.
+
+  Returns:
+    (model, params).
+  Raises:
+    UserError: missing or mismatching checkpoint.
+  """
+  # pylint: disable=g-import-not-at-top
+  import types
+  from animdreamer_jax.model import articulated_model
+  from animdreamer_jax.train import checkpoint as checkpoint_lib
+  from animdreamer_jax.train import state as state_lib
+  from animdreamer_jax.train import step as step_lib
+  # pylint: enable=g-import-not-at-top
+  # The image size only sets initial intrinsics; the checkpoint overrides them.
+  model = articulated_model.ArticulatedModel(
+      step_lib.model_config(config, num_frames, (256, 256)))
+  # Only the tree structure, shapes and dtypes matter (the restore replaces the
+  # values): eval_shape avoids compiling the model's init.
+  shapes = jax.eval_shape(model.init, jax.random.PRNGKey(0), jnp.zeros((4, 3), jnp.float32),
+                          jnp.int32(0))
+  params = jax.tree_util.tree_map(lambda s: np.zeros(s.shape, s.dtype), shapes)
+  tx = step_lib.make_optimizer(config, params)
+  aux = step_lib.initial_aux(config, types.SimpleNamespace(
+      prior_w2c=np.zeros((num_frames, 4, 4), np.float32)))
+  template = state_lib.create(params, tx, aux, seed=int(config.train.seed) + 1)
+  directory = run_dir / "checkpoints"
+  checkpointer = checkpoint_lib.Checkpointer(directory, max_to_keep=10**6)
+  try:
+    state, _ = checkpointer.restore(template)
+  except UserError:
+    raise
+  except Exception as e:  # orbax raises many types for damaged folders
+    raise UserError(f"{directory}: cannot restore the checkpoint ({type(e).__name__}: {e})") from e
+  finally:
+    checkpointer.close()
+  return model, state.params
+
+
+def forward_skin_weights(model, params, rest_vertices: np.ndarray) -> np.ndarray:
+  """(V, B) weights of the model's forward warp at rest vertices (Mahalanobis + delta)."""
+  from animdreamer_jax.render import warp_render  # pylint: disable=g-import-not-at-top
+  rest = warp_render.rest_state(model, params)
+
+  @jax.jit
+  def weights_fn(x):
+    logits = jax.vmap(lambda p: skinning.gaussian_skinning_logits(p, rest.bones,
+                                                                  rest.log_scale))(x)
+    if rest.delta_code is not None:
+      local = jax.vmap(lambda p: skinning.bone_local_coords(p, rest.bones))(x)
+      local = local * jnp.exp(-rest.log_scale)
+      logits = logits - model.apply(params, local, rest.delta_code, method="skinning_delta")
+    return jax.nn.softmax(logits, axis=-1)
+
+  v = rest_vertices.shape[0]
+  pad = (-v) % _WEIGHT_CHUNK
+  padded = np.concatenate([np.asarray(rest_vertices, np.float32), np.zeros((pad, 3), np.float32)])
+  chunks = [np.asarray(weights_fn(jnp.asarray(padded[i:i + _WEIGHT_CHUNK])))
+            for i in range(0, padded.shape[0], _WEIGHT_CHUNK)]
+  return np.concatenate(chunks)[:v].astype(np.float32)
+
+
+def _check_motion(motion: dict, path: pathlib.Path) -> tuple[int, int]:
+  for key, ndim in _MOTION_KEYS.items():
+    if key not in motion:
+      raise UserError(f"{path}: missing key '{key}'")
+    if motion[key].ndim != ndim:
+      raise UserError(f"{path}: '{key}' has shape {motion[key].shape}")
+  t, b = motion["bone_quat"].shape[:2]
+  expected = {"object_to_camera": (t, 4, 4), "bone_quat": (t, b, 4), "bone_trans": (t, b, 3),
+              "rest_bone_quat": (b, 4), "rest_bone_trans": (b, 3), "bone_log_scale": (b, 3)}
+  for key, shape in expected.items():
+    if motion[key].shape != shape:
+      raise UserError(f"{path}: '{key}' has shape {motion[key].shape}, expected {shape}")
+  if "w2c" in motion and motion["w2c"].shape != (t, 4, 4):
+    raise UserError(f"{path}: 'w2c' has shape {motion['w2c'].shape}, expected {(t, 4, 4)}")
+  return t, b
+
+
+def video_cameras(video_dir: str | pathlib.Path, num_frames: int
+                  ) -> tuple[np.ndarray, np.ndarray, tuple[int, int]]:
+  """(w2c (T, 4, 4), intrinsics (T, 4), (H, W)) of a video folder, checked against T."""
+  from animdreamer_jax.data import video as video_lib  # pylint: disable=g-import-not-at-top
+  video = video_lib.load_video(video_dir)
+  if video.num_frames != num_frames:
+    raise UserError(f"{video_dir}: the video has {video.num_frames} frames but the run has "
+                    f"{num_frames}; pass the video the run was trained on")
+  return (np.asarray(video.w2c, np.float64), np.asarray(video.intrinsics, np.float64),
+          (video.height, video.width))
+
+
+def load_run_rig(run_dir: str | pathlib.Path, video_dir: Optional[str | pathlib.Path] = None,
+                 name: Optional[str] = None, with_model: bool = True) -> RunRig:
+  """Reads a finished run folder into a RunRig.
+
+  Args:
+    run_dir: the extraction run folder.
+    video_dir: optional video folder the run was trained on (its cameras give
+      the root motion when motion.npz has none).
+    name: asset name (default: the run folder's name).
+    with_model: restore the checkpoint for the exact forward weights (with
+      delta skinning); False uses motion.npz's rest_skin_weights (tests, or
+      models without delta skinning).
+  Raises:
+    UserError: unfinished run, missing checkpoint, inconsistent files.
+  """
+  # pylint: disable=g-import-not-at-top
+  from animdreamer_jax import assets
+  # pylint: enable=g-import-not-at-top
+  run_dir = check_run_folder(run_dir)
+  config = load_config(run_dir)
+  rest = _load_npz(run_dir / "rest.npz")
+  for key in ("vertices", "faces"):
+    if key not in rest:
+      raise UserError(f"{run_dir / 'rest.npz'}: missing key '{key}'")
+  motion = _load_npz(run_dir / "motion.npz")
+  num_frames, num_bones = _check_motion(motion, run_dir / "motion.npz")
+  meshes = assets.load_sequence_npz(run_dir / "meshes.npz")
+  rest_vertices = np.asarray(rest["vertices"], np.float32)
+  faces = np.asarray(rest["faces"], np.int32)
+  if meshes.vertices.shape != (num_frames,) + rest_vertices.shape:
+    raise UserError(f"{run_dir / 'meshes.npz'}: vertices {meshes.vertices.shape} do not match "
+                    f"rest.npz ({rest_vertices.shape[0]} vertices) and motion.npz "
+                    f"({num_frames} frames)")
+  colors = rest.get("vertex_colors")
+  if colors is not None and (colors.shape != rest_vertices.shape or colors.dtype != np.uint8):
+    raise UserError(f"{run_dir / 'rest.npz'}: vertex_colors must be uint8 {rest_vertices.shape}")
+
+  if with_model:
+    model, params = restore_model(run_dir, config, num_frames)
+    if model.config.num_bones != num_bones:
+      raise UserError(f"{run_dir}: the checkpoint has {model.config.num_bones} bones but "
+                      f"motion.npz has {num_bones}")
+    weights = forward_skin_weights(model, params, rest_vertices)
+    intrinsics = np.asarray(model.apply(params, jnp.arange(num_frames, dtype=jnp.int32),
+                                        method="intrinsics"), np.float64)
+  else:
+    if "rest_skin_weights" not in motion:
+      raise UserError(f"{run_dir / 'motion.npz'}: missing key 'rest_skin_weights'")
+    weights = np.asarray(motion["rest_skin_weights"], np.float32)
+    intrinsics = None
+
+  object_to_camera = np.asarray(motion["object_to_camera"], np.float64)
+  root, root_source = None, "none (no camera poses: motion.npz has no 'w2c'; pass the video)"
+  if "w2c" in motion:
+    root, root_source = root_from_cameras(object_to_camera, motion["w2c"]), "motion.npz w2c"
+  elif video_dir is not None:
+    w2c, video_intrinsics, _ = video_cameras(video_dir, num_frames)
+    root, root_source = root_from_cameras(object_to_camera, w2c), f"{video_dir} cameras"
+    if intrinsics is None:
+      intrinsics = video_intrinsics
+
+  rig = gltf_writer.Rig(
+      rest_vertices=rest_vertices, faces=faces, skin_weights=weights,
+      rest_bone_quat=np.asarray(motion["rest_bone_quat"], np.float32),
+      rest_bone_trans=np.asarray(motion["rest_bone_trans"], np.float32),
+      bone_quat=np.asarray(motion["bone_quat"], np.float32),
+      bone_trans=np.asarray(motion["bone_trans"], np.float32),
+      fps=float(meshes.fps), root_to_world=root, vertex_colors=colors,
+      name=name or run_dir.resolve().name)
+  rig = gltf_writer.validate_rig(rig, str(run_dir))
+  blend = str(config.render.blend) if "render" in config and "blend" in config.render else "dqs"
+  mesh_frame = str(motion["mesh_frame"]) if "mesh_frame" in motion else "object"
+  return RunRig(rig=rig, run_dir=run_dir, blend=blend, object_to_camera=object_to_camera,
+                log_scale=np.asarray(motion["bone_log_scale"], np.float32),
+                root_source=root_source, meshes_frame=mesh_frame,
+                meshes_vertices=np.asarray(meshes.vertices, np.float32), intrinsics=intrinsics)
+
+
+def model_meshes_in_frame(run: RunRig, posed_object: np.ndarray, frame: str) -> Optional[np.ndarray]:
+  """Model meshes (object frame, (T, V, 3)) in meshes.npz's frame, or None if unknown."""
+  if frame == "object":
+    return posed_object
+  if frame == "camera":
+    return apply_transforms(run.object_to_camera, posed_object).astype(np.float32)
+  if frame == "world" and run.rig.root_to_world is not None:
+    return apply_transforms(run.rig.root_to_world, posed_object).astype(np.float32)
+  return None
