@@ -169,6 +169,30 @@ def tiny_config(video_lengths=(4,), image_size=(16, 16), **overrides) -> ModelCo
                      **values)
 
 
+def constant_params(config: ModelConfig) -> dict[tuple[str, ...], np.ndarray]:
+  """Initial values of the non-random parameters, by path under "params".
+
+  The one source of these values: the module initialisers and the fast host
+  initialisation (`model.init.init_variables`) both read them.
+  """
+  num_videos = len(config.video_lengths)
+  h, w = config.image_size
+  return {
+      ("log_gauss",): np.full((config.num_bones, 3), np.log(config.init_gauss_scale), np.float32),
+      ("logibeta",): np.asarray(-np.log(config.init_beta), np.float32),
+      ("bone_logibeta",): np.asarray(-np.log(config.init_bone_beta), np.float32),
+      ("logsigma",): np.asarray(np.log(config.init_feature_temperature), np.float32),
+      ("root_pose", "base_quat"): np.tile(np.array([0, 0, 0, 1], np.float32), (num_videos, 1)),
+      ("intrinsics", "base_logfocal"): np.full((num_videos, 2), np.log(max(h, w)), np.float32),
+      ("intrinsics", "base_ppoint"): np.tile(np.array([w / 2, h / 2], np.float32),
+                                             (num_videos, 1)),
+  }
+
+
+def _constant(value: np.ndarray):
+  return lambda key: jnp.asarray(value)
+
+
 class ArticulatedModel(nn.Module):
   """All parameters of the animatable model; see the module docstring for the tree.
 
@@ -204,16 +228,11 @@ class ArticulatedModel(nn.Module):
           vl, c.delta_time_freqs, c.delta_time_dim, name="delta_time")
       self.delta_mlp = fields.SkinningDelta(
           c.num_bones, c.delta_depth, c.delta_width, c.delta_scale, name="delta_mlp")
-    self.log_gauss = self.param(
-        "log_gauss", lambda k, s: jnp.full(s, np.log(c.init_gauss_scale), jnp.float32),
-        (c.num_bones, 3))
-    self.logibeta = self.param(
-        "logibeta", lambda k, s: jnp.full(s, -np.log(c.init_beta), jnp.float32), ())
-    self.bone_logibeta = self.param(
-        "bone_logibeta", lambda k, s: jnp.full(s, -np.log(c.init_bone_beta), jnp.float32), ())
-    self.logsigma = self.param(
-        "logsigma", lambda k, s: jnp.full(s, np.log(c.init_feature_temperature), jnp.float32),
-        ())
+    consts = constant_params(c)
+    self.log_gauss = self.param("log_gauss", _constant(consts[("log_gauss",)]))
+    self.logibeta = self.param("logibeta", _constant(consts[("logibeta",)]))
+    self.bone_logibeta = self.param("bone_logibeta", _constant(consts[("bone_logibeta",)]))
+    self.logsigma = self.param("logsigma", _constant(consts[("logsigma",)]))
 
   # -- initialisation ---------------------------------------------------------
 

@@ -142,9 +142,7 @@ class RootPose(nn.Module):
     self.quat_head = Head(self.width, 4)
     num_videos = len(self.video_lengths)
     self.base_quat = self.param(
-        "base_quat",
-        lambda key, shape: jnp.tile(jnp.array([0.0, 0.0, 0.0, 1.0]), (shape[0], 1)),
-        (num_videos, 4))
+        "base_quat", lambda key: jnp.tile(jnp.array([0.0, 0.0, 0.0, 1.0]), (num_videos, 1)))
 
   def __call__(self, frame_idx: jnp.ndarray) -> tuple[jnp.ndarray, jnp.ndarray]:
     """(...,) frame indices -> quat (..., 4), trans (..., 3) (object -> camera)."""
@@ -173,12 +171,10 @@ class Intrinsics(nn.Module):
     num_videos = len(self.video_lengths)
     h, w = self.image_size
     self.base_logfocal = self.param(
-        "base_logfocal", lambda key, shape: jnp.full(shape, np.log(max(h, w)), jnp.float32),
-        (num_videos, 2))
+        "base_logfocal", lambda key: jnp.full((num_videos, 2), np.log(max(h, w)), jnp.float32))
     self.base_ppoint = self.param(
         "base_ppoint",
-        lambda key, shape: jnp.tile(jnp.array([w / 2.0, h / 2.0], jnp.float32), (shape[0], 1)),
-        (num_videos, 2))
+        lambda key: jnp.tile(jnp.array([w / 2.0, h / 2.0], jnp.float32), (num_videos, 1)))
 
   def __call__(self, frame_idx: jnp.ndarray) -> jnp.ndarray:
     """(...,) frame indices -> (..., 4) (fx, fy, cx, cy)."""

@@ -31,18 +31,78 @@ from animdreamer_jax.model import encoding
 
 
 def init_variables(model: am.ArticulatedModel, seed: int | jax.Array = 0) -> dict:
-  """Randomly initialised variables {"params": ...} of `model`.
+  """Randomly initialised variables {"params": ...} of `model`, drawn on the host.
+
+  Same distributions as `model.init` (PyTorch nn.Linear: U(+-1/sqrt(fan_in))
+  kernels and biases, N(0, 1) per-video codes, `am.constant_params` for the
+  rest) but drawn with NumPy from the parameter shapes: compiling the
+  threefry-heavy `jax.jit(model.init)` costs ~10 s of CPU, this ~1 s. The
+  numbers differ from `model.init(key, ...)`; both are valid initialisations.
 
   Args:
     model: an ArticulatedModel.
-    seed: int seed or PRNG key.
+    seed: int seed (or a PRNG key, whose data seeds NumPy).
 
   Returns:
     The variables dict (use with `model.apply`).
   """
-  key = jax.random.PRNGKey(seed) if isinstance(seed, int) else seed
-  dummy_x = jnp.zeros((1, 3), jnp.float32)
-  return jax.jit(model.init)(key, dummy_x, jnp.zeros((), jnp.int32))
+  return host_init(model, (jnp.zeros((1, 3), jnp.float32), jnp.zeros((), jnp.int32)),
+                   seed, am.constant_params(model.config))
+
+
+def host_init(module, args: tuple, seed: int | jax.Array = 0,
+              constants: Optional[dict[tuple[str, ...], np.ndarray]] = None) -> dict:
+  """Host-side (NumPy) initialisation of any module built from `model.mlp` layers.
+
+  Args:
+    module: a Flax module whose parameters are TorchDense / SplitDense
+      kernels and biases, "video_code" embeddings, or listed in `constants`.
+    args: example arguments of `module.init` (only their shapes matter).
+    seed: int seed, or a PRNG key.
+    constants: values of the remaining parameters by path under "params".
+
+  Returns:
+    {"params": ...}.
+  """
+  if not isinstance(seed, int):
+    seed = int(np.asarray(jax.random.key_data(seed)).astype(np.uint64).sum())
+  shapes = jax.eval_shape(module.init, jax.random.PRNGKey(0), *args)
+  rng = np.random.default_rng(seed)
+  return {"params": _host_params(shapes["params"], rng, constants or {}, ())}
+
+
+def _host_params(shapes: dict, rng: np.random.Generator,
+                 consts: dict[tuple[str, ...], np.ndarray], path: tuple[str, ...]) -> dict:
+  """Draws one nested parameter dict (see `init_variables`); names in sorted order."""
+  split_kernels = [k for k in shapes if k.startswith("kernel_")]
+  split_fan_in = sum(int(shapes[k].shape[0]) for k in split_kernels)
+  out = {}
+  for name in sorted(shapes):
+    leaf, where = shapes[name], path + (name,)
+    if isinstance(leaf, dict):
+      out[name] = _host_params(leaf, rng, consts, where)
+      continue
+    if where in consts:
+      value = consts[where]
+    elif name == "kernel":
+      value = _uniform(rng, leaf.shape, leaf.shape[0])
+    elif name == "bias" and "kernel" in shapes:
+      value = _uniform(rng, leaf.shape, shapes["kernel"].shape[0])
+    elif split_kernels and (name == "bias" or name in split_kernels):
+      value = _uniform(rng, leaf.shape, split_fan_in)
+    elif name == "video_code":
+      value = rng.standard_normal(leaf.shape)
+    else:
+      raise ValueError(f"params/{'/'.join(where)}: no host initialiser")
+    if np.shape(value) != tuple(leaf.shape):
+      raise ValueError(f"params/{'/'.join(where)}: shape {np.shape(value)} != {leaf.shape}")
+    out[name] = jnp.asarray(value, leaf.dtype)
+  return out
+
+
+def _uniform(rng: np.random.Generator, shape, fan_in: int) -> np.ndarray:
+  bound = 1.0 / np.sqrt(max(int(fan_in), 1))
+  return rng.uniform(-bound, bound, shape)
 
 
 def _replace(variables: dict, path: tuple[str, ...], value) -> dict:
@@ -116,8 +176,10 @@ def fit_sdf(model: am.ArticulatedModel, variables: dict,
     v = field_params(canonical_params)
     sdf = model.apply(v, points, alpha, method="sdf")
     target = target_sdf(points)
-    # lab4d aligns the scale of the prediction to the target (detached).
-    scale = jax.lax.stop_gradient(jnp.sum(sdf * target) / (jnp.sum(sdf * sdf) + 1e-8))
+    # lab4d aligns the scale of the prediction to the target (detached); a
+    # negative best scale is replaced by 1 so the sign cannot flip.
+    scale = jnp.sum(sdf * target) / (jnp.sum(sdf * sdf) + 1e-8)
+    scale = jax.lax.stop_gradient(jnp.where(scale < 0, 1.0, scale))
     loss = jnp.mean((sdf * scale - target) ** 2)
     if model.config.use_visibility:
       vis = model.apply(v, points, method="visibility")
