@@ -362,3 +362,40 @@ def model_meshes_in_frame(run: RunRig, posed_object: np.ndarray, frame: str) -> 
   if frame == "world" and run.rig.root_to_world is not None:
     return apply_transforms(run.rig.root_to_world, posed_object).astype(np.float32)
   return None
+
+
+def load_run_motion(run_dir: str | pathlib.Path, video_dir: Optional[str | pathlib.Path] = None):
+  """The motion of a finished run (motion.npz + meshes.npz's fps; no checkpoint needed).
+
+  Returns:
+    motion_file.Motion (root motion = identity when the run has no cameras).
+  Raises:
+    UserError: not a finished run folder, or inconsistent files.
+  """
+  # pylint: disable=g-import-not-at-top
+  from animdreamer_jax import assets
+  from animdreamer_jax.export import motion_file
+  # pylint: enable=g-import-not-at-top
+  run_dir = pathlib.Path(run_dir)
+  if not run_dir.is_dir():
+    raise UserError(f"{run_dir}: run folder not found")
+  missing = [n for n in ("motion.npz", "meshes.npz") if not (run_dir / n).is_file()]
+  if missing:
+    raise UserError(f"{run_dir}: not a finished extraction run (missing {', '.join(missing)})")
+  motion = _load_npz(run_dir / "motion.npz")
+  num_frames, _ = _check_motion(motion, run_dir / "motion.npz")
+  fps = assets.load_sequence_npz(run_dir / "meshes.npz").fps
+  object_to_camera = np.asarray(motion["object_to_camera"], np.float64)
+  root = np.tile(np.eye(4), (num_frames, 1, 1))
+  if "w2c" in motion:
+    root = root_from_cameras(object_to_camera, motion["w2c"])
+  elif video_dir is not None:
+    root = root_from_cameras(object_to_camera, video_cameras(video_dir, num_frames)[0])
+  return motion_file.validate_motion(motion_file.Motion(
+      fps=float(fps),
+      bone_to_object=gltf_writer.rigid_matrix(motion["bone_quat"], motion["bone_trans"]),
+      rest_bone_to_object=gltf_writer.rigid_matrix(motion["rest_bone_quat"],
+                                                   motion["rest_bone_trans"]),
+      object_to_world=root, object_to_camera=object_to_camera,
+      bone_log_scale=np.asarray(motion["bone_log_scale"], np.float64),
+      source=str(run_dir)), str(run_dir / "motion.npz"))
