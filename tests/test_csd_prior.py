@@ -1,0 +1,200 @@
+"""CSD priors: the oracle (ground-truth renders through a host callback), its CSD gradient
+as an explicit photometric loss, the MVDream adapter (tiny random weights, slow), errors."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import jax
+from jax import test_util as jtu
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from animdreamer_jax.csd import cameras as cameras_lib
+from animdreamer_jax.csd import csd_step
+from animdreamer_jax.csd import prior_interface
+from animdreamer_jax.errors import UserError
+from animdreamer_jax.prior import schedule as schedule_lib
+
+ABAR = schedule_lib.make_alphas_cumprod()
+RES = 12
+
+
+def _box_mesh(half=(0.3, 0.15, 0.2)):
+  """A coloured box (8 vertices, 12 triangles) and 2 frames (the second shifted)."""
+  hx, hy, hz = half
+  v = np.array([[x, y, z] for x in (-hx, hx) for y in (-hy, hy) for z in (-hz, hz)], np.float64)
+  faces = np.array([[0, 1, 3], [0, 3, 2], [4, 6, 7], [4, 7, 5], [0, 4, 5], [0, 5, 1],
+                    [2, 3, 7], [2, 7, 6], [0, 2, 6], [0, 6, 4], [1, 5, 7], [1, 7, 3]])
+  colors = np.clip(0.5 + v / (2 * np.abs(v).max()), 0, 1)
+  frames = np.stack([v, v + np.array([0.05, 0.0, 0.0])])
+  return frames, faces, colors
+
+
+def _renderer(video_w2c=None):
+  frames, faces, colors = _box_mesh()
+  if video_w2c is None:
+    video_w2c = np.stack([np.eye(4)] * 2)
+    video_w2c[:, 2, 3] = 3.0
+  return prior_interface.GroundTruthRenderer(frames, faces, colors, video_w2c)
+
+
+def _cameras(frame=1, root_pose=None, key=0):
+  if root_pose is None:
+    root_pose = jnp.asarray(_renderer().world_to_video_camera[frame], jnp.float32)
+  return cameras_lib.sample_cameras(jax.random.PRNGKey(key), resolution=RES,
+                                    object_center=jnp.zeros(3), object_size=0.6,
+                                    object_radius=0.5, frame=frame, root_pose=root_pose)
+
+
+def test_oracle_eps_is_the_point_mass_denoiser():
+  rng = np.random.default_rng(0)
+  clean = rng.normal(size=(4, 3, 3, 3)).astype(np.float32)
+  noise = rng.normal(size=clean.shape).astype(np.float32)
+  t = np.array([10, 200, 500, 900])
+  a = ABAR[t][:, None, None, None].astype(np.float64)
+  noisy = np.sqrt(a) * clean + np.sqrt(1 - a) * noise
+  got = prior_interface.oracle_eps(jnp.asarray(noisy, jnp.float32), jnp.asarray(t),
+                                   jnp.asarray(clean), ABAR)
+  np.testing.assert_allclose(np.asarray(got), noise, atol=2e-4)
+
+
+def test_world_cameras_and_callback_render():
+  renderer = _renderer()
+  # Root pose = the video camera: object frame = world frame.
+  cams = _cameras(frame=1)
+  np.testing.assert_allclose(np.asarray(renderer.world_cameras(cams)), np.asarray(cams.w2c),
+                             atol=1e-5)
+  # A model whose object frame is the world moved by M: root = W_t M^-1, so the CSD
+  # views (in object space) see the world through w2c_obj @ M.
+  m = np.eye(4)
+  m[:3, :3] = np.array([[0.0, 0.0, 1.0], [0.0, 1.0, 0.0], [-1.0, 0.0, 0.0]])
+  m[:3, 3] = [0.1, -0.2, 0.05]
+  root = renderer.world_to_video_camera[1] @ np.linalg.inv(m)
+  cams_m = _cameras(frame=1, root_pose=jnp.asarray(root, jnp.float32))
+  np.testing.assert_allclose(np.asarray(renderer.world_cameras(cams_m)),
+                             np.asarray(cams_m.w2c) @ m, atol=1e-5)
+  # Inside jit, through the host callback, equals a direct host render.
+  images = jax.jit(lambda c: renderer.render_in_jax(c, RES))(cams)
+  direct = renderer.render_views(1, np.asarray(cams.w2c), np.asarray(cams.intrinsics), RES)
+  np.testing.assert_array_equal(np.asarray(images), direct)
+  assert images.shape == (4, RES, RES, 3)
+  # White background at the corners, the box in the middle of every view.
+  np.testing.assert_array_equal(direct[:, 0, 0], 1.0)
+  assert np.all(np.any(direct[:, RES // 2 - 1:RES // 2 + 1, RES // 2 - 1:RES // 2 + 1] < 0.99,
+                       axis=(1, 2, 3)))
+
+
+def _toy_render(params, cameras, uv):
+  """A differentiable stand-in renderer: colour = sigmoid(params) per view and pixel."""
+  del cameras
+  colours = jax.nn.sigmoid(params["logits"])  # (V, R*R, 3)
+  idx = (uv[..., 1] * RES + uv[..., 0]).astype(jnp.int32)
+  return jnp.take_along_axis(colours, idx[..., None], axis=1)
+
+
+@pytest.mark.parametrize("mode", ["recon", "sds"])
+def test_oracle_csd_gradient_is_a_photometric_loss_gradient(mode):
+  """With the oracle, x0_hat = x_gt exactly, so CSD's gradient is that of
+  recon: 0.5 |z - z_gt|^2 / V;  sds: 0.5 sqrt(a (1 - a)) |z - z_gt|^2 / V, z = 2 I - 1."""
+  renderer = _renderer()
+  prior = prior_interface.oracle_prior(renderer, RES)
+  cams = _cameras(frame=1)
+  rng = np.random.default_rng(1)
+  params = {"logits": jnp.asarray(rng.normal(size=(4, RES * RES, 3)), jnp.float32)}
+  settings = csd_step.CsdSettings(resolution=RES, mode=mode, rescale=0.5, guidance_scale=50.0,
+                                  encoder_sample=False)
+  mask = {"logits": True}
+  grads, images, metrics = jax.jit(lambda p: csd_step.csd_gradient(
+      _toy_render, p, mask, prior, None, cams, None, jax.random.PRNGKey(3), 0.3, 0.3,
+      settings))(params)
+  t = int(metrics["csd_t"])
+  assert t == 300
+  a = float(ABAR[t])
+  gt = renderer.render_views(1, np.asarray(cams.w2c), np.asarray(cams.intrinsics), RES)
+  scale = 1.0 if mode == "recon" else math.sqrt(a * (1 - a))
+
+  def loss(p):
+    z = 2 * _toy_render(p, cams, csd_step.image_pixels(RES, 4)).reshape(4, RES, RES, 3) - 1
+    return 0.5 * scale * jnp.sum((z - (2 * gt - 1)) ** 2) / 4
+
+  want = jax.grad(loss)(params)["logits"]
+  np.testing.assert_allclose(np.asarray(grads["logits"]), np.asarray(want), rtol=2e-3,
+                             atol=2e-3 * float(jnp.abs(want).max()))
+  jtu.check_grads(loss, (params,), order=1, modes=("rev",), eps=1e-2, atol=5e-3,
+                            rtol=5e-3)
+  np.testing.assert_allclose(np.asarray(images),
+                             np.asarray(jax.nn.sigmoid(params["logits"])).reshape(4, RES, RES, 3),
+                             rtol=1e-6)
+
+
+def test_oracle_from_video_needs_ground_truth():
+  class NoGt:
+    gt = None
+  with pytest.raises(UserError, match="ground truth"):
+    prior_interface.oracle_prior_from_video(NoGt(), 16)
+  with pytest.raises(UserError, match="vertices"):
+    prior_interface.GroundTruthRenderer(np.zeros((4, 3)), np.zeros((1, 3)), None, np.eye(4))
+
+
+def test_load_mvdream_errors(tmp_path):
+  with pytest.raises(UserError, match="csd.weights"):
+    prior_interface.load_mvdream("", "a fox", "")
+  with pytest.raises(UserError, match="csd.prompt"):
+    prior_interface.load_mvdream(str(tmp_path), "", "")
+  with pytest.raises(UserError, match="config.json"):
+    prior_interface.load_mvdream(str(tmp_path / "nothing"), "a fox", "")
+
+
+def test_resize_matches_torch_align_corners_false():
+  """Bilinear upsampling with half-pixel centres (torch align_corners=False), 2 -> 4 pixels."""
+  x = jnp.asarray(np.array([0.0, 1.0], np.float32).reshape(1, 1, 2, 1))
+  x = jnp.broadcast_to(x, (1, 2, 2, 1))
+  got = np.asarray(prior_interface.resize_images(x, 4))[0, 0, :, 0]
+  # Output centre i maps to (i + 0.5) / 2 - 0.5 in input pixels, clamped.
+  want = np.clip((np.arange(4) + 0.5) / 2 - 0.5, 0, 1)
+  np.testing.assert_allclose(got, want, atol=1e-6)
+
+
+@pytest.mark.slow
+def test_mvdream_adapter_with_tiny_random_weights():
+  from animdreamer_jax.prior import unet as unet_lib  # pylint: disable=import-outside-toplevel
+  from animdreamer_jax.prior import vae as vae_lib  # pylint: disable=import-outside-toplevel
+  unet_config = unet_lib.UNetConfig.tiny()
+  vae_config = vae_lib.VaeConfig.tiny()
+  image_size = 32  # latents 8 x 8 with the tiny VAE (f = 4)
+  prior = prior_interface.mvdream_prior(unet_config, vae_config, image_size=image_size)
+  params = {"unet": unet_lib.init_unet_params(unet_config, jax.random.PRNGKey(0), latent_size=8,
+                                              num_views=4),
+            "vae": vae_lib.init_vae_params(vae_config, jax.random.PRNGKey(1), image_size=image_size)}
+  cams = cameras_lib.sample_cameras(jax.random.PRNGKey(2), resolution=16, object_center=jnp.zeros(3),
+                                    object_size=1.0, object_radius=0.8, frame=0,
+                                    root_pose=jnp.eye(4))
+  rng = np.random.default_rng(0)
+  images = jnp.asarray(rng.uniform(size=(4, 16, 16, 3)), jnp.float32)
+  latents = prior.encode_fn(params, images, None)
+  want = vae_lib.encode_to_latents(params["vae"], 2 * prior_interface.resize_images(images, 32) - 1,
+                                   vae_config, None)
+  np.testing.assert_allclose(np.asarray(latents), np.asarray(want), rtol=1e-5, atol=1e-6)
+  assert latents.shape == (4, 8, 8, 4)
+  text = (jnp.asarray(rng.normal(size=(5, 32)), jnp.float32),
+          jnp.asarray(rng.normal(size=(5, 32)), jnp.float32))
+  t = jnp.full((4,), 400, jnp.int32)
+  noisy = jnp.asarray(rng.normal(size=latents.shape), jnp.float32)
+  model = unet_lib.MultiViewUNet(unet_config)
+  direct = lambda ctx: model.apply({"params": params["unet"]}, noisy, t,
+                                   jnp.broadcast_to(ctx, (4,) + ctx.shape), cams.mvdream,
+                                   num_views=4)
+  eps_c, eps_u = direct(text[0]), direct(text[1])
+  guided, cond = csd_step.guided_eps(prior, params, noisy, t, text, cams, 7.0)
+  np.testing.assert_allclose(np.asarray(cond), np.asarray(eps_c), rtol=1e-4, atol=1e-5)
+  np.testing.assert_allclose(np.asarray(guided), np.asarray(eps_u + 7.0 * (eps_c - eps_u)),
+                             rtol=1e-4, atol=1e-4)
+  settings = dataclasses.replace(csd_step.CsdSettings(), resolution=16)
+  grad, metrics = csd_step.image_gradient(prior, params, images, cams, text, jax.random.PRNGKey(4),
+                                          0.02, 0.98, settings)
+  assert grad.shape == images.shape and bool(jnp.all(jnp.isfinite(grad)))
+  assert float(jnp.abs(grad).max()) > 0
+  assert 20 <= int(metrics["csd_t"]) <= 980

@@ -1,0 +1,428 @@
+"""CSD step: gradient vs the analytic chain rule and finite differences, parameter groups,
+patch-wise / rematerialised back-propagation, the schedule, the masked optimiser update.
+
+The model is the tiny ArticulatedModel with parameters drawn in NumPy from its
+`eval_shape` structure (Flax's eager init compiles hundreds of tiny programs).
+Renders are 3 x 3 pixels x 4 views; one jitted function per configuration.
+"""
+
+from __future__ import annotations
+
+import math
+
+import flax
+import jax
+from jax import test_util as jtu
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from animdreamer_jax.csd import cameras as cameras_lib
+from animdreamer_jax.csd import config as csd_config_lib
+from animdreamer_jax.csd import csd_step
+from animdreamer_jax.csd import prior_interface
+from animdreamer_jax.errors import UserError
+from animdreamer_jax.model import articulated_model
+from animdreamer_jax.prior import schedule as schedule_lib
+
+RES = 3
+NUM_FRAMES = 4
+T_FRACTION = 0.5  # t_min = t_max: t = 500 exactly
+T_INDEX = 500
+ABAR = schedule_lib.make_alphas_cumprod()
+AABB = jnp.array([[-0.5, -0.5, -0.5], [0.5, 0.5, 0.5]], jnp.float32)
+
+
+def _numpy_params(model, seed=0):
+  """Random parameters with the model's structure (kernels ~ N(0, 1/fan_in))."""
+  shapes = jax.eval_shape(model.init, jax.random.PRNGKey(0), jnp.zeros((4, 3)), jnp.int32(0))
+  rng = np.random.default_rng(seed)
+  special = {"log_gauss": math.log(0.3), "logibeta": -math.log(0.1),
+             "bone_logibeta": -math.log(0.05), "logsigma": 0.0,
+             "base_logfocal": 0.0, "base_ppoint": 0.0}
+
+  def fill(path, leaf):
+    name = str(getattr(path[-1], "key", path[-1]))
+    if name in special:
+      return np.full(leaf.shape, special[name], np.float32)
+    if name == "base_quat":
+      return np.broadcast_to(np.array([0.0, 0.0, 0.0, 1.0], np.float32), leaf.shape).copy()
+    if name.startswith("kernel"):
+      return (rng.normal(size=leaf.shape) / math.sqrt(leaf.shape[0])).astype(np.float32)
+    return (0.1 * rng.normal(size=leaf.shape)).astype(np.float32)
+
+  return jax.tree_util.tree_map_with_path(fill, shapes)
+
+
+@pytest.fixture(scope="module")
+def tiny():
+  config = articulated_model.tiny_config(video_lengths=(NUM_FRAMES,))
+  model = articulated_model.ArticulatedModel(config)
+  return model, _numpy_params(model)
+
+
+def _linear_prior():
+  """eps = m x_t + c with prior_params {"m": (), "c": latents-shaped}; pixel space, no text."""
+  def eps_fn(pp, noisy, t, text, cams):
+    del t, text, cams
+    return pp["m"] * noisy + pp["c"]
+  return prior_interface.function_prior(eps_fn, conditional=False, name="linear")
+
+
+def _make_fn(model, settings, groups):
+  """jit f(params, prior_params) -> (grads, images, metrics) for a fixed camera draw."""
+  render = csd_step.make_view_renderer(model, settings)
+  prior = _linear_prior()
+
+  @jax.jit
+  def f(params, prior_params):
+    mask = csd_step.param_group_mask(params, groups)
+    cams = csd_step.draw_cameras(model, params, jax.random.PRNGKey(7), AABB, NUM_FRAMES, settings)
+    return csd_step.csd_gradient(render, params, mask, prior, prior_params, cams, None,
+                                 jax.random.PRNGKey(11), T_FRACTION, T_FRACTION, settings)
+  return f
+
+
+_SETTINGS = csd_step.CsdSettings(resolution=RES, num_samples=8, mode="sds", weighting="sds",
+                                 guidance_scale=1.0, rescale=0.0, encoder_sample=False)
+
+
+@pytest.fixture(scope="module")
+def canonical_fn(tiny):
+  return _make_fn(tiny[0], _SETTINGS, "canonical")
+
+
+@pytest.fixture(scope="module")
+def fg_results(tiny):
+  """(full vjp, patch-wise + remat) results with the "fg" groups, same prior inputs."""
+  model, params = tiny
+  a = ABAR[T_INDEX]
+  prior_params = {"m": jnp.float32(1.0 / math.sqrt(1.0 - a)),
+                  "c": jnp.full((4, RES, RES, 3), 0.3, jnp.float32)}
+  fg_fn = _make_fn(model, _SETTINGS, "fg")
+  full = fg_fn(params, prior_params)
+  import dataclasses  # pylint: disable=import-outside-toplevel
+  patched = _make_fn(model, dataclasses.replace(_SETTINGS, patches=3, remat=True), "fg")(
+      params, prior_params)
+  return full, patched, fg_fn, prior_params
+
+
+def _flat(tree):
+  return flax.traverse_util.flatten_dict(flax.core.unfreeze(tree)["params"], sep="/")
+
+
+def _perturb(params, path, index, delta):
+  flat = _flat(params)
+  leaf = np.array(flat[path])
+  leaf.reshape(-1)[index] += delta
+  flat[path] = leaf
+  return {"params": flax.traverse_util.unflatten_dict(flat, sep="/")}
+
+
+# ----------------------------------------------------------------------------
+# The gradient.
+
+
+def test_gradient_is_the_chain_rule_and_matches_finite_differences(tiny, canonical_fn):
+  """Linear prior eps = x_t / sqrt(1 - a) + c: the latent gradient is noise-free,
+  w(t) (sqrt(a / (1 - a)) z + c) / V, so dL/dI = 2 x that (z = 2 I - 1), and the
+  parameter gradient is sum_pixels dL/dI dI/dtheta with dI/dtheta by central differences."""
+  _, params = tiny
+  a = float(ABAR[T_INDEX])
+  c = np.random.default_rng(1).normal(size=(4, RES, RES, 3)).astype(np.float32) * 0.3
+  prior_params = {"m": jnp.float32(1.0 / math.sqrt(1.0 - a)), "c": jnp.asarray(c)}
+  grads, images, metrics = jax.device_get(canonical_fn(params, prior_params))
+  images = np.asarray(images, np.float64)
+  assert images.shape == (4, RES, RES, 3)
+  assert 0.0 <= images.min() and images.max() <= 1.0
+  assert float(metrics["csd_t"]) == T_INDEX
+  z = 2.0 * images - 1.0
+  dl_dz = (1.0 - a) * (math.sqrt(a / (1.0 - a)) * z + c) / 4.0
+  dl_di = 2.0 * dl_dz
+  assert float(metrics["csd_loss"]) == pytest.approx(
+      0.5 * np.sum(((1.0 - a) * (math.sqrt(a / (1.0 - a)) * z + c)) ** 2) / 4.0, rel=1e-4)
+  flat_g = _flat(grads)
+  checked = 0
+  # Per leaf, the coordinate with the largest gradient (float32 differences of
+  # 3 x 3 renders resolve about 1e-4 absolute).
+  coords = [(path, int(np.argmax(np.abs(np.asarray(flat_g[path]))))) for path in (
+      "canonical/rgb_out/dense/bias", "canonical/sdf_head/dense/bias",
+      "canonical/sdf_trunk/hidden_0/bias", "canonical/sdf_trunk/hidden_1/kernel_1",
+      "canonical/color_mlp/output/dense/bias")]
+  for path, index in coords:
+    def central(h):
+      plus = canonical_fn(_perturb(params, path, index, h), prior_params)[1]
+      minus = canonical_fn(_perturb(params, path, index, -h), prior_params)[1]
+      return (np.asarray(plus, np.float64) - np.asarray(minus, np.float64)) / (2 * h)
+    # Richardson extrapolation of two central differences: O(h^4).
+    di = (4 * central(5e-3) - central(1e-2)) / 3
+    want = float(np.sum(dl_di * di))
+    got = float(np.asarray(flat_g[path]).reshape(-1)[index])
+    assert abs(want) > 1e-2, path  # the coordinate matters for these renders
+    assert got == pytest.approx(want, rel=2e-3, abs=1e-4), path
+    checked += 1
+  assert checked == 5
+
+
+def test_zero_when_the_prior_returns_the_injected_noise(tiny, canonical_fn):
+  """eps = x_t / sqrt(1 - a) - sqrt(a / (1 - a)) z equals the injected noise for the
+  current renders z, so the CSD gradient vanishes (up to rounding)."""
+  _, params = tiny
+  a = float(ABAR[T_INDEX])
+  m = jnp.float32(1.0 / math.sqrt(1.0 - a))
+  reference, images, _ = canonical_fn(params, {"m": m, "c": jnp.zeros((4, RES, RES, 3), jnp.float32)})
+  z = 2.0 * images - 1.0
+  c = (-math.sqrt(a / (1.0 - a)) * z).astype(jnp.float32)
+  grads, _, metrics = canonical_fn(params, {"m": m, "c": c})
+  ref_max = max(float(jnp.max(jnp.abs(g))) for g in jax.tree_util.tree_leaves(reference))
+  got_max = max(float(jnp.max(jnp.abs(g))) for g in jax.tree_util.tree_leaves(grads))
+  assert ref_max > 1e-3
+  assert got_max <= 1e-5 * ref_max + 1e-9
+  assert float(metrics["csd_loss"]) < 1e-10
+
+
+def test_canonical_groups_only(tiny, canonical_fn):
+  _, params = tiny
+  a = float(ABAR[T_INDEX])
+  grads, _, _ = canonical_fn(params, {"m": jnp.float32(1.0 / math.sqrt(1.0 - a)),
+                                      "c": jnp.full((4, RES, RES, 3), 0.3, jnp.float32)})
+  mask = _flat(csd_step.param_group_mask(params, "canonical"))
+  for path, g in _flat(grads).items():
+    g = np.asarray(g)
+    if mask[path]:
+      continue
+    assert np.all(g == 0.0), path  # exactly zero outside the groups
+  for path in ("canonical/sdf_trunk/hidden_0/kernel_0", "canonical/sdf_head/dense/kernel",
+               "canonical/rgb_out/dense/kernel", "canonical/color_mlp/output/dense/kernel"):
+    assert np.abs(np.asarray(_flat(grads)[path])).max() > 0, path
+  assert np.all(np.asarray(_flat(grads)["bones/trans_head/output/dense/kernel"]) == 0)
+
+
+def test_fg_groups_reach_bones_and_skinning(tiny, fg_results):
+  """Bone, Gaussian-scale, delta-skinning and appearance leaves get gradient (checked against
+  central differences of the renders, as in the canonical test); the rest is exactly zero."""
+  _, params = tiny
+  (grads, images, _), _, fg_fn, prior_params = fg_results
+  a = float(ABAR[T_INDEX])
+  dl_di = 2.0 * (1.0 - a) * (math.sqrt(a / (1.0 - a)) * (2.0 * np.asarray(images, np.float64) - 1.0)
+                             + 0.3) / 4.0
+  flat = _flat(grads)
+  for path in ("bones/trans_head/output/dense/bias", "log_gauss"):
+    index = int(np.argmax(np.abs(np.asarray(flat[path]))))
+
+    def central(h):
+      plus = fg_fn(_perturb(params, path, index, h), prior_params)[1]
+      minus = fg_fn(_perturb(params, path, index, -h), prior_params)[1]
+      return (np.asarray(plus, np.float64) - np.asarray(minus, np.float64)) / (2 * h)
+    want = float(np.sum(dl_di * (4 * central(5e-3) - central(1e-2)) / 3))
+    got = float(np.asarray(flat[path]).reshape(-1)[index])
+    assert abs(want) > 1e-3, path
+    assert got == pytest.approx(want, rel=5e-3, abs=1e-4), path
+  mask = _flat(csd_step.param_group_mask(params, "fg"))
+  for path in ("bones/trans_head/output/dense/kernel", "bones/so3_head/output/dense/kernel",
+               "log_gauss", "delta_mlp/mlp/output/dense/kernel", "canonical/sdf_head/dense/kernel",
+               "appearance/time_mlp/time_embedding/video_code"):
+    assert np.abs(np.asarray(flat[path])).max() > 0, path
+  for path, g in flat.items():
+    if not mask[path]:
+      assert np.all(np.asarray(g) == 0.0), path
+  assert not mask["root_pose/trans_head/output/dense/kernel"]
+  assert not mask["canonical/feature_mlp/output/dense/kernel"]
+
+
+def test_patchwise_and_remat_equal_the_full_vjp(fg_results):
+  (full_g, full_im, full_m), (patch_g, patch_im, patch_m) = fg_results[:2]
+  np.testing.assert_allclose(np.asarray(patch_im), np.asarray(full_im), rtol=1e-6, atol=1e-7)
+  assert float(patch_m["csd_loss"]) == pytest.approx(float(full_m["csd_loss"]), rel=1e-6)
+  for path, g in _flat(full_g).items():
+    scale = float(np.abs(np.asarray(g)).max()) + 1e-12
+    np.testing.assert_allclose(np.asarray(_flat(patch_g)[path]), np.asarray(g),
+                               rtol=1e-4, atol=1e-5 * scale, err_msg=path)
+
+
+@pytest.mark.slow
+def test_check_grads_of_render_through_the_warp(tiny):
+  """jax.test_util.check_grads on theta -> <w, render o warp (theta)> for bone, skinning and
+  canonical coordinates (the vjp CSD pulls its image gradient back through)."""
+  model, params = tiny
+  render = csd_step.make_view_renderer(model, _SETTINGS)
+  paths = ("bones/trans_head/output/dense/bias", "bones/so3_head/output/dense/bias",
+           "log_gauss", "canonical/sdf_head/dense/bias", "canonical/rgb_out/dense/bias")
+  flat = {k: jnp.asarray(v) for k, v in _flat(params).items()}
+  counts = [min(3, int(np.size(flat[p]))) for p in paths]
+  starts = [int(x) for x in np.cumsum([0] + counts)]
+  theta0 = jnp.concatenate([jnp.ravel(flat[p])[:k] for p, k in zip(paths, counts)])
+  weights = jnp.asarray(np.random.default_rng(5).normal(size=(4, RES * RES, 3)), jnp.float32)
+  uv = csd_step.image_pixels(RES, 4)
+
+  @jax.jit
+  def f(theta):
+    new = dict(flat)
+    for i, p in enumerate(paths):
+      piece = theta[starts[i]:starts[i + 1]]
+      new[p] = jnp.ravel(flat[p]).at[:counts[i]].set(piece).reshape(flat[p].shape)
+    p = {"params": flax.traverse_util.unflatten_dict(new, sep="/")}
+    cams = csd_step.draw_cameras(model, p, jax.random.PRNGKey(7), AABB, NUM_FRAMES, _SETTINGS)
+    return jnp.sum(weights * render(p, cams, uv))
+
+  jtu.check_grads(f, (theta0,), order=1, modes=("rev",), eps=1e-2, atol=2e-2, rtol=2e-2)
+
+
+# ----------------------------------------------------------------------------
+# Latent gradient, guidance, reduction (no renderer).
+
+
+def _cameras(n=4):
+  return cameras_lib.sample_cameras(jax.random.PRNGKey(0), resolution=2, object_center=jnp.zeros(3),
+                                    object_size=1.0, object_radius=0.8, frame=0,
+                                    root_pose=jnp.eye(4), num_views=n)
+
+
+def test_latent_gradient_sds_weighting():
+  rng = np.random.default_rng(2)
+  z = rng.normal(size=(4, 2, 2, 3)).astype(np.float32)
+  noise = rng.normal(size=z.shape).astype(np.float32)
+  prior = prior_interface.function_prior(lambda pp, x, t, c, cams: 0.7 * x - 0.1,
+                                         conditional=False)
+  t = 321
+  a = float(ABAR[t])
+  x_t = math.sqrt(a) * z + math.sqrt(1 - a) * noise
+  for weighting, w in (("sds", 1.0 - a), ("uniform", 1.0)):
+    settings = csd_step.CsdSettings(mode="sds", weighting=weighting, guidance_scale=50.0)
+    got = csd_step.latent_gradient(prior, None, jnp.asarray(z), jnp.asarray(noise), jnp.int32(t),
+                                   _cameras(), None, settings)
+    np.testing.assert_allclose(np.asarray(got), w * (0.7 * x_t - 0.1 - noise), rtol=1e-5,
+                               atol=1e-6)
+
+
+def test_latent_gradient_cfg_batch_order_and_std_rescale():
+  """Conditional prior eps = x_t * s + s / 10 with s = the context's first entry; cond
+  context 2, uncond 1. Reference: CFG, x0 from eps, per-object population-std rescale."""
+  rng = np.random.default_rng(3)
+  z = rng.normal(size=(8, 2, 2, 4)).astype(np.float32)  # two objects x 4 views
+  noise = rng.normal(size=z.shape).astype(np.float32)
+  seen = {}
+
+  def eps_fn(pp, x, t, ctx, cams):
+    seen["batch"] = x.shape[0]
+    seen["cams"] = cams.w2c.shape[0]
+    s = ctx[:, 0, 0][:, None, None, None]
+    return x * s + s / 10.0
+
+  prior = prior_interface.function_prior(eps_fn, conditional=True)
+  cond, uncond = jnp.full((5, 6), 2.0), jnp.full((5, 6), 1.0)
+  t, scale, rescale = 700, 7.5, 0.5
+  a = float(ABAR[t])
+  settings = csd_step.CsdSettings(mode="recon", guidance_scale=scale, rescale=rescale)
+  got = csd_step.latent_gradient(prior, None, jnp.asarray(z), jnp.asarray(noise), jnp.int32(t),
+                                 _cameras(8), (cond, uncond), settings)
+  assert seen == {"batch": 16, "cams": 16}
+  x_t = math.sqrt(a) * z.astype(np.float64) + math.sqrt(1 - a) * noise
+  eps_c, eps_u = 2 * x_t + 0.2, 1 * x_t + 0.1
+  eps = eps_u + scale * (eps_c - eps_u)
+  x0 = (x_t - math.sqrt(1 - a) * eps) / math.sqrt(a)
+  x0_c = (x_t - math.sqrt(1 - a) * eps_c) / math.sqrt(a)
+  want = np.empty_like(x0)
+  for o in range(2):
+    sl = slice(4 * o, 4 * o + 4)
+    factor = (x0_c[sl].std() + 1e-8) / (x0[sl].std() + 1e-8)
+    want[sl] = z[sl] - (rescale * factor * x0[sl] + (1 - rescale) * x0[sl])
+  np.testing.assert_allclose(np.asarray(got), want, rtol=2e-4, atol=2e-4)
+
+
+def test_image_gradient_reduction_and_pixel_encoder():
+  """Pixel prior: z = 2 I - 1, so dL/dI = 2 g / norm (norm = views or latent size)."""
+  rng = np.random.default_rng(4)
+  images = rng.uniform(size=(4, 2, 2, 3)).astype(np.float32)
+  a = float(ABAR[T_INDEX])
+  m = 1.0 / math.sqrt(1 - a)
+  prior = prior_interface.function_prior(lambda pp, x, t, c, cams: m * x + 0.25, conditional=False)
+  g = (1 - a) * (math.sqrt(a / (1 - a)) * (2 * images - 1) + 0.25)
+  for reduction, norm in (("sum", 4.0), ("mean", float(images.size))):
+    settings = csd_step.CsdSettings(mode="sds", reduction=reduction, encoder_sample=False)
+    grad, metrics = csd_step.image_gradient(prior, None, jnp.asarray(images), _cameras(), None,
+                                            jax.random.PRNGKey(0), T_FRACTION, T_FRACTION, settings)
+    np.testing.assert_allclose(np.asarray(grad), 2 * g / norm, rtol=2e-4, atol=1e-6)
+    assert float(metrics["csd_loss"]) == pytest.approx(0.5 * np.sum(g * g) / norm, rel=1e-4)
+
+
+def test_timestep_schedule():
+  for step in (0, 10, 4000, 7999, 8000, 20000):
+    lo, hi = csd_step.timestep_fractions(step, 10000)
+    p = min(step / 8000, 1.0)
+    assert lo == pytest.approx(0.98 + (0.02 - 0.98) * p)
+    assert hi == pytest.approx(0.98 + (0.5 - 0.98) * p)
+  lo, hi = csd_step.timestep_fractions(400, 1000, t_start=0.8, anneal_fraction=0.8)
+  assert (lo, hi) == pytest.approx((0.8 + (0.02 - 0.8) * 0.5, 0.8 + (0.5 - 0.8) * 0.5))
+  cfg = csd_config_lib.csd_config()
+  s = csd_step.csd_scalars(cfg, 8000, 9000)
+  assert s["csd_t_min"] == pytest.approx(0.02) and s["csd_t_max"] == pytest.approx(0.5)
+  assert s["csd_weight"] == pytest.approx(1.0)
+  keys = jax.random.split(jax.random.PRNGKey(5), 4000)
+  ts = np.asarray(jax.vmap(lambda k: csd_step.sample_timestep(k, 0.02, 0.5, 1000))(keys))
+  assert ts.min() == 20 and ts.max() == 500
+  ts = np.asarray(jax.vmap(lambda k: csd_step.sample_timestep(k, 0.98, 0.98, 1000))(keys[:10]))
+  assert np.all(ts == 980)
+  cfg.prior = "oracle"
+  assert [csd_step.is_csd_step(cfg, i) for i in range(5)] == [True, False, True, False, True]
+  cfg.prior = "none"
+  assert not csd_step.is_csd_step(cfg, 0)
+
+
+# ----------------------------------------------------------------------------
+# Parameter groups and the masked optimiser update.
+
+
+def test_param_group_mask_presets_and_errors(tiny):
+  _, params = tiny
+  flat = _flat(csd_step.param_group_mask(params, "canonical"))
+  for path, m in flat.items():
+    want = any(path.startswith(g + "/") or path == g
+               for g in articulated_model.CSD_DEFAULT_GROUPS)
+    assert m == want, path
+  custom = _flat(csd_step.param_group_mask(params, "canonical/rgb_out, log_gauss"))
+  assert {p for p, m in custom.items() if m} == {"canonical/rgb_out/dense/bias",
+                                                  "canonical/rgb_out/dense/kernel", "log_gauss"}
+  with pytest.raises(UserError, match="param_groups"):
+    csd_step.param_group_mask(params, "no_such_group")
+  with pytest.raises(UserError, match="csd.mode"):
+    csd_step.CsdSettings(mode="dream")
+  with pytest.raises(UserError, match="csd.patches"):
+    csd_step.CsdSettings(resolution=5, patches=4)
+  settings = csd_step.CsdSettings.from_config(csd_config_lib.csd_config(), render_samples=24)
+  assert settings.num_samples == 24 and settings.alpha is None and settings.resolution == 64
+
+
+def test_masked_update_keeps_frozen_leaves_and_their_moments():
+  from animdreamer_jax.train import optimizer as optimizer_lib  # pylint: disable=import-outside-toplevel
+  params = {"params": {"canonical": {"w": jnp.ones((3, 2))}, "bones": {"w": jnp.ones((2,))},
+                       "log_gauss": jnp.zeros((2, 3))}}
+  tx = optimizer_lib.make_optimizer(params, clip_norm=0.0)
+  opt = tx.init(params)
+  # A first full step so every moment is non-zero.
+  grads1 = jax.tree_util.tree_map(lambda p: jnp.full_like(p, 0.5), params)
+  upd, opt = tx.update(grads1, opt, params)
+  params = optax.apply_updates(params, upd)
+  mask = {"params": {"canonical": {"w": jnp.bool_(True)}, "bones": {"w": jnp.bool_(False)},
+                     "log_gauss": jnp.bool_(True)}}
+  grads2 = jax.tree_util.tree_map(lambda p: jnp.full_like(p, -0.25), params)
+  new_params, new_opt = csd_step.apply_masked_update(tx, grads2, opt, params, mask, jnp.float32(0.1))
+  ref_upd, ref_opt = tx.update(grads2, opt, params)
+  ref_params = optax.apply_updates(params, jax.tree_util.tree_map(lambda u: 0.1 * u, ref_upd))
+  np.testing.assert_allclose(new_params["params"]["canonical"]["w"],
+                             ref_params["params"]["canonical"]["w"], rtol=1e-6)
+  np.testing.assert_allclose(new_params["params"]["log_gauss"], ref_params["params"]["log_gauss"],
+                             rtol=1e-6)
+  np.testing.assert_array_equal(new_params["params"]["bones"]["w"], params["params"]["bones"]["w"])
+  state_mask = csd_step.opt_state_mask(opt, params, mask)
+  for (path, old), new, ref, m in zip(jax.tree_util.tree_flatten_with_path(opt)[0],
+                                      jax.tree_util.tree_leaves(new_opt),
+                                      jax.tree_util.tree_leaves(ref_opt),
+                                      jax.tree_util.tree_leaves(state_mask)):
+    names = "/".join(str(getattr(e, "key", getattr(e, "name", getattr(e, "idx", e)))) for e in path)
+    if "bones" in names:
+      assert not bool(m), names
+      np.testing.assert_array_equal(np.asarray(new), np.asarray(old), err_msg=names)
+    else:
+      np.testing.assert_allclose(np.asarray(new), np.asarray(ref), rtol=1e-6, err_msg=names)
