@@ -135,15 +135,19 @@ def closest_point_on_triangles(points: jnp.ndarray, a: jnp.ndarray, b: jnp.ndarr
   def dot(x, y):
     return x[0] * y[0] + x[1] * y[1] + x[2] * y[2]
 
+  def cross(x, y):
+    return jnp.stack([x[1] * y[2] - x[2] * y[1], x[2] * y[0] - x[0] * y[2],
+                      x[0] * y[1] - x[1] * y[0]])
+
   ab, ac, ap = b - a, c - a, p - a
-  d00, d01, d11 = dot(ab, ab), dot(ab, ac), dot(ac, ac)
-  d20, d21 = dot(ap, ab), dot(ap, ac)
-  denom = d00 * d11 - d01 * d01
-  # Relative threshold: treats slivers as degenerate without a unit-dependent eps.
-  ok = denom > 1e-12 * jnp.maximum(d00 * d11, 1e-30)
-  safe = jnp.where(ok, denom, 1.0)
-  v = (d11 * d20 - d01 * d21) / safe
-  w = (d00 * d21 - d01 * d20) / safe
+  # Barycentrics of the projection from cross products with the normal n:
+  # unlike the Gram-determinant form, |n|^2 has no cancellation for slivers.
+  n = cross(ab, ac)
+  nn = dot(n, n)
+  ok = nn > 1e-12 * dot(ab, ab) * dot(ac, ac)
+  safe = jnp.where(ok, nn, 1.0)
+  v = dot(cross(ap, ac), n) / safe
+  w = dot(cross(ab, ap), n) / safe
   inside = ok & (v >= 0) & (w >= 0) & (v + w <= 1)
   projected = a + v * ab + w * ac
 
