@@ -333,3 +333,23 @@ def test_camera_from_opencv_w2c_matches_orbit():
   cams = np.asarray(camera_embedding.camera_from_w2c(np.stack(w2cs)))
   np.testing.assert_allclose(cams, _np_get_camera(views, elevation, start), atol=1e-5)
   np.testing.assert_allclose(np.linalg.norm(cams.reshape(-1, 4, 4)[:, :3, 3], axis=-1), 1.0, atol=1e-6)
+
+
+# --- live PyTorch reference (optional extra) ------------------------------------------------------------
+
+
+@pytest.mark.parity
+def test_live_torch_reference_matches_goldens_and_jax(tool, golden):
+  """Regenerates the reference with torch + diffusers: same names, same outputs, and JAX still agrees."""
+  pytest.importorskip("torch")
+  pytest.importorskip("diffusers")
+  live = tool.generate()
+  assert list(live["ldm_names"]) == list(golden["ldm_names"])
+  assert list(live["diffusers_names"]) == list(golden["diffusers_names"])
+  assert relative_error(live["eps"], golden["eps"]) < 1e-5
+  assert relative_error(live["vjp_x"], golden["vjp_x"]) < 1e-5
+  model = MultiViewUNet(golden["config"])
+  eps = run_compiled(lambda p: model.apply({"params": p}, live["x"], live["timesteps"], live["context"],
+                                           live["camera"], num_views=int(live["num_views"])),
+                     golden["params"])
+  assert relative_error(eps, live["eps"]) < 2e-5

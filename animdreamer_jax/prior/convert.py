@@ -403,11 +403,13 @@ def _vae_config_from_diffusers(vae_module, config_json: Mapping[str, Any]):
 _HF_CLIP_BLOCK_RENAMES = {"layer_norm1": "ln_1", "layer_norm2": "ln_2", "self_attn.out_proj": "attn.out_proj",
                           "mlp.fc1": "mlp.c_fc", "mlp.fc2": "mlp.c_proj"}
 # Present in some HF exports, unused by the text tower: the position-id buffer, a projection head.
-_HF_CLIP_IGNORED = ("text_model.embeddings.position_ids", "text_projection.weight")
+_HF_CLIP_IGNORED = ("embeddings.position_ids", "text_projection.weight")
 
 
 def hf_clip_text_to_open_clip(state: Mapping[str, Any]) -> tuple[dict[str, np.ndarray], list[str]]:
   """transformers `CLIPTextModel` state dict -> OpenCLIP text-tower names (no prefix).
+
+  Keys may carry the `text_model.` level (transformers v4 files) or not (v5).
 
   Returns:
     (open_clip_state, ignored_keys).
@@ -418,32 +420,33 @@ def hf_clip_text_to_open_clip(state: Mapping[str, Any]) -> tuple[dict[str, np.nd
   out: dict[str, np.ndarray] = {}
   qkv: dict[int, dict[str, np.ndarray]] = {}
   ignored = []
-  for key, value in state.items():
+  for full_key, value in state.items():
+    key = full_key.removeprefix("text_model.")
     if key in _HF_CLIP_IGNORED:
-      ignored.append(key)
+      ignored.append(full_key)
       continue
-    if key == "text_model.embeddings.token_embedding.weight":
+    if key == "embeddings.token_embedding.weight":
       out["token_embedding.weight"] = value
-    elif key == "text_model.embeddings.position_embedding.weight":
+    elif key == "embeddings.position_embedding.weight":
       out["positional_embedding"] = value
-    elif key.startswith("text_model.final_layer_norm."):
+    elif key.startswith("final_layer_norm."):
       out["ln_final." + key.rsplit(".", 1)[1]] = value
-    elif m := re.fullmatch(r"text_model\.encoder\.layers\.(\d+)\.(.+)\.(weight|bias)", key):
+    elif m := re.fullmatch(r"encoder\.layers\.(\d+)\.(.+)\.(weight|bias)", key):
       block, layer, kind = int(m.group(1)), m.group(2), m.group(3)
       if m2 := re.fullmatch(r"self_attn\.([qkv])_proj", layer):
         qkv.setdefault(block, {})[m2.group(1) + kind] = np.asarray(value)
       elif layer in _HF_CLIP_BLOCK_RENAMES:
         out[f"transformer.resblocks.{block}.{_HF_CLIP_BLOCK_RENAMES[layer]}.{kind}"] = value
       else:
-        raise UserError(f"{key}: not a key of a transformers CLIPTextModel")
+        raise UserError(f"{full_key}: not a key of a transformers CLIPTextModel")
     else:
-      raise UserError(f"{key}: not a key of a transformers CLIPTextModel")
+      raise UserError(f"{full_key}: not a key of a transformers CLIPTextModel")
   for block, parts in qkv.items():
     for kind in ("weight", "bias"):
       names = [c + kind for c in "qkv"]
       missing = [n for n in names if n not in parts]
       if missing:
-        raise UserError(f"text_model.encoder.layers.{block}.self_attn: missing {missing[0][0]}_proj.{kind}")
+        raise UserError(f"encoder.layers.{block}.self_attn: missing {missing[0][0]}_proj.{kind}")
       out[f"transformer.resblocks.{block}.attn.in_proj_{kind}"] = np.concatenate(
           [parts[n] for n in names], axis=0)
   return out, ignored
