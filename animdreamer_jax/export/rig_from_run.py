@@ -180,11 +180,29 @@ def load_config(run_dir: pathlib.Path):
   return config_lib.config_from_dict(data)
 
 
+def _saved_signature(directory: pathlib.Path, step: int) -> Optional[list]:
+  """The leaf shapes the checkpointer recorded with a step (its meta item), or None."""
+  try:
+    return json.loads((directory / str(step) / "meta" / "metadata").read_text()).get("signature")
+  except (OSError, ValueError, AttributeError):
+    return None
+
+
+def _leaf_index(tree, suffix: tuple[str, ...]) -> Optional[int]:
+  for i, (path, _) in enumerate(jax.tree_util.tree_flatten_with_path(tree)[0]):
+    names = tuple(str(getattr(p, "key", getattr(p, "name", p))) for p in path)
+    if names[-len(suffix):] == suffix:
+      return i
+  return None
+
+
 def restore_model(run_dir: pathlib.Path, config, num_frames: int):
   """The run's ArticulatedModel and trained parameters from its latest checkpoint.
 
-  The restore template is built exactly as the trainer builds its state (same
-  config, same frame count), so the checkpointer's shape check applies.
+  The restore template is built as the trainer builds its state (same config,
+  same frame count), so the checkpointer's shape check applies. The feature
+  width follows the video's features, which the run folder does not record: it
+  is read from the checkpoint's recorded leaf shapes.
 
   Returns:
     (model, params).
@@ -198,21 +216,32 @@ def restore_model(run_dir: pathlib.Path, config, num_frames: int):
   from animdreamer_jax.train import state as state_lib
   from animdreamer_jax.train import step as step_lib
   # pylint: enable=g-import-not-at-top
-  # The image size only sets initial intrinsics; the checkpoint overrides them.
-  model = articulated_model.ArticulatedModel(
-      step_lib.model_config(config, num_frames, (256, 256)))
-  # Only the tree structure, shapes and dtypes matter (the restore replaces the
-  # values): eval_shape avoids compiling the model's init.
-  shapes = jax.eval_shape(model.init, jax.random.PRNGKey(0), jnp.zeros((4, 3), jnp.float32),
-                          jnp.int32(0))
-  params = jax.tree_util.tree_map(lambda s: np.zeros(s.shape, s.dtype), shapes)
-  tx = step_lib.make_optimizer(config, params)
-  aux = step_lib.initial_aux(config, types.SimpleNamespace(
-      prior_w2c=np.zeros((num_frames, 4, 4), np.float32)))
-  template = state_lib.create(params, tx, aux, seed=int(config.train.seed) + 1)
+
+  def build(feature_dim: int):
+    # The image size only sets initial intrinsics; the checkpoint overrides them.
+    model = articulated_model.ArticulatedModel(
+        step_lib.model_config(config, num_frames, (256, 256), feature_dim))
+    # Only the tree structure, shapes and dtypes matter (the restore replaces
+    # the values): eval_shape avoids compiling the model's init.
+    shapes = jax.eval_shape(model.init, jax.random.PRNGKey(0), jnp.zeros((4, 3), jnp.float32),
+                            jnp.int32(0))
+    params = jax.tree_util.tree_map(lambda s: np.zeros(s.shape, s.dtype), shapes)
+    tx = step_lib.make_optimizer(config, params)
+    aux = step_lib.initial_aux(config, types.SimpleNamespace(
+        prior_w2c=np.zeros((num_frames, 4, 4), np.float32)))
+    return model, state_lib.create(params, tx, aux, seed=int(config.train.seed) + 1)
+
   directory = run_dir / "checkpoints"
   checkpointer = checkpoint_lib.Checkpointer(directory, max_to_keep=10**6)
   try:
+    model, template = build(int(config.model.get("feature_dim", 0)))
+    step = checkpointer.latest_step()
+    saved = None if step is None else _saved_signature(directory, step)
+    index = _leaf_index(template, ("feature_mlp", "output", "dense", "bias"))
+    if saved is not None and index is not None and index < len(saved):
+      feature_dim = int(saved[index][0][0])
+      if feature_dim != model.config.feature_dim:
+        model, template = build(feature_dim)
     state, _ = checkpointer.restore(template)
   except UserError:
     raise

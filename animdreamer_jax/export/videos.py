@@ -22,6 +22,7 @@ import colorsys
 import os
 import pathlib
 import tempfile
+import warnings
 from typing import Iterable, Optional, Sequence
 
 import numpy as np
@@ -294,6 +295,12 @@ def upscale(frames: np.ndarray, min_height: int = 256) -> np.ndarray:
   return frames.repeat(factor, axis=1).repeat(factor, axis=2)
 
 
+def _umask() -> int:
+  mask = os.umask(0)
+  os.umask(mask)
+  return mask
+
+
 def write_mp4(path: str | os.PathLike, frames: Iterable[np.ndarray] | np.ndarray,
               fps: float) -> None:
   """H.264 MP4 (yuv420p, even sizes padded) via imageio-ffmpeg, written atomically.
@@ -314,8 +321,12 @@ def write_mp4(path: str | os.PathLike, frames: Iterable[np.ndarray] | np.ndarray
   fd, tmp = tempfile.mkstemp(prefix=path.stem + ".tmp-", suffix=".mp4", dir=path.parent)
   os.close(fd)
   try:
-    imageio.mimwrite(tmp, list(frames.astype(np.uint8)), fps=float(fps), codec="libx264",
-                     pixelformat="yuv420p", macro_block_size=1)
+    with warnings.catch_warnings():
+      # ffmpeg is exec'd at once, so JAX's "fork with threads" warning does not apply.
+      warnings.simplefilter("ignore", RuntimeWarning)
+      imageio.mimwrite(tmp, list(frames.astype(np.uint8)), fps=float(fps), codec="libx264",
+                       pixelformat="yuv420p", macro_block_size=1)
+    os.chmod(tmp, 0o666 & ~_umask())
     os.replace(tmp, path)
   except BaseException as e:
     if os.path.exists(tmp):

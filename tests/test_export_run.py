@@ -1,0 +1,289 @@
+"""Export and re-animation of a run folder (a tiny model with a real orbax checkpoint).
+
+The run folder is made here the way the extraction writes it: a tiny
+ArticulatedModel with random parameters (moving bones, non-zero delta
+skinning), its checkpoint through train/checkpoint.py, and meshes.npz from the
+extraction's own forward warp (`extract_outputs.posed_sequence`, the
+renderer's SkinningWarp), which is the independent reference for the
+export's array-based warp.
+"""
+
+from __future__ import annotations
+
+import json
+import pathlib
+import shutil
+import types
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from scipy.spatial import ConvexHull
+from scipy.spatial.transform import Rotation
+
+from animdreamer_jax import assets
+from animdreamer_jax import cli
+from animdreamer_jax.export import gltf_writer
+from animdreamer_jax.export import motion_file
+from animdreamer_jax.export import rig_from_run
+
+NUM_FRAMES, NUM_BONES, FPS = 6, 5, 12.0
+
+
+def _random_params(shapes, seed):
+  """Fan-in scaled random weights (NumPy); the explicit parameters set to sensible values."""
+  rng = np.random.default_rng(seed)
+  leaves, treedef = jax.tree_util.tree_flatten_with_path(shapes)
+  special = {"log_gauss": lambda s: np.full(s, np.log(0.12)),
+             "base_quat": lambda s: np.tile([0.0, 0.0, 0.0, 1.0], (s[0], 1)),
+             "base_logfocal": lambda s: np.full(s, np.log(40.0)),
+             "base_ppoint": lambda s: np.full(s, 16.0)}
+  out = []
+  for path, leaf in leaves:
+    name = str(getattr(path[-1], "key", path[-1]))
+    if name in special:
+      value = special[name](leaf.shape)
+    elif leaf.ndim == 0:
+      value = np.zeros(())
+    elif name.startswith("kernel"):
+      value = rng.normal(size=leaf.shape) / np.sqrt(leaf.shape[0])
+    else:
+      value = 0.3 * rng.normal(size=leaf.shape)
+    out.append(jnp.asarray(value, leaf.dtype))
+  return jax.tree_util.tree_unflatten(treedef, out)
+
+
+def make_run(folder: pathlib.Path, seed: int = 0) -> pathlib.Path:
+  """A finished-looking run folder (config, checkpoint, rest/meshes/motion npz)."""
+  # pylint: disable=g-import-not-at-top
+  from animdreamer_jax.model import articulated_model
+  from animdreamer_jax.model import skinning
+  from animdreamer_jax.train import checkpoint as checkpoint_lib
+  from animdreamer_jax.train import config as config_lib
+  from animdreamer_jax.train import extract_outputs
+  from animdreamer_jax.train import state as state_lib
+  from animdreamer_jax.train import step as step_lib
+  # pylint: enable=g-import-not-at-top
+  folder.mkdir(parents=True)
+  config = config_lib.extract_base_config("tiny")
+  config.model.num_bones = NUM_BONES
+  # The feature width follows the video (here 6, not the config's): the export
+  # must find it in the checkpoint.
+  model = articulated_model.ArticulatedModel(
+      step_lib.model_config(config, NUM_FRAMES, (32, 32), feature_dim=6))
+  assert model.config.feature_dim != config.model.feature_dim
+  shapes = jax.eval_shape(model.init, jax.random.PRNGKey(0), jnp.zeros((4, 3)), jnp.int32(0))
+  params = _random_params(shapes, seed)
+  # Put the object 2 units in front of the camera.
+  head = params["params"]["root_pose"]["trans_head"]["output"]["dense"]
+  head["bias"] = head["bias"] + jnp.array([0.0, 0.0, 2.0])
+  tx = step_lib.make_optimizer(config, params)
+  aux = step_lib.initial_aux(config, types.SimpleNamespace(
+      prior_w2c=np.zeros((NUM_FRAMES, 4, 4), np.float32)))
+  state = state_lib.create(params, tx, aux, seed=int(config.train.seed) + 1)
+  checkpointer = checkpoint_lib.Checkpointer(folder / "checkpoints")
+  assert checkpointer.save(state)
+  checkpointer.close()
+  config_lib.save_config(config, folder / "config.json")
+
+  # Rest mesh: a closed ellipsoid (convex hull of a UV grid).
+  u, v = np.meshgrid(np.linspace(0, np.pi, 9), np.linspace(0, 2 * np.pi, 12, endpoint=False),
+                     indexing="ij")
+  points = np.stack([0.45 * np.sin(u) * np.cos(v), 0.2 * np.cos(u), 0.18 * np.sin(u) * np.sin(v)],
+                    -1).reshape(-1, 3)
+  points = np.unique(np.round(points, 6), axis=0)
+  hull = ConvexHull(points)
+  rest_v = points[np.unique(hull.simplices)].astype(np.float32)
+  rest_f = ConvexHull(rest_v).simplices.astype(np.int32)
+  posed, obj2cam = extract_outputs.posed_sequence(model, params, config, rest_v, NUM_FRAMES)
+
+  @jax.jit
+  def motion_arrays(params):
+    rest_bones = model.apply(params, method="rest_bones")
+    log_scale = model.apply(params, method="log_scale")
+    bones = model.apply(params, jnp.arange(NUM_FRAMES), method="bones")
+    no_delta = skinning.skinning_weights_points(jnp.asarray(rest_v), rest_bones, log_scale)
+    return rest_bones, log_scale, bones, no_delta
+
+  rest_bones, log_scale, bones, no_delta = jax.tree_util.tree_map(np.asarray,
+                                                                  motion_arrays(params))
+  colors = np.random.default_rng(seed).integers(0, 256, rest_v.shape).astype(np.uint8)
+  # Cameras: obj2cam = w2c * root with a known root motion (turn + walk).
+  root = np.tile(np.eye(4), (NUM_FRAMES, 1, 1))
+  root[:, :3, :3] = Rotation.from_euler("y", 10.0 * np.arange(NUM_FRAMES)[:, None],
+                                        degrees=True).as_matrix()
+  root[:, 0, 3] = 0.05 * np.arange(NUM_FRAMES)
+  w2c = obj2cam.astype(np.float64) @ np.linalg.inv(root)
+  assets.save_sequence_npz(folder / "meshes.npz", assets.MeshSequence(
+      vertices=posed, faces=rest_f, fps=FPS, vertex_colors=colors, rest_vertices=rest_v))
+  extract_outputs.save_npz(folder / "rest.npz", vertices=rest_v, faces=rest_f,
+                           vertex_colors=colors)
+  extract_outputs.save_npz(
+      folder / "motion.npz", object_to_camera=obj2cam, mesh_frame=np.array("object"),
+      bone_quat=np.asarray(bones.quat), bone_trans=np.asarray(bones.trans),
+      rest_bone_quat=np.asarray(rest_bones.quat), rest_bone_trans=np.asarray(rest_bones.trans),
+      bone_log_scale=log_scale, rest_skin_weights=no_delta, w2c=w2c.astype(np.float32))
+  np.save(folder / "true_root.npy", root)
+  return folder
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+  return make_run(tmp_path_factory.mktemp("runs") / "run")
+
+
+@pytest.fixture(scope="module")
+def run_rig(run_dir):
+  return rig_from_run.load_run_rig(run_dir)
+
+
+def _truncation_bound(weights, rel, vertices):
+  """|LBS(all bones) - LBS(top 4)| <= (1 - s) max_{b,b'} |M_b x - M_b' x| per vertex (s = kept mass)."""
+  moved = np.einsum("tbij,vj->tvbi", rel[..., :3, :3], vertices) + rel[:, None, :, :3, 3]
+  spread = np.linalg.norm(moved[:, :, :, None] - moved[:, :, None], axis=-1).max((2, 3))
+  kept = -np.sort(-weights, axis=1)[:, :4].sum(1)
+  return (1 - kept)[None] * spread
+
+
+def test_weights_and_warp_reproduce_the_extraction(run_dir, run_rig):
+  """The array warp with the checkpoint's forward weights = the renderer's forward warp."""
+  meshes = assets.load_sequence_npz(run_dir / "meshes.npz").vertices
+  ours = rig_from_run.forward_warp_np(run_rig.rig, run_rig.rig.skin_weights, "dqs")
+  np.testing.assert_allclose(ours, meshes, atol=1e-5)
+  # Delta skinning matters here (motion.npz's weights leave it out).
+  with np.load(run_dir / "motion.npz") as motion:
+    assert np.abs(run_rig.rig.skin_weights - motion["rest_skin_weights"]).max() > 1e-2
+  # The bones really move and rotate (else the test would prove little).
+  assert np.abs(meshes - run_rig.rig.rest_vertices).max() > 0.05
+  np.testing.assert_allclose(run_rig.rig.root_to_world, np.load(run_dir / "true_root.npy"),
+                             atol=1e-4)
+  assert run_rig.root_source == "motion.npz w2c"
+
+
+def test_export_command(run_dir, run_rig, tmp_path, capsys):
+  out = tmp_path / "exp" / "animal.glb"
+  assert cli.main(["export", "--run", str(run_dir), "--out", str(out), "--size", "32"]) == 0
+  printed = capsys.readouterr().out
+  assert "vs model DQS" in printed
+  names = sorted(p.name for p in out.parent.iterdir())
+  assert names == ["animal.export.json", "animal.glb", "animal.html", "animal.meshes.npz",
+                   "animal.motion.json", "animal_animation.mp4", "animal_frames",
+                   "animal_turntable.mp4"]
+  assert len(list((out.parent / "animal_frames").glob("*.obj"))) == NUM_FRAMES
+  log = json.loads((out.parent / "animal.export.json").read_text())
+  assert log["root_motion"] and log["frame"] == "world"
+
+  # The project's glTF loader vs the model's own per-frame meshes (meshes.npz, DQS),
+  # moved by the root motion. Stated tolerance: 1% of the rest bbox diagonal.
+  root = run_rig.rig.root_to_world
+  model_dqs = rig_from_run.apply_transforms(
+      root, assets.load_sequence_npz(run_dir / "meshes.npz").vertices)
+  player = assets.load_gltf(out).pose("motion", np.arange(NUM_FRAMES) / FPS)
+  dist = np.linalg.norm(player - model_dqs, axis=-1)
+  diagonal = np.linalg.norm(np.ptp(run_rig.rig.rest_vertices, axis=0))
+  assert dist.max() < 0.01 * diagonal
+  np.testing.assert_allclose(log["player_vs_model_dqs"]["per_frame_max"], dist.max(1), rtol=1e-4,
+                             atol=1e-7)
+  # Against the model's linear blending only the top-4 truncation remains.
+  rig = run_rig.rig
+  rel = (gltf_writer.rigid_matrix(rig.bone_quat, rig.bone_trans)
+         @ np.linalg.inv(gltf_writer.rigid_matrix(rig.rest_bone_quat, rig.rest_bone_trans))[None])
+  bound = _truncation_bound(rig.skin_weights.astype(np.float64), rel, rig.rest_vertices)
+  model_lbs = rig_from_run.apply_transforms(
+      root, rig_from_run.forward_warp_np(rig, rig.skin_weights, "lbs"))
+  assert np.all(np.linalg.norm(player - model_lbs, axis=-1) <= bound + 1e-5)
+  # The written per-frame meshes are the model's (DQS, the run's blend), in the glTF frame.
+  written = assets.load_sequence_npz(out.parent / "animal.meshes.npz")
+  np.testing.assert_allclose(written.vertices, model_dqs, atol=1e-5)
+  assert written.fps == FPS
+  first = assets.read_obj(out.parent / "animal_frames" / "animal_00000.obj")
+  np.testing.assert_allclose(first[0], model_dqs[0], atol=1e-6)
+  # The motion file holds the run's motion.
+  motion = motion_file.load_motion(out.parent / "animal.motion.json")
+  np.testing.assert_allclose(motion.object_to_world, root, atol=1e-9)
+  np.testing.assert_allclose(motion.object_to_camera, run_rig.object_to_camera, atol=1e-6)
+  if gltf_writer.khronos_validate(out) is not None:
+    assert log["khronos_validator"]["numErrors"] == 0
+
+
+def test_export_lbs_without_root_motion(run_dir, run_rig, tmp_path):
+  out = tmp_path / "lbs.glb"
+  assert cli.main(["export", "--run", str(run_dir), "--out", str(out), "--blend", "lbs",
+                   "--no-root-motion", "--no-videos", "--no-viewer"]) == 0
+  log = json.loads((tmp_path / "lbs.export.json").read_text())
+  assert not log["root_motion"] and log["meshes_blend"] == "lbs"
+  written = assets.load_sequence_npz(tmp_path / "lbs.meshes.npz").vertices
+  model_lbs = rig_from_run.forward_warp_np(run_rig.rig, run_rig.rig.skin_weights, "lbs")
+  np.testing.assert_allclose(written, model_lbs, atol=1e-6)
+  player = assets.load_gltf(out).pose("motion", np.arange(NUM_FRAMES) / FPS)
+  # LBS mode: the player and the model differ by the top-4 truncation alone, which
+  # is smaller than the DQS/LBS gap on this rig.
+  assert log["player_vs_model_lbs"]["mean"] < log["player_vs_model_dqs"]["mean"]
+  assert np.abs(np.linalg.norm(player - written, axis=-1).max()
+                - log["player_vs_model_lbs"]["max"]) < 1e-6
+
+
+def test_reanimate_with_another_runs_motion(run_dir, run_rig, tmp_path):
+  # Another "run": the same files with every bone's motion changed in its local frame.
+  other = tmp_path / "other"
+  other.mkdir()
+  shutil.copy(run_dir / "meshes.npz", other / "meshes.npz")
+  with np.load(run_dir / "motion.npz") as data:
+    motion = {k: data[k] for k in data.files}
+  rng = np.random.default_rng(4)
+  rest = gltf_writer.rigid_matrix(motion["rest_bone_quat"] * 0 + [0, 0, 0, 1.0],
+                                  rng.normal(size=(NUM_BONES, 3)))
+  local = gltf_writer.rigid_matrix(Rotation.random(NUM_FRAMES * NUM_BONES, random_state=1)
+                                   .as_quat().reshape(NUM_FRAMES, NUM_BONES, 4),
+                                   0.1 * rng.normal(size=(NUM_FRAMES, NUM_BONES, 3)))
+  bones = rest[None] @ local
+  motion["rest_bone_quat"], motion["rest_bone_trans"] = gltf_writer.matrix_to_quat_trans(rest)
+  motion["bone_quat"], motion["bone_trans"] = gltf_writer.matrix_to_quat_trans(bones)
+  np.savez(other / "motion.npz", **motion)
+  out = tmp_path / "re.glb"
+  assert cli.main(["reanimate", "--run", str(run_dir), "--motion", str(other), "--out", str(out),
+                   "--no-videos", "--no-viewer"]) == 0
+  # Joint b of the model moves by the other run's local motion: rest_model * local.
+  asset = assets.load_gltf(out)
+  joints = asset.joint_world_positions("motion", np.arange(NUM_FRAMES) / FPS)
+  rest_model = gltf_writer.rigid_matrix(run_rig.rig.rest_bone_quat, run_rig.rig.rest_bone_trans)
+  expected = rig_from_run.apply_transforms(run_rig.rig.root_to_world,
+                                           (rest_model[None] @ local)[..., :3, 3])
+  np.testing.assert_allclose(joints[:, 1:], expected, atol=1e-5)
+  # Re-animating with the run's own motion file reproduces the run's motion.
+  exported = tmp_path / "own.glb"
+  assert cli.main(["export", "--run", str(run_dir), "--out", str(exported), "--no-videos",
+                   "--no-viewer"]) == 0
+  again = tmp_path / "again.glb"
+  assert cli.main(["reanimate", "--run", str(run_dir), "--motion",
+                   str(tmp_path / "own.motion.json"), "--out", str(again), "--no-videos",
+                   "--no-viewer"]) == 0
+  times = np.arange(NUM_FRAMES) / FPS
+  np.testing.assert_allclose(assets.load_gltf(again).pose("motion", times),
+                             assets.load_gltf(exported).pose("motion", times), atol=1e-5)
+
+
+def _expect_error(argv, message, capsys):
+  code = cli.main(argv)
+  err = capsys.readouterr().err.strip().splitlines()
+  assert code == 2 and len(err) == 1 and err[0].startswith("error: ") and message in err[0], err
+
+
+def test_bad_run_folders(run_dir, tmp_path, capsys):
+  out = tmp_path / "out" / "x.glb"
+  broken = tmp_path / "broken"
+  shutil.copytree(run_dir, broken)
+  (broken / "meshes.npz").unlink()
+  _expect_error(["export", "--run", str(broken), "--out", str(out)],
+                "not a finished extraction run (missing meshes.npz)", capsys)
+  shutil.copy(run_dir / "meshes.npz", broken / "meshes.npz")
+  shutil.rmtree(broken / "checkpoints")
+  _expect_error(["export", "--run", str(broken), "--out", str(out)], "missing checkpoint", capsys)
+  shutil.copytree(run_dir / "checkpoints", broken / "checkpoints")
+  (broken / "motion.npz").write_bytes(b"garbage")
+  _expect_error(["export", "--run", str(broken), "--out", str(out)], "motion.npz", capsys)
+  _expect_error(["export", "--run", str(run_dir), "--out", str(tmp_path / "x.obj")], ".glb",
+                capsys)
+  assert not (tmp_path / "out").exists()
+  assert sorted(p.name for p in tmp_path.iterdir()) == ["broken"]
