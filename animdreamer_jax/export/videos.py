@@ -192,7 +192,7 @@ def composite_xray(skin: tuple, bones: tuple, background: np.ndarray = BACKGROUN
   skin_img, skin_depth, skin_mask = skin
   bone_img, bone_depth, bone_mask = bones
   out = np.where(skin_mask[..., None], skin_img, background)
-  front = bone_mask & (bone_depth <= skin_depth)
+  front = bone_mask & (~skin_mask | (bone_depth <= skin_depth))
   behind = bone_mask & skin_mask & (bone_depth > skin_depth)
   out[front] = bone_img[front]
   out[behind] = _SKIN_OPACITY * skin_img[behind] + (1 - _SKIN_OPACITY) * bone_img[behind]
