@@ -53,10 +53,12 @@ def closest_point_reference(p, a, b, c):
   active set of the constraints (interior, each edge, each vertex) in float64."""
   p, a, b, c = (np.asarray(x, np.float64) for x in (p, a, b, c))
   candidates = [a, b, c]
-  e1, e2 = b - a, c - a
-  gram = np.array([[e1 @ e1, e1 @ e2], [e1 @ e2, e2 @ e2]])
-  if np.linalg.det(gram) > 1e-14 * gram[0, 0] * gram[1, 1]:
-    u, v = np.linalg.solve(gram, [e1 @ (p - a), e2 @ (p - a)])
+  e1, e2, ap = b - a, c - a, p - a
+  g11, g12, g22 = e1 @ e1, e1 @ e2, e2 @ e2
+  det = g11 * g22 - g12 * g12
+  if det > 1e-14 * g11 * g22:  # interior stationary point (2x2 normal equations)
+    r1, r2 = e1 @ ap, e2 @ ap
+    u, v = (g22 * r1 - g12 * r2) / det, (g11 * r2 - g12 * r1) / det
     if u >= 0 and v >= 0 and u + v <= 1:
       candidates.append(a + u * e1 + v * e2)
   for x, y in ((a, b), (b, c), (c, a)):
@@ -65,7 +67,7 @@ def closest_point_reference(p, a, b, c):
       s = (p - x) @ e / (e @ e)
       if 0 <= s <= 1:
         candidates.append(x + s * e)
-  return min(candidates, key=lambda q: np.linalg.norm(q - p))
+  return min(candidates, key=lambda q: (q - p) @ (q - p))
 
 
 def barycentric_reference(p, a, b, c):

@@ -73,15 +73,20 @@ def surface_scores(dist_pred_to_gt: jnp.ndarray, dist_gt_to_pred: jnp.ndarray,
                        / jnp.maximum(num_pred, 1), nan)
   completeness = jnp.where(num_gt > 0, jnp.sum(gt_weight * dist_gt_to_pred, -1)
                            / jnp.maximum(num_gt, 1), nan)
-  pred_hit = (dist_pred_to_gt[..., None] < thresholds) * pred_weight[..., None]
-  gt_hit = (dist_gt_to_pred[..., None] < thresholds) * gt_weight[..., None]
-  precision = jnp.where(num_pred[:, None] > 0, 100.0 * jnp.sum(pred_hit, 1)
-                        / jnp.maximum(num_pred, 1)[:, None], nan)
-  recall = jnp.where(num_gt[:, None] > 0, 100.0 * jnp.sum(gt_hit, 1)
-                     / jnp.maximum(num_gt, 1)[:, None], nan)
+  def percent_within(dist, weight, count):
+    hits = jnp.sum((dist[..., None] < thresholds) * weight[..., None], 1)  # (T, K)
+    count = count[:, None]
+    # Exactly 1 when every point is within (division may round via reciprocals).
+    fraction = jnp.where(hits == count, 1.0, hits / jnp.maximum(count, 1))
+    return jnp.where(count > 0, 100.0 * fraction, nan)
+
+  precision = percent_within(dist_pred_to_gt, pred_weight, num_pred)
+  recall = percent_within(dist_gt_to_pred, gt_weight, num_gt)
   total = precision + recall
   fscore = jnp.where(total > 0, 2.0 * precision * recall / jnp.where(total > 0, total, 1.0),
                      jnp.where(jnp.isnan(total), nan, 0.0))
+  # The harmonic mean of equal values is that value (kept exact, e.g. 100).
+  fscore = jnp.where(precision == recall, precision, fscore)
   return {"accuracy": accuracy, "completeness": completeness,
           "chamfer": 0.5 * (accuracy + completeness),
           "precision": precision, "recall": recall, "fscore": fscore}
@@ -188,7 +193,7 @@ def summarise(distances: SequenceDistances, *, face_visible: np.ndarray | None =
                        for name, values in columns.items()}
     mean[part] = {}
     for name, values in columns.items():
-      values = values[~np.isnan(values)]
+      values = values[~np.isnan(values)].astype(np.float64)
       mean[part][name] = float(values.mean()) if values.size else None
   return {"per_frame": per_frame, "mean": mean, "visibility": visibility}
 
