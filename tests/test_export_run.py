@@ -224,6 +224,7 @@ def test_export_lbs_without_root_motion(run_dir, run_rig, tmp_path):
                 - log["player_vs_model_lbs"]["max"]) < 1e-6
 
 
+@pytest.mark.slow
 def test_reanimate_with_another_runs_motion(run_dir, run_rig, tmp_path):
   # Another "run": the same files with every bone's motion changed in its local frame.
   other = tmp_path / "other"
@@ -287,3 +288,55 @@ def test_bad_run_folders(run_dir, tmp_path, capsys):
                 capsys)
   assert not (tmp_path / "out").exists()
   assert sorted(p.name for p in tmp_path.iterdir()) == ["broken"]
+
+
+def _run_without_cameras(run_dir: pathlib.Path, folder: pathlib.Path) -> pathlib.Path:
+  shutil.copytree(run_dir, folder)
+  with np.load(folder / "motion.npz") as data:
+    motion = {k: data[k] for k in data.files if k != "w2c"}
+  np.savez(folder / "motion.npz", **motion)
+  return folder
+
+
+@pytest.mark.slow
+def test_root_motion_from_the_video_folder(run_dir, tmp_path, capsys):
+  from animdreamer_jax.data import video as video_lib  # pylint: disable=g-import-not-at-top
+  bare = _run_without_cameras(run_dir, tmp_path / "bare")
+  # Without cameras: no root motion, and the log says why.
+  out = tmp_path / "a" / "still.glb"
+  assert cli.main(["export", "--run", str(bare), "--out", str(out), "--no-videos",
+                   "--no-viewer"]) == 0
+  log = json.loads((out.parent / "still.export.json").read_text())
+  assert not log["root_motion"] and "no camera poses" in log["root_source"]
+  # With the video folder: its cameras give the root motion, and the reference video.
+  with np.load(run_dir / "motion.npz") as data:
+    w2c = data["w2c"]
+  t, h, w = NUM_FRAMES, 24, 32
+  rgb = np.random.default_rng(0).integers(0, 256, (t, h, w, 3)).astype(np.uint8)
+  zeros = np.zeros((t, h, w, 3), np.float16)
+  video = video_lib.Video(
+      rgb=rgb, mask=np.zeros((t, h, w), np.uint8), depth=np.zeros((t, h, w), np.float32),
+      feature=np.zeros((t, h, w, 1), np.float16), flow_fw={1: zeros}, flow_bw={1: zeros},
+      intrinsics=np.tile(np.float32([40, 40, 16, 12]), (t, 1)), w2c=w2c,
+      meta={"fps": FPS, "feature_kind": "oracle", "background": [1, 1, 1], "camera_path": "fixed",
+            "source": {}, "normalisation": {"center": [0, 0, 0], "scale": 1.0}})
+  video_lib.write_video(tmp_path / "video", video)
+  out = tmp_path / "b" / "moving.glb"
+  assert cli.main(["export", "--run", str(bare), "--out", str(out), "--video",
+                   str(tmp_path / "video"), "--size", "32"]) == 0
+  log = json.loads((out.parent / "moving.export.json").read_text())
+  assert log["root_motion"] and log["root_source"].endswith("cameras")
+  assert (out.parent / "moving_reference.mp4").is_file()
+  motion = motion_file.load_motion(out.parent / "moving.motion.json")
+  np.testing.assert_allclose(motion.object_to_world, np.load(run_dir / "true_root.npy"), atol=1e-4)
+  # A video of another length is refused before anything is written.
+  capsys.readouterr()
+  short = video_lib.load_video(tmp_path / "video")
+  for name in ("rgb", "mask", "depth", "feature", "intrinsics", "w2c"):
+    setattr(short, name, getattr(short, name)[:3])
+  short.flow_fw = {1: zeros[:3]}
+  short.flow_bw = {1: zeros[:3]}
+  video_lib.write_video(tmp_path / "short", short)
+  _expect_error(["export", "--run", str(bare), "--out", str(tmp_path / "c" / "x.glb"), "--video",
+                 str(tmp_path / "short")], "has 3 frames but the run has 6", capsys)
+  assert not (tmp_path / "c").exists()
