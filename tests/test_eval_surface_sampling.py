@@ -43,7 +43,8 @@ def bumpy_sequence(num_frames: int, subdivisions: int) -> tuple[np.ndarray, np.n
   v, f = icosphere(subdivisions)
   frames = []
   for t in range(num_frames):
-    r = 1.0 + 0.25 * np.sin(3 * v[:, 0] + 0.4 * t) * np.cos(2 * v[:, 1]) + 0.3 * np.maximum(v[:, 2], 0)
+    r = (1.0 + 0.25 * np.sin(3 * v[:, 0] + 0.4 * t) * np.cos(2 * v[:, 1])
+         + 0.3 * np.maximum(v[:, 2], 0))
     frames.append(v * r[:, None] * np.array([1.0, 0.6, 0.45]))
   return np.array(frames, np.float32), f
 
