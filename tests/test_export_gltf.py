@@ -325,3 +325,29 @@ def test_threejs_poses_like_the_loader_and_the_model_lbs(written, tmp_path):
   model_lbs = rig_from_run.apply_transforms(
       rig.root_to_world, rig_from_run.forward_warp_np(rig, rig.skin_weights, "lbs"))
   np.testing.assert_allclose(three[:-1], model_lbs[:-1], atol=1e-5)
+
+
+# ----------------------------------------------------------------------------
+# The export pipeline on arrays: all files or none.
+
+
+def test_export_pipeline_is_all_or_nothing(tmp_path, monkeypatch):
+  from animdreamer_jax.commands import export as export_cmd  # pylint: disable=g-import-not-at-top
+  rig = bending_rig()
+  out = tmp_path / "new" / "deeper" / "x.glb"
+  job = export_cmd.ExportJob(rig=rig, weights=np.asarray(rig.skin_weights), model_blend="dqs",
+                             out=out, videos=False, viewer=False, progress=False)
+
+  def broken_validator(path):
+    raise RuntimeError(f"validator crashed on {path}")
+
+  monkeypatch.setattr(gltf_writer, "khronos_validate", broken_validator)
+  with pytest.raises(RuntimeError, match="validator crashed"):
+    export_cmd.export_rig(job)
+  assert list(tmp_path.iterdir()) == []  # no files, no temp folder, no new folders
+  monkeypatch.undo()
+  log = export_cmd.export_rig(job)
+  assert sorted(p.name for p in out.parent.iterdir()) == [
+      "x.export.json", "x.glb", "x.meshes.npz", "x.motion.json", "x_frames"]
+  assert log["player_vs_model_lbs"]["max"] < 1e-5  # 3 bones: LBS agrees exactly
+  assert log["player_vs_model_dqs"]["max"] > 1e-3

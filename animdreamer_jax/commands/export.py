@@ -91,6 +91,8 @@ class Staging:
   """A temp folder next to the outputs; `commit` moves files into place (the .glb last)."""
 
   def __init__(self, out: pathlib.Path):
+    # Folders made here are removed again by `discard` (when still empty).
+    self.made = [p for p in [out.parent, *out.parent.parents] if not p.exists()]
     out.parent.mkdir(parents=True, exist_ok=True)
     self.dir = pathlib.Path(tempfile.mkdtemp(prefix=f".{out.stem}.export-tmp-", dir=out.parent))
     self.final = output_paths(out)
@@ -118,6 +120,11 @@ class Staging:
 
   def discard(self) -> None:
     shutil.rmtree(self.dir, ignore_errors=True)
+    for folder in self.made:  # innermost first
+      try:
+        folder.rmdir()
+      except OSError:
+        break
 
 
 # ----------------------------------------------------------------------------
