@@ -340,3 +340,14 @@ def test_root_motion_from_the_video_folder(run_dir, tmp_path, capsys):
   _expect_error(["export", "--run", str(bare), "--out", str(tmp_path / "c" / "x.glb"), "--video",
                  str(tmp_path / "short")], "has 3 frames but the run has 6", capsys)
   assert not (tmp_path / "c").exists()
+
+
+def test_checkpoint_of_another_model(run_dir, tmp_path, capsys):
+  other = tmp_path / "other"
+  shutil.copytree(run_dir, other)
+  config = json.loads((other / "config.json").read_text())
+  config["model"]["delta_width"] = config["model"]["delta_width"] + 4
+  (other / "config.json").write_text(json.dumps(config))
+  _expect_error(["export", "--run", str(other), "--out", str(tmp_path / "o" / "x.glb")],
+                "the checkpoint does not match the model", capsys)
+  assert not (tmp_path / "o").exists()

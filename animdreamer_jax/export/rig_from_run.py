@@ -242,7 +242,14 @@ def restore_model(run_dir: pathlib.Path, config, num_frames: int):
       feature_dim = int(saved[index][0][0])
       if feature_dim != model.config.feature_dim:
         model, template = build(feature_dim)
-    state, _ = checkpointer.restore(template)
+    try:
+      state, _ = checkpointer.restore(template)
+    except UserError as e:
+      if "does not match" not in str(e):
+        raise
+      raise UserError(f"{directory}: the checkpoint does not match the model that "
+                      f"{run_dir / 'config.json'} describes (trained with another version of "
+                      "animdreamer_jax?)") from e
   except UserError:
     raise
   except Exception as e:  # orbax raises many types for damaged folders
