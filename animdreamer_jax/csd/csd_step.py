@@ -171,9 +171,16 @@ def csd_scalars(csd: ml_collections.ConfigDict, step: int, total_steps: int) -> 
           "csd_weight": np.float32(csd.weight)}
 
 
+def prior_name(csd: ml_collections.ConfigDict) -> str:
+  """config.csd.prior lower-cased; "none" also for None / "" (the override parser turns
+  `--config.csd.prior=none` into None)."""
+  name = csd.prior
+  return "none" if name is None or str(name).lower() in ("", "none") else str(name).lower()
+
+
 def is_csd_step(csd: ml_collections.ConfigDict, step: int) -> bool:
   """lab4d's alternation: iteration i is a CSD step when i % every_k == 0."""
-  return csd.prior != "none" and int(csd.every_k) > 0 and step % int(csd.every_k) == 0
+  return prior_name(csd) != "none" and int(csd.every_k) > 0 and step % int(csd.every_k) == 0
 
 
 # ----------------------------------------------------------------------------

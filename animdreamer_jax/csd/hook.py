@@ -1,0 +1,92 @@
+"""Mixing CSD into the extraction trainer: every k-th iteration is a CSD step (lab4d `gen3d_freq`).
+
+The extraction loop (train/loop.py) calls `trainer.step_fn(state, data, scalars)`
+once per iteration. `mixed_step_fn` returns a callable with that signature that
+runs the CSD train step on iterations i with i % every_k == 0 and the
+reconstruction step otherwise. Both are jitted once (two programs, never
+re-traced); the host only adds the CSD scalars (t range, weight) on CSD steps.
+
+Wiring (one call after the Trainer has built its step):
+
+    from animdreamer_jax.csd import hook as csd_hook
+    csd_hook.install(trainer)   # no-op unless config.csd.prior != "none"
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Optional
+
+import jax.numpy as jnp
+import ml_collections
+
+from animdreamer_jax.csd import csd_step
+from animdreamer_jax.csd import prior_interface
+from animdreamer_jax.errors import UserError
+
+
+def csd_enabled(config: ml_collections.ConfigDict) -> bool:
+  """True if the config has a csd section with a prior other than "none"."""
+  return "csd" in config and csd_step.prior_name(config.csd) != "none"
+
+
+def build_prior(config: ml_collections.ConfigDict, video
+                ) -> tuple[prior_interface.DiffusionPrior, Any, Optional[tuple]]:
+  """(prior, prior_params, text states) for config.csd.prior.
+
+  Raises:
+    UserError: unknown prior, oracle without ground truth, mvdream without
+      weights or prompt.
+  """
+  csd = config.csd
+  name = csd_step.prior_name(csd)
+  if name == "oracle":
+    background = float(csd.background)
+    return prior_interface.oracle_prior_from_video(video, int(csd.resolution), background), None, None
+  if name == "mvdream":
+    dtype = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}.get(str(csd.dtype))
+    if dtype is None:
+      raise UserError(f"config.csd.dtype: {csd.dtype!r} unknown; use float32 or bfloat16")
+    prior, params, text = prior_interface.load_mvdream(
+        str(csd.weights), str(csd.prompt), str(csd.negative_prompt),
+        image_size=int(csd.encode_resolution), dtype=dtype)
+    return prior, params, text
+  raise UserError(f"config.csd.prior: {name!r} unknown; use one of none, oracle, mvdream")
+
+
+class MixedStep:
+  """step_fn(state, data, scalars): CSD on every k-th iteration, reconstruction otherwise."""
+
+  def __init__(self, config: ml_collections.ConfigDict, recon_step: Callable, csd_train_step: Callable,
+               total_steps: int):
+    self.config = config
+    self.recon_step = recon_step
+    self.csd_train_step = csd_train_step
+    self.total_steps = int(total_steps)
+
+  def __call__(self, state, data, scalars):
+    step = int(state.step)  # read before the call donates the state
+    if csd_step.is_csd_step(self.config.csd, step):
+      extra = csd_step.csd_scalars(self.config.csd, step, self.total_steps)
+      return self.csd_train_step(state, data, {**scalars, **extra})
+    return self.recon_step(state, data, scalars)
+
+
+def mixed_step_fn(config: ml_collections.ConfigDict, trainer, recon_step: Callable,
+                  prior: Optional[prior_interface.DiffusionPrior] = None, prior_params: Any = None,
+                  text: Optional[tuple] = None) -> Callable:
+  """The alternating step for a `train.loop.Trainer` (prior built from the config if None)."""
+  if prior is None:
+    prior, prior_params, text = build_prior(config, trainer.video)
+  template = trainer.initial_state(fit=False).params
+  csd_fn = csd_step.make_csd_train_step(config, trainer.model, template, prior,
+                                        trainer.video.num_frames, prior_params=prior_params,
+                                        text=text)
+  return MixedStep(config, recon_step, csd_fn, trainer.steps_total)
+
+
+def install(trainer, **prior_kwargs) -> bool:
+  """Replaces `trainer.step_fn` by the mixed step when CSD is enabled; returns whether it did."""
+  if not csd_enabled(trainer.config):
+    return False
+  trainer.step_fn = mixed_step_fn(trainer.config, trainer, trainer.step_fn, **prior_kwargs)
+  return True

@@ -1,0 +1,101 @@
+"""CSD mixed into extraction: the alternation, scalars, and one real CSD train step (slow)."""
+
+from __future__ import annotations
+
+import math
+import types
+
+import flax
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import pytest
+
+from animdreamer_jax.csd import config as csd_config_lib
+from animdreamer_jax.csd import csd_step
+from animdreamer_jax.csd import hook
+from animdreamer_jax.csd import prior_interface
+from animdreamer_jax.errors import UserError
+
+
+def _config(prior="oracle", every_k=2):
+  config = ml_collections.ConfigDict({"csd": csd_config_lib.csd_config()})
+  config.csd.prior = prior
+  config.csd.every_k = every_k
+  return config
+
+
+def test_mixed_step_alternates_and_passes_csd_scalars():
+  calls = []
+
+  def recon(state, data, scalars):
+    calls.append(("recon", int(state.step), sorted(scalars)))
+    return types.SimpleNamespace(step=state.step + 1), {}
+
+  def csd(state, data, scalars):
+    calls.append(("csd", int(state.step), sorted(scalars)))
+    return types.SimpleNamespace(step=state.step + 1), {}
+
+  config = _config(every_k=3)
+  mixed = hook.MixedStep(config, recon, csd, total_steps=100)
+  state = types.SimpleNamespace(step=np.int32(0))
+  for _ in range(7):
+    state, _ = mixed(state, None, {"lr": 1.0})
+  assert [c[0] for c in calls] == ["csd", "recon", "recon", "csd", "recon", "recon", "csd"]
+  assert calls[0][2] == ["csd_t_max", "csd_t_min", "csd_weight", "lr"]
+  assert calls[1][2] == ["lr"]
+
+
+def test_enabled_and_prior_names():
+  assert not hook.csd_enabled(ml_collections.ConfigDict({"train": {}}))
+  for off in ("none", "None", None, ""):
+    config = _config()
+    config.csd.prior = off
+    assert not hook.csd_enabled(config)
+    assert not csd_step.is_csd_step(config.csd, 0)
+  assert hook.csd_enabled(_config("oracle"))
+  with pytest.raises(UserError, match="csd.prior"):
+    hook.build_prior(_config("dreamfusion"), video=None)
+  with pytest.raises(UserError, match="ground truth"):
+    hook.build_prior(_config("oracle"), video=types.SimpleNamespace(gt=None))
+  with pytest.raises(UserError, match="csd.weights"):
+    hook.build_prior(_config("mvdream"), video=None)
+
+
+@pytest.mark.slow
+def test_csd_train_step_updates_only_the_csd_groups():
+  from animdreamer_jax.model import articulated_model  # pylint: disable=import-outside-toplevel
+  from animdreamer_jax.train import config as train_config  # pylint: disable=import-outside-toplevel
+  from animdreamer_jax.train import state as state_lib  # pylint: disable=import-outside-toplevel
+  from animdreamer_jax.train import step as step_lib  # pylint: disable=import-outside-toplevel
+  config = train_config.extract_base_config("tiny")
+  config.csd = csd_config_lib.csd_config()
+  config.csd.update(prior="oracle", resolution=3, num_samples=8, reduction="mean", weight=1.0)
+  model = articulated_model.ArticulatedModel(articulated_model.tiny_config(video_lengths=(4,)))
+  params = jax.jit(model.init)(jax.random.PRNGKey(0), jnp.zeros((4, 3)), jnp.int32(0))
+  tx = step_lib.make_optimizer(config, params)
+  aux = {"aabb": np.array([[-0.5] * 3, [0.5] * 3], np.float32),
+         "near_far": np.tile([[0.1, 5.0]], (4, 1)).astype(np.float32)}
+  state = state_lib.create(params, tx, aux, seed=0)
+  prior = prior_interface.function_prior(lambda pp, x, t, c, cams: x + 0.5, conditional=False)
+  fn = csd_step.make_csd_train_step(config, model, params, prior, num_frames=4)
+  scalars = {"lr": np.float32(1e-2), **csd_step.csd_scalars(config.csd, 0, 10)}
+  before = jax.device_get(state)
+  new_state, metrics = fn(state, None, scalars)
+  metrics = jax.device_get(metrics)
+  assert int(new_state.step) == 1 and int(metrics["applied"]) == 1
+  assert math.isfinite(float(metrics["loss"])) and float(metrics["grad_norm"]) > 0
+  old = flax.traverse_util.flatten_dict(before.params["params"], sep="/")
+  new = flax.traverse_util.flatten_dict(jax.device_get(new_state.params)["params"], sep="/")
+  mask = flax.traverse_util.flatten_dict(csd_step.param_group_mask(params, "canonical")["params"],
+                                         sep="/")
+  changed = {k for k in old if not np.array_equal(old[k], new[k])}
+  assert changed <= {k for k, m in mask.items() if m}
+  assert "canonical/sdf_head/dense/kernel" in changed and "canonical/rgb_out/dense/bias" in changed
+  # Adam moments of untouched leaves are untouched too.
+  for (path, o), n in zip(jax.tree_util.tree_flatten_with_path(before.opt_state)[0],
+                          jax.tree_util.tree_leaves(jax.device_get(new_state.opt_state))):
+    names = "/".join(str(getattr(e, "key", getattr(e, "name", getattr(e, "idx", e)))) for e in path)
+    if "bones" in names or "root_pose" in names or "feature_mlp" in names:
+      np.testing.assert_array_equal(np.asarray(n), np.asarray(o), err_msg=names)
