@@ -184,6 +184,7 @@ def save_config(config: ml_collections.ConfigDict, path: str | os.PathLike) -> N
   try:
     with os.fdopen(fd, "w") as f:
       f.write(text)
+    os.chmod(tmp, 0o644)
     os.replace(tmp, path)
   except BaseException:
     if os.path.exists(tmp):
@@ -229,7 +230,8 @@ def extract_base_config(model_preset: str = "cpu") -> ml_collections.ConfigDict:
       init_bone_beta=0.01 * _LENGTH_SCALE)
 
   c = ml_collections.ConfigDict()
-  c.model_preset = model_preset
+  # Every model field is explicit (the preset only chose their values), so
+  # each one can be overridden and the saved config.json is complete.
   c.model = ml_collections.ConfigDict(model)
   # Batches: lab4d 128 pairs x 2 frames x 16 pixels = 4096 rays per step.
   c.data = ml_collections.ConfigDict(dict(pairs_per_batch=128, pixels_per_frame=16,
@@ -264,7 +266,10 @@ def extract_base_config(model_preset: str = "cpu") -> ml_collections.ConfigDict:
       log_every=10, tensorboard=True, log_image_every_rounds=1, log_image_frame=0,
       mc_resolution=64, mc_level=0.0, mc_extend=0.5, geometry_ema=0.9,
       near_far_tolerance=1.5, proxy_points=1024, init_aabb_half=0.6,
-      init_root_steps=500, init_sdf_steps=500, use_video_intrinsics=True))
+      init_root_steps=500, init_sdf_steps=500, use_video_intrinsics=True,
+      # XLA compilations are cached here across runs (a resumed or repeated run
+      # skips most of the ~1 min of compiling); "" disables the cache.
+      compilation_cache="~/.cache/animdreamer_jax/xla"))
   c.extract = ml_collections.ConfigDict(dict(
       mc_resolution=128, mc_level=0.0, mesh_frame="object", eval_samples=10000,
       contact_frames=6, video_fps=0.0, render_stride=1))

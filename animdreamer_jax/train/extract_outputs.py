@@ -168,6 +168,7 @@ def _atomic_write_bytes(path: pathlib.Path, writer) -> None:
   try:
     with os.fdopen(fd, "wb") as f:
       writer(f)
+    os.chmod(tmp, 0o644)  # mkstemp makes 0600 files; results are for people to read
     os.replace(tmp, path)
   except BaseException:
     if os.path.exists(tmp):

@@ -104,8 +104,10 @@ class Trainer:
     self.data = step_lib.make_train_data(video, config, source=source)
     self.model = step_lib.make_model(config, video)
     self.steps_total = total_steps(config)
-    self._template = step_lib.initial_state(config, self.model, self.data, video, fit=False)
-    self.step_fn = step_lib.make_train_step(config, self.model, self._template.params)
+    template = step_lib.initial_state(config, self.model, self.data, video, fit=False)
+    # Kept on the host: the device copies handed out are donated by the step.
+    self._template = state_lib.to_host(template)
+    self.step_fn = step_lib.make_train_step(config, self.model, template.params)
     self.render_fn = step_lib.make_render_fn(config, self.model, self.data,
                                              video.meta.get("background", (1.0, 1.0, 1.0)))
     self._sdf = jax.jit(lambda params, x: self.model.apply(params, x, method="sdf"))
@@ -120,7 +122,7 @@ class Trainer:
 
   def initial_state(self, fit: bool = True) -> state_lib.TrainState:
     if not fit:
-      return self._template
+      return state_lib.to_device(self._template)
     return step_lib.initial_state(self.config, self.model, self.data, self.video)
 
 
@@ -231,6 +233,20 @@ def train(trainer: Trainer, resume: bool, progress: bool = True) -> tuple[state_
                  "resumed_from": resumed_from}
 
 
+def enable_compilation_cache(path: str) -> None:
+  """Persistent XLA compilation cache (process-wide; JAX_COMPILATION_CACHE_DIR wins)."""
+  import os  # pylint: disable=g-import-not-at-top
+  if not path or os.environ.get("JAX_COMPILATION_CACHE_DIR") or jax.config.jax_compilation_cache_dir:
+    return
+  directory = pathlib.Path(path).expanduser()
+  try:
+    directory.mkdir(parents=True, exist_ok=True)
+  except OSError:
+    return  # an unwritable cache only costs time
+  jax.config.update("jax_compilation_cache_dir", str(directory))
+  jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
+
+
 def _check_workdir(workdir: pathlib.Path) -> None:
   if workdir.exists() and not workdir.is_dir():
     raise UserError(f"{workdir}: exists and is not a folder")
@@ -244,6 +260,7 @@ def run_extraction(config: ml_collections.ConfigDict, video_dir: pathlib.Path,
   if resume and not (workdir / "checkpoints").is_dir():
     raise UserError(f"{workdir}: --resume given but there is no checkpoint to resume from")
   video = video_lib.load_video(video_dir)
+  enable_compilation_cache(str(config.train.compilation_cache))
   # Validates shapes and an empty mask before anything is written.
   trainer = Trainer(config, video, workdir, source=str(video_dir))
   workdir.mkdir(parents=True, exist_ok=True)

@@ -46,7 +46,9 @@ def to_host(state: TrainState) -> TrainState:
 
 
 def to_device(state: TrainState) -> TrainState:
-  return jax.tree_util.tree_map(jnp.asarray, state)
+  """Fresh device buffers (copies: on CPU `jnp.asarray` may alias the NumPy
+  memory, which a donating step could then overwrite)."""
+  return jax.tree_util.tree_map(lambda x: jnp.array(x, copy=True), state)
 
 
 def all_finite(tree: Any) -> bool:

@@ -63,16 +63,19 @@ def make_train_data(video, config: ml_collections.ConfigDict, source: str = "vid
 
 
 def model_config(config: ml_collections.ConfigDict, num_frames: int,
-                 image_size: tuple[int, int]) -> articulated_model.ModelConfig:
+                 image_size: tuple[int, int], feature_dim: int) -> articulated_model.ModelConfig:
+  """The ModelConfig of config.model; frame count, image size and feature width follow the video."""
   values = dict(config.model)
   values["video_lengths"] = (int(num_frames),)
   values["image_size"] = tuple(int(s) for s in image_size)
+  if values.get("feature_dim", 0) > 0:
+    values["feature_dim"] = int(feature_dim)
   return articulated_model.ModelConfig.from_dict(values, where="config.model")
 
 
 def make_model(config: ml_collections.ConfigDict, video) -> articulated_model.ArticulatedModel:
   return articulated_model.ArticulatedModel(
-      model_config(config, video.num_frames, (video.height, video.width)))
+      model_config(config, video.num_frames, (video.height, video.width), video.feature_dim))
 
 
 def train_resolution(config: ml_collections.ConfigDict, data: TrainData) -> float:
@@ -86,7 +89,8 @@ def train_resolution(config: ml_collections.ConfigDict, data: TrainData) -> floa
 
 
 def scheduled_scalars(config: ml_collections.ConfigDict, step: int, total: int) -> dict[str, np.float32]:
-  """Host-side scalars for one step: lr, alpha and "w_<loss>" weights (float32)."""
+  """Host-side scalars for one step (float32): lr, alpha, the gradient-spike
+  threshold and the "w_<loss>" weights."""
   cfg_o = config.optim
   warmup = int(round(cfg_o.warmup_fraction * total))
   lr = schedules.one_cycle_lr(step, total, cfg_o.lr, warmup, cfg_o.initial_div, cfg_o.final_div)
@@ -99,7 +103,8 @@ def scheduled_scalars(config: ml_collections.ConfigDict, step: int, total: int) 
       eikonal_steps=steps(sched.eikonal_fraction), cam_prior_steps=steps(sched.cam_prior_fraction),
       gauss_mask_steps=steps(sched.gauss_mask_fraction))
   weights = schedules.loss_weights(dict(config.loss.weights), factors, step)
-  out = {"lr": np.float32(lr), "alpha": np.float32(alpha)}
+  out = {"lr": np.float32(lr), "alpha": np.float32(alpha),
+         "grad_spike_threshold": np.float32(config.train.grad_spike_threshold)}
   out.update({f"w_{k}": np.float32(v) for k, v in weights.items()})
   return out
 
@@ -223,7 +228,6 @@ def make_train_step(config: ml_collections.ConfigDict, model, params_template):
   num_pairs = int(config.data.pairs_per_batch)
   pixels = int(config.data.pixels_per_frame)
   fg_fraction = float(config.data.fg_fraction)
-  spike = float(config.train.grad_spike_threshold)
 
   def step(state: state_lib.TrainState, data: TrainData, scalars: dict):
     key = jax.random.fold_in(state.key, state.step)
@@ -236,7 +240,9 @@ def make_train_step(config: ml_collections.ConfigDict, model, params_template):
     (loss, terms), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
     grad_norm = optax.global_norm(grads)
     finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
-    applied = finite & ((grad_norm <= spike) if spike > 0 else True)
+    # A threshold <= 0 disables the spike test (NaN/Inf is always refused).
+    spike = scalars["grad_spike_threshold"]
+    applied = finite & ((grad_norm <= spike) | (spike <= 0))
     # Zero a bad gradient before the optimiser sees it (NaN never enters Adam's moments).
     safe_grads = jax.tree_util.tree_map(lambda g: jnp.where(applied, g, 0.0), grads)
     updates, new_opt = tx.update(safe_grads, state.opt_state, state.params)

@@ -1,0 +1,246 @@
+"""End-to-end extraction on a tiny synthetic video: step, rollback, checkpoints, resume, outputs."""
+
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from animdreamer_jax import assets
+from animdreamer_jax.commands import extract as extract_cmd
+from animdreamer_jax.data import batching
+from animdreamer_jax.data import synthetic
+from animdreamer_jax.data import video as video_lib
+from animdreamer_jax.errors import UserError
+from animdreamer_jax.train import checkpoint as checkpoint_lib
+from animdreamer_jax.train import config as config_lib
+from animdreamer_jax.train import loop
+from animdreamer_jax.train import state as state_lib
+from animdreamer_jax.train import step as step_lib
+
+NUM_FRAMES = 6
+RES = 20
+
+
+@pytest.fixture(scope="module")
+def compile_cache(tmp_path_factory):
+  """One XLA cache for the module, so identical computations compile once."""
+  path = tmp_path_factory.mktemp("xla_cache")
+  if not jax.config.jax_compilation_cache_dir:
+    jax.config.update("jax_compilation_cache_dir", str(path))
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+  return str(jax.config.jax_compilation_cache_dir)
+
+
+@pytest.fixture(scope="module")
+def tiny_video(tmp_path_factory, repo_root) -> pathlib.Path:
+  seq = assets.load_sequence(repo_root / "third_party" / "khronos_fox" / "Fox.gltf", clip="Walk",
+                             num_frames=NUM_FRAMES)
+  video = synthetic.synthesize(seq, synthetic.SynthOptions(resolution=RES), progress=False)
+  path = tmp_path_factory.mktemp("videos") / "fox"
+  video_lib.write_video(path, video)
+  return path
+
+
+def tiny_config(cache: str = ""):
+  c = config_lib.extract_base_config("tiny")
+  c.model.sphere_radius = 0.25
+  c.data.pairs_per_batch = 2
+  c.data.pixels_per_frame = 16
+  c.render.num_samples = 8
+  c.render.eval_samples = 6
+  c.render.eval_importance_samples = 2
+  c.render.eval_chunk = 256
+  c.render.match_candidates = 64
+  c.loss.gauss_skin_points = 64
+  c.optim.lr = 3e-3
+  c.train.num_rounds = 2
+  c.train.iters_per_round = 3
+  c.train.mc_resolution = 12
+  c.train.proxy_points = 32
+  c.train.init_root_steps = 50
+  c.train.init_sdf_steps = 100
+  c.train.tensorboard = True
+  c.train.compilation_cache = cache
+  c.extract.mc_resolution = 20
+  c.extract.eval_samples = 300
+  c.extract.contact_frames = 2
+  return c
+
+
+@pytest.fixture(scope="module")
+def trainer(tiny_video, tmp_path_factory, compile_cache):
+  video = video_lib.load_video(tiny_video)
+  return loop.Trainer(tiny_config(compile_cache), video, tmp_path_factory.mktemp("run"))
+
+
+def _fixed_batch_loss(trainer, params, aux):
+  batch = batching.sample_batch(trainer.data.video, jax.random.PRNGKey(7), 4, 16, 0.5)
+  scalars = step_lib.scheduled_scalars(trainer.config, 0, 6)
+  loss, _ = step_lib.compute_losses(trainer.model, params, batch, trainer.data, aux, scalars,
+                                    jax.random.PRNGKey(8), trainer.config)
+  return float(loss)
+
+
+def test_step_lowers_the_loss_and_is_traced_once(trainer):
+  state = trainer.initial_state()
+  state, _ = loop.update_geometry(state, trainer, ema=0.0)
+  params0 = state_lib.to_host(state).params
+  before = _fixed_batch_loss(trainer, params0, state.aux)
+  for i in range(12):
+    # Scalars change every step (lr, weights): the step must not re-trace.
+    scalars = step_lib.scheduled_scalars(trainer.config, i, 12)
+    state, metrics = trainer.step_fn(state, trainer.data, scalars)
+    assert int(metrics["applied"]) == 1 and int(metrics["finite"]) == 1
+    assert np.isfinite(float(metrics["grad_norm"]))
+  assert trainer.step_fn._cache_size() == 1  # pylint: disable=protected-access
+  assert int(state.step) == 12
+  after = _fixed_batch_loss(trainer, state.params, state.aux)
+  assert after < 0.9 * before, (before, after)
+
+
+def test_nonfinite_or_spiking_step_is_not_applied(trainer):
+  state = trainer.initial_state(fit=False)
+  before = state_lib.to_host(state)
+  scalars = step_lib.scheduled_scalars(trainer.config, 0, 6)
+  scalars["w_mask"] = np.float32(np.nan)
+  state, metrics = trainer.step_fn(state, trainer.data, scalars)
+  assert int(metrics["finite"]) == 0 and int(metrics["applied"]) == 0
+  assert int(state.step) == 1
+  for a, b in zip(jax.tree_util.tree_leaves(before.params), jax.tree_util.tree_leaves(state.params)):
+    np.testing.assert_array_equal(a, np.asarray(b))
+  assert state_lib.all_finite(state.opt_state)
+  # A gradient norm above the threshold is refused too (finite, not applied).
+  scalars = step_lib.scheduled_scalars(trainer.config, 0, 6)
+  scalars["grad_spike_threshold"] = np.float32(1e-12)
+  state, metrics = trainer.step_fn(state, trainer.data, scalars)
+  assert int(metrics["finite"]) == 1 and int(metrics["applied"]) == 0
+
+
+def test_repeated_nan_stops_with_clear_error_and_keeps_checkpoint(trainer, monkeypatch, tmp_path):
+  real = step_lib.scheduled_scalars
+
+  def nan_after_first_round(config, step, total):
+    out = real(config, step, total)
+    if step >= 3:
+      out["w_mask"] = np.float32(np.nan)
+    return out
+
+  monkeypatch.setattr(step_lib, "scheduled_scalars", nan_after_first_round)
+  trainer.workdir = tmp_path
+  with pytest.raises(loop.TrainingDiverged, match="NaN/Inf in 3 steps in a row"):
+    loop.train(trainer, resume=False, progress=False)
+  ckpt = checkpoint_lib.Checkpointer(tmp_path / "checkpoints")
+  assert ckpt.latest_step() == 3  # end of round 1, saved before the NaNs
+  restored, _ = ckpt.restore(trainer.initial_state(fit=False))
+  assert state_lib.all_finite(restored)
+
+
+def test_extract_end_to_end_and_resume(tiny_video, tmp_path, compile_cache):
+  workdir = tmp_path / "run"
+  result = extract_cmd.run_extraction(tiny_config(compile_cache), tiny_video, workdir, progress=False)
+  assert result["steps"] == 6 and result["resumed_from"] is None
+  seq = assets.load_sequence_npz(workdir / "meshes.npz")
+  assert seq.vertices.shape[0] == NUM_FRAMES and seq.faces.shape[0] > 0
+  metrics = json.loads((workdir / "metrics.json").read_text())
+  assert np.isfinite(metrics["mean"]["all"]["chamfer"])
+  assert json.loads((workdir / "config.json").read_text())["train"]["num_rounds"] == 2
+  for name in ("rest.obj", "motion.npz", "bones_rest.obj", "contact_sheet.png"):
+    assert (workdir / name).is_file(), name
+  assert list((workdir / "tensorboard").iterdir())
+  ckpt = checkpoint_lib.Checkpointer(workdir / "checkpoints")
+  assert ckpt.latest_step() == 6
+  # The checkpoint holds the final state: its rest mesh matches the written one.
+  # Resume with one more round: continues from step 6 (not from 0) to step 9.
+  config = tiny_config(compile_cache)
+  config.train.num_rounds = 3
+  result = extract_cmd.run_extraction(config, tiny_video, workdir, progress=False)
+  assert result["resumed_from"] == 6 and result["steps"] == 9
+  assert checkpoint_lib.Checkpointer(workdir / "checkpoints").latest_step() == 9
+
+
+def test_bad_inputs_write_nothing(tiny_video, tmp_path, repo_root):
+  workdir = tmp_path / "run"
+  with pytest.raises(UserError, match="config.train.num_roundz: unknown config key"):
+    extract_cmd.run_extraction(repo_root / "configs" / "extract_demo_cpu.py", tiny_video, workdir,
+                               overrides=["--config.train.num_roundz=3"])
+  with pytest.raises(UserError, match="not found|missing|does not exist"):
+    extract_cmd.run_extraction(tiny_config(), tmp_path / "no_video", workdir)
+  empty = tmp_path / "empty_mask"
+  video = video_lib.load_video(tiny_video)
+  video.mask[:] = 0
+  video.feature[:] = 0
+  for flows in (video.flow_fw, video.flow_bw):
+    for f in flows.values():
+      f[..., 2] = 0
+  try:
+    video_lib.write_video(empty, video)
+  except UserError:
+    pytest.skip("the video writer refuses an empty mask itself")
+  with pytest.raises(UserError, match="empty"):
+    extract_cmd.run_extraction(tiny_config(), empty, workdir)
+  assert not workdir.exists()
+  with pytest.raises(UserError, match="no checkpoint"):
+    extract_cmd.run_extraction(tiny_config(), tiny_video, workdir, resume=True)
+  assert not workdir.exists()
+
+
+def test_cli_error_line(tmp_path, repo_root):
+  env = dict(os.environ, JAX_PLATFORMS="cpu")
+  proc = subprocess.run(
+      [sys.executable, str(repo_root / "bin" / "animdreamer"), "extract", "--config",
+       str(repo_root / "configs" / "extract_demo_cpu.py"), "--video", str(tmp_path / "none"),
+       "--workdir", str(tmp_path / "run"), "--config.optim.lr=fast"],
+      capture_output=True, text=True, env=env, timeout=120)
+  assert proc.returncode == 2
+  assert proc.stderr.strip().splitlines()[-1] == "error: config.optim.lr: expected a number, got 'fast'"
+  assert not (tmp_path / "run").exists()
+
+
+TINY_CONFIG_FILE = """
+import sys
+sys.path.insert(0, {tests!r})
+import test_train_e2e
+def get_config():
+  return test_train_e2e.tiny_config()
+""".format(tests=str(pathlib.Path(__file__).parent))
+
+
+@pytest.mark.slow
+def test_kill_and_resume(tiny_video, tmp_path, repo_root):
+  """A run killed mid-training resumes from its last checkpoint and finishes."""
+  workdir = tmp_path / "run"
+  config_file = tmp_path / "tiny_config.py"
+  config_file.write_text(TINY_CONFIG_FILE)
+  args = [sys.executable, str(repo_root / "bin" / "animdreamer"), "extract", "--config",
+          str(config_file), "--video", str(tiny_video), "--workdir", str(workdir),
+          "--config.train.num_rounds=6", "--config.train.iters_per_round=4",
+          f"--config.train.compilation_cache={tmp_path / 'cache'}"]
+  env = dict(os.environ, JAX_PLATFORMS="cpu")
+  proc = subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+  ckpt_dir = workdir / "checkpoints"
+  deadline = time.time() + 600
+  # Kill as soon as the first training-round checkpoint (step 4) exists.
+  while time.time() < deadline and proc.poll() is None:
+    steps = [int(p.name) for p in ckpt_dir.glob("[0-9]*")] if ckpt_dir.is_dir() else []
+    if any(s >= 4 for s in steps):
+      break
+    time.sleep(0.5)
+  assert proc.poll() is None, proc.stdout.read().decode()[-2000:]
+  proc.send_signal(signal.SIGKILL)
+  proc.wait()
+  saved = checkpoint_lib.Checkpointer(ckpt_dir).latest_step()
+  assert saved is not None and saved >= 4
+  done = subprocess.run(args + ["--resume"], env=env, capture_output=True, text=True, timeout=900)
+  assert done.returncode == 0, done.stderr[-2000:]
+  assert checkpoint_lib.Checkpointer(ckpt_dir).latest_step() == 24
+  assert (workdir / "meshes.npz").is_file() and (workdir / "metrics.json").is_file()
