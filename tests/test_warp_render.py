@@ -335,3 +335,22 @@ def test_whole_render_gradients_wrt_canonical_and_bone_params():
     # The bones really are in the chain (not just formally differentiable).
     bone_norm = sum(float(jnp.sum(g**2)) for g in jax.tree_util.tree_leaves(grads[1]))
     assert bone_norm > 1e-8
+
+
+def test_bone_affine_map_and_delta_match_the_skinning_reference(tiny):
+  model, variables = tiny
+  apply = functools.partial(model.apply, variables)
+  bones = apply(jnp.array(1), method="bones")
+  log_scale = apply(method="log_scale") + jnp.asarray(
+      np.random.default_rng(0).normal(0, 0.3, (model.config.num_bones, 3)), jnp.float32)
+  x = jnp.asarray(np.random.default_rng(1).normal(0, 0.1, (6, 3)), jnp.float32)
+  linear, offset = wr.bone_affine_map(bones, log_scale)
+  u = (x @ linear + offset).reshape(6, -1, 3)
+  want_u = jax.vmap(lambda p: skinning.bone_local_coords(p, bones))(x) * jnp.exp(-log_scale)
+  np.testing.assert_allclose(u, want_u, atol=1e-6)
+  np.testing.assert_allclose(
+      -jnp.sum(u**2, -1),
+      jax.vmap(lambda p: skinning.gaussian_skinning_logits(p, bones, log_scale))(x), rtol=1e-5)
+  code = apply(jnp.array(1), method="delta_time_code")
+  np.testing.assert_allclose(apply(x, linear, offset, code, method="skinning_delta_affine"),
+                             apply(want_u, code, method="skinning_delta"), atol=1e-6)

@@ -227,7 +227,8 @@ class ArticulatedModel(nn.Module):
       self.delta_time = encoding.TimeEmbedding(
           vl, c.delta_time_freqs, c.delta_time_dim, name="delta_time")
       self.delta_mlp = fields.SkinningDelta(
-          c.num_bones, c.delta_depth, c.delta_width, c.delta_scale, name="delta_mlp")
+          c.num_bones, c.delta_depth, c.delta_width, c.delta_scale, c.delta_time_dim,
+          name="delta_mlp")
     consts = constant_params(c)
     self.log_gauss = self.param("log_gauss", _constant(consts[("log_gauss",)]))
     self.logibeta = self.param("logibeta", _constant(consts[("logibeta",)]))
@@ -295,6 +296,15 @@ class ArticulatedModel(nn.Module):
   def skinning_delta(self, local_coords: jnp.ndarray, time_code: jnp.ndarray) -> jnp.ndarray:
     """Delta skinning (..., B) >= 0 from scaled bone-local coords (..., B, 3)."""
     return self.delta_mlp(local_coords, time_code)
+
+  def skinning_delta_affine(self, x: jnp.ndarray, linear: jnp.ndarray, offset: jnp.ndarray,
+                            time_code: jnp.ndarray) -> jnp.ndarray:
+    """`skinning_delta` of x @ linear + offset (one frame's bone map), cheaper.
+
+    x (..., 3), linear (3, 3B), offset (3B,), time_code (T,) -> (..., B).
+    See `fields.SkinningDelta.affine` and `render.warp_render.bone_affine_map`.
+    """
+    return self.delta_mlp.affine(x, linear, offset, time_code)
 
   # -- canonical fields -------------------------------------------------------
 

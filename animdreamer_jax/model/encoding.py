@@ -94,6 +94,20 @@ def features_from_bands(x: jnp.ndarray, bands: jnp.ndarray, num_freqs: int,
   return jnp.concatenate([x, flat], axis=-1)
 
 
+def fourier_row_scales(in_dim: int, num_freqs: int,
+                       alpha: Optional[jnp.ndarray]) -> Optional[jnp.ndarray]:
+  """Per-channel window of `fourier_features(x, N)` output, (D (2N + 1),), or None.
+
+  fourier_features(x, N, alpha) == fourier_features(x, N) * fourier_row_scales(D, N, alpha),
+  so a Dense layer can fold the window into its kernel rows.
+  """
+  if alpha is None or num_freqs <= 0:
+    return None
+  window = fourier_window(num_freqs, alpha)
+  bands = jnp.repeat(window, 2 * in_dim)
+  return jnp.concatenate([jnp.ones((in_dim,), bands.dtype), bands])
+
+
 def fourier_features(x: jnp.ndarray, num_freqs: int,
                      alpha: Optional[jnp.ndarray] = None) -> jnp.ndarray:
   """lab4d `PosEmbedding`: (x, sin(2^k x), cos(2^k x), ...) with annealing.

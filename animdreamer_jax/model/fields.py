@@ -10,7 +10,9 @@ Deliberate differences from lab4d:
   Multi-video conditioning of the canonical field is not implemented (all
   videos share one canonical shape, as in AnimatableDreamer).
 - The SDF (10 bands), colour (12 bands), feature (6 bands) and visibility
-  (10 bands) encodings share one set of sin/cos evaluations.
+  (10 bands) encodings share one set of sin/cos evaluations (each is a prefix
+  of the 12-band encoding), and the coarse-to-fine window multiplies the first
+  layers' kernel rows instead of every sample's features (same function).
 - Per-frame inputs (appearance code, time code) enter through `SplitDense`,
   so they are multiplied once per frame instead of once per sample.
 """
@@ -82,38 +84,43 @@ class CanonicalField(nn.Module):
     if self.use_visibility:
       self.visibility_mlp = mlp_lib.MLP(self.vis_depth, self.vis_width, 1, (4,))
 
-  def _bands(self, x: jnp.ndarray) -> jnp.ndarray:
-    n = max(self.sdf_freqs, self.color_freqs, self.feature_freqs,
-            self.vis_freqs if self.use_visibility else 0, 0)
-    return encoding.fourier_bands(x, n)
+  def _embedding(self, x: jnp.ndarray, num_freqs: int) -> jnp.ndarray:
+    """lab4d-layout Fourier features of x with `num_freqs` bands, no window."""
+    return encoding.fourier_features(x, num_freqs)
 
-  def _geometry(self, x, bands, alpha):
-    trunk = self.sdf_trunk(
-        encoding.features_from_bands(x, bands, self.sdf_freqs, alpha))
+  def _max_freqs(self) -> int:
+    return max(self.sdf_freqs, self.color_freqs,
+               self.feature_freqs if self.feature_dim > 0 else 0,
+               self.vis_freqs if self.use_visibility else 0, 0)
+
+  @staticmethod
+  def _prefix(emb: jnp.ndarray, num_freqs: int) -> jnp.ndarray:
+    # lab4d's layout [x, band 0 (sin, cos), band 1, ...] makes the encoding
+    # with fewer bands a prefix of the one with more.
+    return emb[..., :encoding.fourier_dim(3, num_freqs)]
+
+  def _geometry(self, emb, alpha):
+    scale = encoding.fourier_row_scales(3, self.sdf_freqs, alpha)
+    trunk = self.sdf_trunk(self._prefix(emb, self.sdf_freqs), input_scale=scale)
     return self.sdf_head(trunk)[..., 0], trunk
 
   def sdf(self, x: jnp.ndarray, alpha: Optional[jnp.ndarray] = None) -> jnp.ndarray:
     """Signed distance (negative inside). (..., 3) -> (...,)."""
-    n = max(self.sdf_freqs, 0)
-    return self._geometry(x, encoding.fourier_bands(x, n), alpha)[0]
+    return self._geometry(self._embedding(x, self.sdf_freqs), alpha)[0]
 
   def feature(self, x: jnp.ndarray) -> jnp.ndarray:
     """Unit-norm feature descriptor. (..., 3) -> (..., feature_dim)."""
-    bands = encoding.fourier_bands(x, max(self.feature_freqs, 0))
-    return self._feature(x, bands)
+    return self._feature(self._embedding(x, self.feature_freqs))
 
-  def _feature(self, x, bands):
-    raw = self.feature_mlp(encoding.features_from_bands(x, bands, self.feature_freqs))
-    return l2_normalize(raw)
+  def _feature(self, emb):
+    return l2_normalize(self.feature_mlp(self._prefix(emb, self.feature_freqs)))
 
   def visibility(self, x: jnp.ndarray) -> jnp.ndarray:
     """Visibility logit (> 0: observed). (..., 3) -> (...,)."""
-    bands = encoding.fourier_bands(x, max(self.vis_freqs, 0))
-    return self._visibility(x, bands)
+    return self._visibility(self._embedding(x, self.vis_freqs))
 
-  def _visibility(self, x, bands):
-    return self.visibility_mlp(
-        encoding.features_from_bands(x, bands, self.vis_freqs))[..., 0]
+  def _visibility(self, emb):
+    return self.visibility_mlp(self._prefix(emb, self.vis_freqs))[..., 0]
 
   def __call__(self, x: jnp.ndarray, appearance: Optional[jnp.ndarray] = None,
                alpha: Optional[jnp.ndarray] = None) -> dict[str, jnp.ndarray]:
@@ -131,10 +138,11 @@ class CanonicalField(nn.Module):
       (..., feature_dim) unit norm (absent if feature_dim == 0), "vis" (...,)
       logits (absent if use_visibility is False).
     """
-    bands = self._bands(x)
-    sdf, trunk = self._geometry(x, bands, alpha)
+    emb = self._embedding(x, self._max_freqs())
+    sdf, trunk = self._geometry(emb, alpha)
     color_feat = trunk + self.color_mlp(
-        encoding.features_from_bands(x, bands, self.color_freqs, alpha))
+        self._prefix(emb, self.color_freqs),
+        input_scale=encoding.fourier_row_scales(3, self.color_freqs, alpha))
     if self.appearance_dim > 0:
       if appearance is None:
         appearance = jnp.zeros((1,) * (x.ndim - 1) + (self.appearance_dim,), x.dtype)
@@ -144,18 +152,20 @@ class CanonicalField(nn.Module):
     rgb = nn.sigmoid(self.rgb_out(nn.relu(hidden)))
     out = {"sdf": sdf, "rgb": rgb}
     if self.feature_dim > 0:
-      out["feature"] = self._feature(x, bands)
+      out["feature"] = self._feature(emb)
     if self.use_visibility:
-      out["vis"] = self._visibility(x, bands)
+      out["vis"] = self._visibility(emb)
     return out
 
 
 class SkinningDelta(nn.Module):
   """lab4d's delta-skinning MLP: ReLU(MLP(bone-local coords, time code)) * scale.
 
-  Input: the point's coordinates in all B bone frames (3B numbers, no Fourier
-  features) plus a time code; output: B non-negative offsets subtracted from
-  the skinning logits (they can only reduce a bone's influence).
+  Input: the point's coordinates in all B bone frames divided by the bones'
+  Gaussian scales (3B numbers, no Fourier features) plus a time code; output:
+  B non-negative offsets subtracted from the skinning logits (they can only
+  reduce a bone's influence). Layers: Linear(3B + T -> W) (as `kernel_0`,
+  `kernel_1`, `bias`), depth - 1 more ReLU layers, Linear(W -> B).
 
   Attributes:
     num_bones: B.
@@ -166,8 +176,24 @@ class SkinningDelta(nn.Module):
   depth: int = 2
   width: int = 64
   scale: float = 0.1
+  time_dim: int = 128
 
-  @nn.compact
+  def setup(self):
+    fan_in = 3 * self.num_bones + self.time_dim
+    init = mlp_lib.torch_kernel_init_fan(fan_in)
+    self.kernel_0 = self.param("kernel_0", init, (3 * self.num_bones, self.width))
+    self.kernel_1 = self.param("kernel_1", init, (self.time_dim, self.width))
+    self.bias = self.param("bias", mlp_lib.torch_bias_init(fan_in), (self.width,))
+    self.hidden = [mlp_lib.TorchDense(self.width, name=f"hidden_{i}")
+                   for i in range(1, self.depth)]
+    self.output = mlp_lib.TorchDense(self.num_bones)
+
+  def _tail(self, h):
+    h = nn.relu(h)
+    for layer in self.hidden:
+      h = nn.relu(layer(h))
+    return nn.relu(self.output(h)) * self.scale
+
   def __call__(self, local_coords: jnp.ndarray, time_code: jnp.ndarray) -> jnp.ndarray:
     """Delta skinning.
 
@@ -181,6 +207,24 @@ class SkinningDelta(nn.Module):
       (..., B) non-negative offsets.
     """
     flat = local_coords.reshape(local_coords.shape[:-2] + (3 * self.num_bones,))
-    raw = mlp_lib.MLP(self.depth, self.width, self.num_bones, (4,), name="mlp")(
-        flat, time_code)
-    return nn.relu(raw) * self.scale
+    return self._tail(flat @ self.kernel_0 + time_code @ self.kernel_1 + self.bias)
+
+  def affine(self, x: jnp.ndarray, linear: jnp.ndarray, offset: jnp.ndarray,
+             time_code: jnp.ndarray) -> jnp.ndarray:
+    """Same as `__call__` when the bone coordinates are an affine map of x.
+
+    For one frame, local_flat = x @ linear + offset, so the first layer is
+    x @ (linear K0) + (offset K0 + code K1 + b): a 3 x W product per sample
+    instead of 3B x W, the rest computed once per frame.
+
+    Args:
+      x: (..., 3) object-space points.
+      linear: (3, 3B) and offset: (3B,) the frame's scaled bone-local map.
+      time_code: (T,) the frame's time code.
+
+    Returns:
+      (..., B) non-negative offsets.
+    """
+    first = x @ (linear @ self.kernel_0) + (offset @ self.kernel_0
+                                            + time_code @ self.kernel_1 + self.bias)
+    return self._tail(first)

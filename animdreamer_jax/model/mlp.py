@@ -64,13 +64,27 @@ class SplitDense(nn.Module):
   features: int
 
   @nn.compact
-  def __call__(self, *inputs: jnp.ndarray) -> jnp.ndarray:
-    """inputs: broadcast-compatible (..., C_i) arrays -> (..., features)."""
+  def __call__(self, *inputs: jnp.ndarray,
+               row_scales: Optional[Sequence[Optional[jnp.ndarray]]] = None) -> jnp.ndarray:
+    """Applies the layer.
+
+    Args:
+      *inputs: broadcast-compatible (..., C_i) arrays.
+      row_scales: optional per-input (C_i,) factors on the input channels
+        (or None entries). They multiply the kernel rows, not the inputs:
+        x @ (diag(s) K) == (x * s) @ K at the cost of a C_i x features product,
+        e.g. a coarse-to-fine window applied once instead of per sample.
+
+    Returns:
+      (..., features).
+    """
     fan_in = sum(int(x.shape[-1]) for x in inputs)
     out = None
     for i, x in enumerate(inputs):
       kernel = self.param(f"kernel_{i}", torch_kernel_init_fan(fan_in),
                           (x.shape[-1], self.features))
+      if row_scales is not None and row_scales[i] is not None:
+        kernel = kernel * row_scales[i].astype(kernel.dtype)[:, None]
       term = x @ kernel
       out = term if out is None else out + term
     bias = self.param("bias", torch_bias_init(fan_in), (self.features,))
@@ -107,30 +121,33 @@ class MLP(nn.Module):
   final_activation: bool = False
 
   @nn.compact
-  def __call__(self, x: jnp.ndarray,
-               condition: Optional[jnp.ndarray] = None) -> jnp.ndarray:
+  def __call__(self, x: jnp.ndarray, condition: Optional[jnp.ndarray] = None,
+               input_scale: Optional[jnp.ndarray] = None) -> jnp.ndarray:
     """Applies the MLP.
 
     Args:
       x: (..., C) per-sample input.
       condition: optional broadcastable (..., C') input concatenated to x at
         the first layer (and at skips), applied piecewise (see SplitDense).
+      input_scale: optional (C,) factors on x's channels wherever x is read
+        (folded into the kernels; see SplitDense).
 
     Returns:
       (..., out_features).
     """
     inputs = (x,) if condition is None else (x, condition)
+    scales = (input_scale,) + (None,) * (len(inputs) - 1)
     h = None
     for i in range(self.depth):
       if i == 0:
-        h = SplitDense(self.width, name=f"hidden_{i}")(*inputs)
+        h = SplitDense(self.width, name=f"hidden_{i}")(*inputs, row_scales=scales)
       elif i in self.skips:
-        h = SplitDense(self.width, name=f"hidden_{i}")(*inputs, h)
+        h = SplitDense(self.width, name=f"hidden_{i}")(*inputs, h, row_scales=scales + (None,))
       else:
         h = TorchDense(self.width, name=f"hidden_{i}")(h)
       h = nn.relu(h)
     if self.depth == 0:
-      out = SplitDense(self.out_features, name="output")(*inputs)
+      out = SplitDense(self.out_features, name="output")(*inputs, row_scales=scales)
     else:
       out = TorchDense(self.out_features, name="output")(h)
     return nn.relu(out) if self.final_activation else out

@@ -45,6 +45,7 @@ from typing import Any, Callable, NamedTuple, Optional, Protocol
 import jax
 import jax.numpy as jnp
 
+from animdreamer_jax.geometry import quaternion as quat_lib
 from animdreamer_jax.geometry import rays as rays_lib
 from animdreamer_jax.geometry import se3
 from animdreamer_jax.model import skinning
@@ -168,15 +169,41 @@ class IdentityWarp:
             {"skin_entropy": zero, "delta_skin": zero})
 
 
+def bone_affine_map(bones: Bones, log_scale: jnp.ndarray) -> tuple[jnp.ndarray, jnp.ndarray]:
+  """One frame's scaled bone-local coordinates as an affine map of the point.
+
+  u_b = diag(exp(-log_scale_b)) R_b^T (x - t_b) for all bones at once is
+  x @ linear + offset, one (3 x 3B) product per sample instead of B
+  rotations of B differences (and the delta MLP's first layer folds into it).
+
+  Args:
+    bones: B bones (quat (B, 4), trans (B, 3)).
+    log_scale: (B, 3) Gaussian log-scales.
+
+  Returns:
+    linear (3, 3B), offset (3B,): flat u = x @ linear + offset, u.reshape(B, 3).
+  """
+  rot = quat_lib.quat_to_matrix(bones.quat)  # (B, 3, 3) bone -> object
+  inv_scale = jnp.exp(-log_scale)
+  num_bones = rot.shape[0]
+  linear = jnp.transpose(rot * inv_scale[:, None, :], (1, 0, 2)).reshape(3, 3 * num_bones)
+  offset = -(jnp.einsum("bji,bj->bi", rot, bones.trans) * inv_scale).reshape(3 * num_bones)
+  return linear, offset
+
+
 @dataclasses.dataclass(frozen=True)
 class SkinningWarp:
-  """lab4d's Gaussian-bone skinning warp (uses `model.skinning`).
+  """lab4d's Gaussian-bone skinning warp (semantics of `model.skinning`).
 
   Backward: weights from the time-t bones at x_t, delta conditioned on the
   frame's time code, transforms rest o t^-1. Forward: weights from the rest
   bones at x_c, delta at the mean time code, transforms t o rest^-1 (frame and
   partner share the weights). Blending: "dqs" (lab4d), "lbs", or a callable
   (x, weights, rel) -> x' (see `skinning.warp_point`).
+
+  The Mahalanobis logits are computed through `bone_affine_map` (a per-frame
+  3 x 3B matrix) rather than per-bone rotations per sample; they equal
+  `skinning.gaussian_skinning_logits` (tested).
   """
   blend: Any = "dqs"
 
@@ -185,25 +212,25 @@ class SkinningWarp:
     forward_rels = jnp.stack(
         [skinning.relative_transforms(rest.bones, b) for b in targets])  # (K, B, 8)
 
-    def delta_fn(bones, code):
+    def delta_fn(affine, code):
       if code is None:
         return None
+      return lambda x: model.apply(params, x, affine[0], affine[1], code,
+                                   method="skinning_delta_affine")
 
-      def fn(x):
-        local = skinning.bone_local_coords(x, bones) * jnp.exp(-rest.log_scale)
-        return model.apply(params, local, code, method="skinning_delta")
-      return fn
-
+    backward_map = bone_affine_map(frame.bones, rest.log_scale)
+    forward_map = bone_affine_map(rest.bones, rest.log_scale)
     return {
-        "bones_t": frame.bones, "bones_rest": rest.bones, "log_scale": rest.log_scale,
+        "backward_map": backward_map, "forward_map": forward_map,
         "backward_rel": skinning.relative_transforms(frame.bones, rest.bones),
         "forward_rels": forward_rels,
-        "backward_delta": delta_fn(frame.bones, frame.delta_code),
-        "forward_delta": delta_fn(rest.bones, rest.delta_code),
+        "backward_delta": delta_fn(backward_map, frame.delta_code),
+        "forward_delta": delta_fn(forward_map, rest.delta_code),
     }
 
-  def _weights(self, x, bones, log_scale, delta_fn):
-    logits = skinning.gaussian_skinning_logits(x, bones, log_scale)
+  def _weights(self, x, affine, delta_fn):
+    local = x @ affine[0] + affine[1]
+    logits = -jnp.sum(jnp.square(local).reshape(-1, 3), axis=-1)
     if delta_fn is None:
       delta = jnp.zeros_like(logits)
     else:
@@ -214,13 +241,11 @@ class SkinningWarp:
     return jax.nn.softmax(logits), aux
 
   def backward(self, ctx, x_t):
-    weights, aux = self._weights(x_t, ctx["bones_t"], ctx["log_scale"],
-                                 ctx["backward_delta"])
+    weights, aux = self._weights(x_t, ctx["backward_map"], ctx["backward_delta"])
     return skinning.warp_point(x_t, weights, ctx["backward_rel"], self.blend), aux
 
   def forward(self, ctx, x_c):
-    weights, aux = self._weights(x_c, ctx["bones_rest"], ctx["log_scale"],
-                                 ctx["forward_delta"])
+    weights, aux = self._weights(x_c, ctx["forward_map"], ctx["forward_delta"])
     warped = jax.vmap(lambda rel: skinning.warp_point(x_c, weights, rel, self.blend))(
         ctx["forward_rels"])
     return warped, aux
