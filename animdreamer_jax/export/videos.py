@@ -8,8 +8,8 @@ atomically.
 
 - `turntable_frames`: the rest shape turning about +Y; left its vertex
   colours, right its skinning (each bone a colour, vertices coloured by their
-  weights) with every Gaussian bone drawn as its 1-sigma ellipsoid, seen
-  through the half-transparent skin.
+  weights) with every Gaussian bone drawn as its half-sigma ellipsoid (1 sigma
+  hides the body early in training), seen through the half-transparent skin.
 - `animation_frames`: the posed meshes from one fixed camera that frames the
   whole motion.
 - `reference_frames`: the input video's frames next to the posed mesh
@@ -219,7 +219,7 @@ def turntable_frames(rest_vertices: np.ndarray, faces: np.ndarray,
                      vertex_colors: Optional[np.ndarray], skin_weights: np.ndarray,
                      rest_bone_to_object: np.ndarray, log_scale: np.ndarray,
                      num_frames: int = 48, size: int = 256, elevation_deg: float = 20.0,
-                     progress: Optional[callable] = None) -> np.ndarray:
+                     n_sigma: float = 0.5, progress: Optional[callable] = None) -> np.ndarray:
   """The rest shape turning once about +Y: colours | skinning with bone ellipsoids.
 
   Returns:
@@ -229,7 +229,7 @@ def turntable_frames(rest_vertices: np.ndarray, faces: np.ndarray,
   palette = bone_palette(skin_weights.shape[1])
   skin_colors = skinning_colors(skin_weights, palette)
   colors = colors_float(vertex_colors, rest_vertices.shape[0])
-  bone_v, bone_f, owner = ellipsoid_meshes(rest_bone_to_object, log_scale)
+  bone_v, bone_f, owner = ellipsoid_meshes(rest_bone_to_object, log_scale, n_sigma)
   frames = []
   for i in range(num_frames):
     w2c, intr = orbit_camera(center, radius, 360.0 * i / num_frames, elevation_deg, size, size)
