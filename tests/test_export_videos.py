@@ -126,6 +126,7 @@ def test_reference_frames_side_by_side():
     videos.reference_frames(rgb[:1], posed, faces, None, intr)
 
 
+@pytest.mark.filterwarnings("ignore:os.fork:RuntimeWarning")  # ffmpeg is exec'd at once
 def test_write_mp4_round_trip(tmp_path):
   import imageio.v2 as imageio  # pylint: disable=g-import-not-at-top
   rng = np.random.default_rng(0)
