@@ -71,7 +71,8 @@ def bending_rig(num_bones: int = 3, num_frames: int = 6, root_motion: bool = Tru
     root[:, :3, 3] = np.stack([0.1 * np.arange(num_frames), np.zeros(num_frames),
                                -0.05 * np.arange(num_frames)], 1)
   colors = rng.integers(0, 256, size=vertices.shape).astype(np.uint8)
-  return gltf_writer.Rig(rest_vertices=vertices, faces=faces, skin_weights=weights.astype(np.float32),
+  return gltf_writer.Rig(rest_vertices=vertices, faces=faces,
+                         skin_weights=weights.astype(np.float32),
                          rest_bone_quat=rest_rot.as_quat(), rest_bone_trans=centres,
                          bone_quat=bone_quat, bone_trans=bone_trans, fps=12.0,
                          root_to_world=root, vertex_colors=colors, name="cylinder")

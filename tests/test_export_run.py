@@ -139,7 +139,7 @@ def run_rig(run_dir):
 
 
 def _truncation_bound(weights, rel, vertices):
-  """|LBS(all bones) - LBS(top 4)| <= (1 - s) max_{b,b'} |M_b x - M_b' x| per vertex (s = kept mass)."""
+  """|LBS(all) - LBS(top 4)| <= (1 - s) max_{b,b'} |M_b x - M_b' x| per vertex (s: kept mass)."""
   moved = np.einsum("tbij,vj->tvbi", rel[..., :3, :3], vertices) + rel[:, None, :, :3, 3]
   spread = np.linalg.norm(moved[:, :, :, None] - moved[:, :, None], axis=-1).max((2, 3))
   kept = -np.sort(-weights, axis=1)[:, :4].sum(1)

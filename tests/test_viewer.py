@@ -164,7 +164,8 @@ def _animal(image: np.ndarray) -> np.ndarray:
 
 
 @pytest.mark.node
-@pytest.mark.skipif(_chromium() is None, reason="needs Debian `chromium` (apt-get install chromium)")
+@pytest.mark.skipif(_chromium() is None,
+                    reason="needs Debian `chromium` (apt-get install chromium)")
 @needs_three
 def test_page_in_headless_chromium(served, tmp_path):
   # The page loads without an error (the status line empties when the asset is up).

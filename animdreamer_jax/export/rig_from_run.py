@@ -389,7 +389,8 @@ def load_run_rig(run_dir: str | pathlib.Path, video_dir: Optional[str | pathlib.
                 meshes_vertices=np.asarray(meshes.vertices, np.float32), intrinsics=intrinsics)
 
 
-def model_meshes_in_frame(run: RunRig, posed_object: np.ndarray, frame: str) -> Optional[np.ndarray]:
+def model_meshes_in_frame(run: RunRig, posed_object: np.ndarray,
+                          frame: str) -> Optional[np.ndarray]:
   """Model meshes (object frame, (T, V, 3)) in meshes.npz's frame, or None if unknown."""
   if frame == "object":
     return posed_object

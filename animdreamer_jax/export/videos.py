@@ -248,7 +248,7 @@ def animation_frames(posed_vertices: np.ndarray, faces: np.ndarray,
                      vertex_colors: Optional[np.ndarray], size: int = 256,
                      azimuth_deg: float = 35.0, elevation_deg: float = 20.0,
                      progress: Optional[callable] = None) -> np.ndarray:
-  """(T, V, 3) posed meshes from one fixed camera framing all frames. -> (T, size, size, 3) uint8."""
+  """(T, V, 3) posed meshes seen by one fixed camera framing all frames. -> (T, S, S, 3) uint8."""
   center, radius = bounding_ball(posed_vertices)
   w2c, intr = orbit_camera(center, radius, azimuth_deg, elevation_deg, size, size)
   colors = colors_float(vertex_colors, posed_vertices.shape[1])

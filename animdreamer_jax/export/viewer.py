@@ -133,7 +133,8 @@ __IMPORT_MAP__
 </head>
 <body>
 <div id="hud"><b>__TITLE__</b><br><span id="frame"></span><br>
-<span>drag: orbit &middot; wheel: zoom &middot; space: play/pause &middot; &larr;/&rarr;: step</span><br>
+<span>drag: orbit &middot; wheel: zoom &middot; space: play/pause &middot;
+&larr;/&rarr;: step</span><br>
 <span id="status">loading&hellip;</span></div>
 <script type="module">
 import * as THREE from 'three';
@@ -200,7 +201,8 @@ try {
   function step(frames) {
     if (!mixer) return;
     playing = false;
-    const t = Math.max(0, Math.min(clip.duration, Math.round(mixer.time * CONFIG.fps + frames) / CONFIG.fps));
+    const frame = Math.round(mixer.time * CONFIG.fps + frames);
+    const t = Math.max(0, Math.min(clip.duration, frame / CONFIG.fps));
     mixer.setTime(t);
   }
   window.addEventListener('keydown', (e) => {
