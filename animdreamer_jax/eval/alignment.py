@@ -8,12 +8,18 @@ frames (a per-frame transform would hide errors in the recovered motion).
      of all frames give the translation and the scale; the rotation is tried
      from 28 candidates (the 24 axis-aligned rotations, which cover meshes
      exported in another axis convention, and the 4 proper rotations that map
-     the prediction's principal axes onto the ground truth's). Each candidate
-     gets a few ICP iterations on a small subsample; the lowest cost wins.
-  2. ICP with scale over all frames jointly: symmetric correspondences (each
-     prediction sample -> closest point on the ground-truth surface of the same
-     frame, and each ground-truth sample -> closest point on the prediction),
-     then the least-squares similarity (Umeyama) of all pairs, repeated.
+     the prediction's principal axes onto the ground truth's), ranked by their
+     cost on a few frames; the best 6 get 3 point-to-point (Umeyama) ICP
+     iterations on a small subsample.
+  2. ICP with scale over all frames jointly, started from the 3 best coarse
+     results (the lowest final cost wins): symmetric correspondences (each
+     prediction sample -> closest point on the ground-truth surface of the
+     same frame, and each ground-truth sample -> closest point on the
+     prediction), point-to-plane Gauss-Newton updates of the similarity,
+     repeated until the cost stalls. Pairs
+     farther apart than 3x the median distance of their direction are left
+     out, so a missing or wild part (an unreconstructed side, floaters) does
+     not drag the transform.
 
 The symmetric pairing matters: prediction -> ground truth pairs alone are
 minimised by shrinking the prediction onto a patch of the ground truth.
@@ -111,12 +117,12 @@ _umeyama_jit = jax.jit(umeyama, static_argnames=("with_scale",))
 
 
 def point_to_plane_similarity_step(points: jnp.ndarray, targets: jnp.ndarray,
-                                   normals: jnp.ndarray
+                                   normals: jnp.ndarray, weights: jnp.ndarray | None = None
                                    ) -> tuple[jnp.ndarray, jnp.ndarray, jnp.ndarray]:
   """One Gauss-Newton step of point-to-plane alignment with scale.
 
-  Finds the small similarity x -> (1 + ds) R(w) (x - m) + m + dt (m: centroid
-  of `points`) that minimises sum_i (n_i . (x_i' - y_i))^2 after linearising
+  Finds the small similarity x -> (1 + ds) R(w) (x - m) + m + dt (m: weighted
+  centroid of `points`) that minimises sum_i w_i (n_i . (x_i' - y_i))^2 after linearising
   R(w) ~ I + [w]x, i.e. each point may slide along its target's tangent plane.
   This converges in a few iterations where point-to-point ICP crawls.
 
@@ -124,22 +130,27 @@ def point_to_plane_similarity_step(points: jnp.ndarray, targets: jnp.ndarray,
     points: (M, 3) currently aligned points x_i.
     targets: (M, 3) their corresponding points y_i.
     normals: (M, 3) unit normals of the target surface at y_i (sign irrelevant).
+    weights: (M,) non-negative pair weights (masks); uniform if None.
 
   Returns:
     The update as scale (), rotation (3, 3), translation (3,), to be applied
     after the current transform: x -> scale * rotation @ x + translation.
   """
-  center = jnp.mean(points, 0)
+  if weights is None:
+    weights = jnp.ones(points.shape[:1], points.dtype)
+  weights = weights / jnp.sum(weights)
+  center = weights @ points
   arm = points - center
   # Residual r_i + J_i . [w, dt, ds] with J_i = [(a_i x n_i), n_i, n_i . a_i].
   jac = jnp.concatenate([jnp.cross(arm, normals), normals,
                          jnp.sum(normals * arm, -1, keepdims=True)], -1)  # (M, 7)
   residual = jnp.sum(normals * (points - targets), -1)
-  hessian = jac.T @ jac
+  weighted_jac = jac * weights[:, None]
+  hessian = weighted_jac.T @ jac
   # Tiny damping keeps directions the surface cannot constrain (e.g. spinning
   # a sphere) at zero instead of letting them blow up.
   hessian = hessian + 1e-9 * jnp.trace(hessian) * jnp.eye(7)
-  delta = -jnp.linalg.solve(hessian, jac.T @ residual)
+  delta = -jnp.linalg.solve(hessian, weighted_jac.T @ residual)
   w, dt, ds = delta[:3], delta[3:6], delta[6]
   angle = jnp.linalg.norm(w)
   axis = w / jnp.maximum(angle, 1e-12)
@@ -236,8 +247,8 @@ def _symmetric_costs(transforms: list[Similarity], pred_index: SurfaceIndex,
 
 def _icp(transform: Similarity, pred_index: SurfaceIndex, pred_points: np.ndarray,
          gt_index: SurfaceIndex, gt_points: np.ndarray, gt_faces: np.ndarray | None,
-         frames: np.ndarray, iterations: int, k: int, tolerance: float
-         ) -> tuple[Similarity, float, int]:
+         frames: np.ndarray, iterations: int, k: int, tolerance: float,
+         trim: float | None = None) -> tuple[Similarity, float, int]:
   """Symmetric ICP with scale; returns the best transform seen and its cost.
 
   Args:
@@ -252,6 +263,10 @@ def _icp(transform: Similarity, pred_index: SurfaceIndex, pred_points: np.ndarra
     iterations: maximum number of Umeyama updates.
     k: grid points (hence candidate faces) per closest-point query.
     tolerance: stop once an update lowers the cost by less than this fraction.
+    trim: if set, pairs farther apart than `trim` times the median distance of
+      their direction are left out of the update and of the cost, so parts
+      that one surface lacks (an unreconstructed side, floaters) do not drag
+      the transform.
   """
   src_pred = pred_points.reshape(-1, 3)
   dst_gt = gt_points.reshape(-1, 3)
@@ -265,7 +280,15 @@ def _icp(transform: Similarity, pred_index: SurfaceIndex, pred_points: np.ndarra
     on_pred, dist_to_pred, _ = pred_index.query(
         transform.apply_inverse(gt_points), k, frames)
     # Both directions in ground-truth units (a similarity scales distances by s).
-    cost = 0.5 * (dist_to_gt.mean() + transform.scale * dist_to_pred.mean())
+    dist_to_gt = dist_to_gt.reshape(-1)
+    dist_to_pred = transform.scale * dist_to_pred.reshape(-1)
+    if trim is None:
+      keep_pred = np.ones(dist_to_gt.shape, bool)
+      keep_gt = np.ones(dist_to_pred.shape, bool)
+    else:
+      keep_pred = dist_to_gt <= trim * np.median(dist_to_gt)
+      keep_gt = dist_to_pred <= trim * np.median(dist_to_pred)
+    cost = 0.5 * (dist_to_gt[keep_pred].mean() + dist_to_pred[keep_gt].mean())
     if cost < best_cost:
       best, best_cost, used = transform, cost, it
     converged = it > 0 and previous - cost <= tolerance * previous
@@ -274,9 +297,10 @@ def _icp(transform: Similarity, pred_index: SurfaceIndex, pred_points: np.ndarra
     previous = cost
     src = np.concatenate([src_pred, on_pred.reshape(-1, 3)])
     dst = np.concatenate([on_gt.reshape(-1, 3), dst_gt])
+    weights = jnp.asarray(np.concatenate([keep_pred, keep_gt]), jnp.float32)
     if gt_faces is None:
       scale, rotation, translation = _umeyama_jit(jnp.asarray(src, jnp.float32),
-                                                  jnp.asarray(dst, jnp.float32))
+                                                  jnp.asarray(dst, jnp.float32), weights)
       update = Similarity(float(scale), np.asarray(rotation, np.float64),
                           np.asarray(translation, np.float64))
       transform = update
@@ -285,7 +309,7 @@ def _icp(transform: Similarity, pred_index: SurfaceIndex, pred_points: np.ndarra
           gt_index.face_normals(face_on_gt, frames).reshape(-1, 3), gt_normals])
       scale, rotation, translation = _point_to_plane_jit(
           jnp.asarray(transform.apply(src), jnp.float32), jnp.asarray(dst, jnp.float32),
-          jnp.asarray(normals))
+          jnp.asarray(normals), weights)
       transform = compose(Similarity(float(scale), np.asarray(rotation, np.float64),
                                      np.asarray(translation, np.float64)), transform)
   return best, float(best_cost), used
@@ -295,8 +319,9 @@ def align_similarity(pred_index: SurfaceIndex, pred_samples: np.ndarray,
                      gt_index: SurfaceIndex, gt_samples: np.ndarray,
                      gt_sample_faces: np.ndarray, *,
                      coarse_frames: int = 8, coarse_points: int = 256,
-                     coarse_keep: int = 6, coarse_iterations: int = 3, icp_points: int = 16384,
-                     icp_iterations: int = 50, k: int = 16,
+                     coarse_keep: int = 6, coarse_iterations: int = 3, final_starts: int = 3,
+                     icp_points: int = 16384,
+                     icp_iterations: int = 50, k: int = 16, trim: float | None = 3.0,
                      tolerance: float = 1e-4) -> AlignmentResult:
   """Finds the similarity that best maps the prediction onto the ground truth.
 
@@ -310,10 +335,14 @@ def align_similarity(pred_index: SurfaceIndex, pred_samples: np.ndarray,
     coarse_points: samples per frame and side when ranking candidates.
     coarse_keep: how many of the best-ranked candidates get coarse ICP.
     coarse_iterations: ICP updates per refined candidate.
+    final_starts: how many of the best coarse results start a final ICP (the
+      lowest final cost wins).
     icp_points: samples per side, over all frames, for the final ICP.
     icp_iterations: maximum final ICP updates.
     k: grid points (hence candidate faces) per closest-point query.
     tolerance: relative cost decrease below which ICP stops.
+    trim: in the final ICP, pairs farther apart than `trim` x the median of
+      their direction are ignored (robust to missing parts); None: keep all.
 
   Returns:
     AlignmentResult.
@@ -343,12 +372,17 @@ def align_similarity(pred_index: SurfaceIndex, pred_samples: np.ndarray,
   for i in np.argsort(costs)[:coarse_keep]:
     refined[i], costs[i], _ = _icp(inits[i], pred_index, pred_coarse, gt_index, gt_coarse,
                                    None, coarse, coarse_iterations, k, 0.0)
-  winner = int(np.argmin(costs))
 
+  # Final (trimmed, point-to-plane) ICP from the best few coarse results: the
+  # untrimmed coarse ranking can prefer a wrong pose when a part is missing.
   per_frame = max(1, min(pred_all.shape[1], gt_all.shape[1], icp_points // num_frames))
   frames = np.arange(num_frames)
-  transform, cost, used = _icp(refined[winner], pred_index, pred_all[:, :per_frame],
-                               gt_index, gt_all[:, :per_frame],
-                               np.asarray(gt_sample_faces)[:, :per_frame], frames,
-                               icp_iterations, k, tolerance)
+  best = None
+  for i in np.argsort(costs)[:final_starts]:
+    result = _icp(refined[i], pred_index, pred_all[:, :per_frame], gt_index,
+                  gt_all[:, :per_frame], np.asarray(gt_sample_faces)[:, :per_frame], frames,
+                  icp_iterations, k, tolerance, trim)
+    if best is None or result[1] < best[0][1]:
+      best = (result, int(i))
+  (transform, cost, used), winner = best
   return AlignmentResult(transform, cost, used, winner, np.asarray(costs))

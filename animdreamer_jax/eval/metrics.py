@@ -14,6 +14,7 @@ normalised synthetic videos, so thresholds 0.01/0.02/0.05 are 1%/2%/5% of L):
   chamfer      = (accuracy + completeness) / 2
   precision@tau = % of p with d(p, GT_t) < tau;  recall@tau = % of g with d(g, PRED_t) < tau
   fscore@tau   = 2 precision recall / (precision + recall)   (0 if both are 0)
+  (precision, recall and F-score in percent, 0..100).
 
 Seen / never-seen split (when the video records gt/face_visible.npy): a
 ground-truth sample belongs to the part of its face; a predicted point belongs
@@ -119,7 +120,8 @@ def sequence_distances(pred_vertices: np.ndarray, pred_faces: np.ndarray,
     gt_faces: (F', 3) or (T, F', 3).
     num_samples: surface samples per mesh and frame.
     align: find a similarity transform (else the identity).
-    seed: sampling seed (GT and prediction use different streams).
+    seed: sampling seed: the GT is sampled with seed 2 * seed and the
+      prediction with 2 * seed + 1 (independent points on the two surfaces).
     k: grid points (hence candidate faces) per closest-point query.
   """
   if num_samples < 1:
@@ -128,8 +130,7 @@ def sequence_distances(pred_vertices: np.ndarray, pred_faces: np.ndarray,
     raise UserError(f"prediction has {pred_vertices.shape[0]} frames but the ground "
                     f"truth has {gt_vertices.shape[0]}")
   gt_points, gt_face = sample_surface_frames(gt_vertices, gt_faces, num_samples, 2 * seed)
-  pred_points, _ = sample_surface_frames(pred_vertices, pred_faces, num_samples,
-                                                 2 * seed + 1)
+  pred_points, _ = sample_surface_frames(pred_vertices, pred_faces, num_samples, 2 * seed + 1)
   gt_index = SurfaceIndex(gt_vertices, gt_faces)
   pred_index = SurfaceIndex(pred_vertices, pred_faces)
   if align:
