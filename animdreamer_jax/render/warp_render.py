@@ -261,6 +261,30 @@ def _safe_norm(v: jnp.ndarray) -> jnp.ndarray:
   return jnp.where(zero, 0.0, jnp.sqrt(jnp.where(zero, 1.0, sq)))
 
 
+def sdf_and_gradient(sdf_fn: Callable[[jnp.ndarray], jnp.ndarray],
+                     points: jnp.ndarray) -> tuple[jnp.ndarray, jnp.ndarray]:
+  """SDF values and their spatial gradient by one VJP.
+
+  Each SDF value depends only on its own point, so the VJP with a cotangent of
+  ones is the per-point gradient (cheaper than a Jacobian).
+
+  Args:
+    sdf_fn: (N, 3) -> (N,).
+    points: (N, 3).
+
+  Returns:
+    sdf (N,), gradient (N, 3).
+  """
+  sdf, vjp = jax.vjp(sdf_fn, points)
+  (grad,) = vjp(jnp.ones_like(sdf))
+  return sdf, grad
+
+
+def eikonal_term(gradient: jnp.ndarray) -> jnp.ndarray:
+  """(|grad sdf| - 1)^2 per point. (N, 3) -> (N,)."""
+  return (_safe_norm(gradient) - 1.0) ** 2
+
+
 def _default_fields(model, params):
   def full(x, appearance, alpha):
     return model.apply(params, x, alpha=alpha, appearance=appearance, method="canonical")
@@ -389,10 +413,8 @@ def render_frame(uv: jnp.ndarray, near_far: jnp.ndarray, frame: FrameState,
     pts = x_c[:k_eik].reshape(-1, 3)
     if not compute_normals:
       pts = jax.lax.stop_gradient(pts)
-    sdf_k, sdf_vjp = jax.vjp(lambda p: base_sdf_fn(p, alpha), pts)
-    (grad_c,) = sdf_vjp(jnp.ones_like(sdf_k))
-    eik = (_safe_norm(grad_c) - 1.0) ** 2
-    eik = jnp.mean(eik.reshape(k_eik, num_s), -1)
+    _, grad_c = sdf_and_gradient(lambda p: base_sdf_fn(p, alpha), pts)
+    eik = jnp.mean(eikonal_term(grad_c).reshape(k_eik, num_s), -1)
     out["eikonal"] = jnp.concatenate([eik, jnp.zeros((num_rays - k_eik,), eik.dtype)])
     out["eikonal_mask"] = (jnp.arange(num_rays) < k_eik).astype(dtype)
     if compute_normals:
