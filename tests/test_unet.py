@@ -19,6 +19,7 @@ import pytest
 from scipy.special import erf
 
 from animdreamer_jax.prior import camera_embedding
+from animdreamer_jax.prior.attention import chunked_dot_product_attention, dot_product_attention
 from animdreamer_jax.prior.convert import convert_unet_state
 from animdreamer_jax.prior.unet import (BasicTransformerBlock3D, MultiViewUNet, UNetConfig,
                                         timestep_embedding, unet_param_shapes)
@@ -167,6 +168,22 @@ def _np_transformer_block(p, x, context, num_views, heads):
   return x
 
 
+def test_chunked_attention_matches_plain_values_and_gradients():
+  rng = np.random.default_rng(5)
+  q, k, v, cotangent = (rng.standard_normal(s).astype(np.float32)
+                        for s in [(2, 12, 3, 8), (2, 7, 3, 8), (2, 7, 3, 8), (2, 12, 3, 8)])
+
+  def pulled_back(attention):
+    out, vjp = jax.vjp(attention, q, k, v)
+    return (out,) + vjp(cotangent)
+
+  plain = run_compiled(lambda: pulled_back(dot_product_attention))
+  for chunk in (4, 6, 5):  # 3 blocks, 2 blocks, and a size that falls back to the plain form
+    chunked = run_compiled(lambda: pulled_back(lambda *a: chunked_dot_product_attention(*a, chunk)))
+    for got, want in zip(chunked, plain):
+      assert relative_error(got, want) < 1e-6
+
+
 @pytest.mark.parametrize("num_views", [1, 3])
 def test_transformer_block_matches_numpy(num_views):
   """num_views=1: ordinary per-image self-attention; num_views=3: joint attention over the views."""
@@ -262,12 +279,13 @@ def test_camera_changes_output(small):
 
 @pytest.mark.slow
 def test_remat_and_fused_attention_match(small):
-  """jax.checkpoint per block changes nothing in value or input gradient; fused attention is the same maths."""
+  """Remat per block and query-chunked attention change nothing in value or input gradient; fused attention
+  is the same maths."""
   params, inp = small
 
-  def grad_fn(remat):
+  def grad_fn(remat, chunk=0):
     def loss(x):
-      model = MultiViewUNet(SMALL, remat=remat)
+      model = MultiViewUNet(SMALL, remat=remat, attention_query_chunk=chunk)
       out = model.apply({"params": params}, x, inp["timesteps"], inp["context"], inp["camera"],
                         num_views=VIEWS)
       return jnp.sum(out * jnp.cos(out))
@@ -277,6 +295,9 @@ def test_remat_and_fused_attention_match(small):
   value_remat, grad_remat = run_compiled(grad_fn(True), inp["x"])
   assert relative_error(value_remat, value) < 1e-5
   assert relative_error(grad_remat, grad) < 1e-5
+  value_chunk, grad_chunk = run_compiled(grad_fn(True, chunk=64), inp["x"])  # 4 views x 64 tokens
+  assert relative_error(value_chunk, value) < 1e-5
+  assert relative_error(grad_chunk, grad) < 1e-5
   fused = small_apply(params, **inp, num_views=VIEWS, fused=True)
   assert relative_error(fused, small_apply(params, **inp, num_views=VIEWS)) < 1e-5
 

@@ -13,7 +13,7 @@ as the camera MLP) with a joint-view processor on every `attn1`.
 Memory: the full-size 4-view model (866M params) at 32x32 latents with classifier-free guidance (8 latents),
 lowered and compiled on CPU without running it; `compiled.memory_analysis()` gives the argument, output and
 temporary buffer sizes. Reported for the forward pass (the guidance step) and forward + input-VJP, with and
-without `jax.checkpoint` per block, in float32 and bfloat16 activations.
+without `jax.checkpoint` per block and query-chunked attention, in float32 and bfloat16 activations.
 """
 
 from __future__ import annotations
@@ -32,17 +32,19 @@ from animdreamer_jax.prior.unet import MultiViewUNet, UNetConfig, init_unet_para
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-  parser.add_argument("--model-channels", type=int, default=64, help="speed config width (full: 320)")
+  parser.add_argument("--model-channels", type=int, default=32, help="speed config width (full: 320)")
   parser.add_argument("--head-channels", type=int, default=32, help="speed config channels per head")
-  parser.add_argument("--context-dim", type=int, default=256, help="speed config text width")
+  parser.add_argument("--context-dim", type=int, default=128, help="speed config text width")
   parser.add_argument("--latent", type=int, default=32, help="latent H = W for the speed part")
   parser.add_argument("--objects", type=int, default=2, help="objects (x4 views) for the speed part")
   parser.add_argument("--context-length", type=int, default=77)
   parser.add_argument("--repeats", type=int, default=5, help="timed repetitions (median reported)")
   parser.add_argument("--skip-speed", action="store_true")
   parser.add_argument("--skip-memory", action="store_true")
-  parser.add_argument("--memory-variants", default="fwd,vjp,vjp-remat,bf16-fwd,bf16-vjp,bf16-vjp-remat",
-                      help="comma list of full-size variants for the memory part")
+  parser.add_argument("--memory-variants",
+                      default="fwd,vjp,vjp-remat,vjp-chunk,vjp-remat-chunk,bf16-fwd,bf16-vjp-remat-chunk",
+                      help="comma list of full-size variants for the memory part: [bf16-](fwd|vjp)"
+                           "[-remat][-chunk] (chunk: attention in blocks of 512 queries)")
 
 
 VIEWS = 4
@@ -58,8 +60,9 @@ def _inputs(config: UNetConfig, n: int, latent: int, context_length: int, seed: 
               cotangent=rng.standard_normal((n, latent, latent, config.out_channels)).astype(np.float32))
 
 
-def _jax_step(config: UNetConfig, dtype=jnp.float32, remat: bool = False, vjp: bool = True):
-  model = MultiViewUNet(config, dtype=dtype, remat=remat)
+def _jax_step(config: UNetConfig, dtype=jnp.float32, remat: bool = False, vjp: bool = True,
+              query_chunk: int = 0):
+  model = MultiViewUNet(config, dtype=dtype, remat=remat, attention_query_chunk=query_chunk)
 
   def forward(params, x, timesteps, context, camera):
     return model.apply({"params": params}, x, timesteps, context, camera, num_views=VIEWS)
@@ -196,28 +199,30 @@ def bench_memory(args) -> None:
           spec((n, config.camera_dim)))
   print(f"memory (XLA CPU estimate, compiled not run): full MVDream UNet, {n} latents "
         f"{latent}x{latent}, params {param_bytes / 2**30:.2f} GiB float32")
-  print(f"  {'variant':16s} {'params+inputs':>13s} {'outputs':>9s} {'temporaries':>12s} {'peak':>9s} "
+  print(f"  {'variant':22s} {'params+inputs':>13s} {'outputs':>9s} {'temporaries':>12s} {'peak':>9s} "
         f"{'compile':>8s}")
-  variants = {"fwd": (jnp.float32, False, False), "vjp": (jnp.float32, False, True),
-              "vjp-remat": (jnp.float32, True, True), "bf16-fwd": (jnp.bfloat16, False, False),
-              "bf16-vjp": (jnp.bfloat16, False, True), "bf16-vjp-remat": (jnp.bfloat16, True, True)}
+  variants = []
   for name in [v.strip() for v in args.memory_variants.split(",") if v.strip()]:
-    if name not in variants:
-      raise UserError(f"--memory-variants: unknown variant '{name}' (known: {', '.join(variants)})")
-    dtype, remat, vjp = variants[name]
-    fn = _jax_step(config, dtype=dtype, remat=remat, vjp=vjp)
+    parts = name.split("-")
+    dtype = jnp.bfloat16 if parts[0] == "bf16" else jnp.float32
+    parts = parts[1:] if parts[0] == "bf16" else parts
+    if not parts or parts[0] not in ("fwd", "vjp") or not set(parts[1:]) <= {"remat", "chunk"}:
+      raise UserError(f"--memory-variants: unknown variant '{name}' (e.g. fwd, vjp-remat, bf16-vjp-chunk)")
+    variants.append((name, dtype, parts[0] == "vjp", "remat" in parts, 512 if "chunk" in parts else 0))
+  for name, dtype, vjp, remat, chunk in variants:
+    fn = _jax_step(config, dtype=dtype, remat=remat, vjp=vjp, query_chunk=chunk)
     start = time.perf_counter()
     extra = (spec((n, latent, latent, 4)),) if vjp else ()
     compiled = jax.jit(fn).lower(params, *data, *extra).compile()
     seconds = time.perf_counter() - start
     stats = compiled.memory_analysis()
     if stats is None:
-      print(f"  {name:16s} memory_analysis() unavailable on this backend")
+      print(f"  {name:22s} memory_analysis() unavailable on this backend")
       continue
     gib = lambda b: f"{b / 2**30:.2f} GiB"
     peak = (stats.argument_size_in_bytes + stats.output_size_in_bytes + stats.temp_size_in_bytes
             - stats.alias_size_in_bytes)
-    print(f"  {name:16s} {gib(stats.argument_size_in_bytes):>13s} {gib(stats.output_size_in_bytes):>9s} "
+    print(f"  {name:22s} {gib(stats.argument_size_in_bytes):>13s} {gib(stats.output_size_in_bytes):>9s} "
           f"{gib(stats.temp_size_in_bytes):>12s} {gib(peak):>9s} {seconds:7.0f}s", flush=True)
 
 

@@ -126,7 +126,13 @@ def read_torch_checkpoint(path: str | os.PathLike) -> dict[str, np.ndarray]:
                     "file to .safetensors elsewhere, or install the optional extra: "
                     "python3 -m pip install -e '.[parity]'") from None
   try:
-    state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    try:
+      # Memory-mapped: the 5 GB checkpoint is not copied into RAM before conversion.
+      state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except RuntimeError as e:
+      if "mmap" not in str(e):
+        raise
+      state = torch.load(path, map_location="cpu", weights_only=True)  # legacy (non-zip) format
   except FileNotFoundError:
     raise UserError(f"{path}: not found") from None
   except Exception as e:  # torch raises many types for corrupt / non-weights pickles.

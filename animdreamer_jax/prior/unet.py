@@ -217,13 +217,15 @@ class BasicTransformerBlock3D(nn.Module):
   num_views: int
   dtype: jnp.dtype = jnp.float32
   fused_attention: bool = False
+  query_chunk: int = 0
 
   @nn.compact
   def __call__(self, x: jax.Array, context: jax.Array) -> jax.Array:
     """x: (N, L, C) with N = objects * num_views; context: (N, Lc, Cc) -> (N, L, C)."""
     n, length, channels = x.shape
     attn = lambda name: CrossAttention(self.num_heads, self.head_dim, dtype=self.dtype,
-                                       fused=self.fused_attention, name=name)
+                                       fused=self.fused_attention, query_chunk=self.query_chunk,
+                                       name=name)
     # attn1 sees all views of an object as one sequence: (objects, views * L, C), view-major.
     h = _layer_norm("norm1")(x).astype(self.dtype)
     h = h.reshape(n // self.num_views, self.num_views * length, channels)
@@ -242,6 +244,7 @@ class SpatialTransformer3D(nn.Module):
   groups: int = 32
   dtype: jnp.dtype = jnp.float32
   fused_attention: bool = False
+  query_chunk: int = 0
 
   @nn.compact
   def __call__(self, x: jax.Array, context: jax.Array) -> jax.Array:
@@ -252,7 +255,7 @@ class SpatialTransformer3D(nn.Module):
     h = nn.Dense(inner, dtype=self.dtype, name="proj_in")(h.reshape(n, height * width, channels))
     for d in range(self.depth):
       h = BasicTransformerBlock3D(self.num_heads, self.head_dim, self.num_views, dtype=self.dtype,
-                                  fused_attention=self.fused_attention,
+                                  fused_attention=self.fused_attention, query_chunk=self.query_chunk,
                                   name=f"transformer_blocks.{d}")(h, context)
     h = nn.Dense(channels, dtype=self.dtype, name="proj_out")(h)
     return h.reshape(n, height, width, channels) + x.astype(self.dtype)
@@ -266,11 +269,14 @@ class MultiViewUNet(nn.Module):
     dtype: activation dtype (jnp.bfloat16 for GPU memory); params, norms, softmax and the output are float32.
     remat: `jax.checkpoint` each ResBlock and transformer (recompute activations in the backward pass).
     fused_attention: use `jax.nn.dot_product_attention` (flash kernels on GPU).
+    attention_query_chunk: if > 0, attention in blocks of this many queries, each rematerialised in the
+      backward pass: gradients through the UNet never hold a whole 4096 x 4096 attention matrix.
   """
   config: UNetConfig = UNetConfig()
   dtype: jnp.dtype = jnp.float32
   remat: bool = False
   fused_attention: bool = False
+  attention_query_chunk: int = 0
 
   @nn.compact
   def __call__(self, x: jax.Array, timesteps: jax.Array, context: jax.Array,
@@ -302,7 +308,8 @@ class MultiViewUNet(nn.Module):
     def transformer(channels, name):
       return transformer_cls(channels // cfg.num_head_channels, cfg.num_head_channels, num_views,
                              depth=cfg.transformer_depth, groups=cfg.norm_groups, dtype=self.dtype,
-                             fused_attention=self.fused_attention, name=name)
+                             fused_attention=self.fused_attention,
+                             query_chunk=self.attention_query_chunk, name=name)
 
     # Embedding MLPs stay in float32: they are tiny and feed every ResBlock.
     ted = cfg.time_embed_dim
@@ -353,10 +360,14 @@ class MultiViewUNet(nn.Module):
     return h.astype(jnp.float32)
 
 
-def init_unet_params(config: UNetConfig, rng: jax.Array, latent_size: int = 8,
+def init_unet_params(config: UNetConfig, rng: jax.Array, latent_size: int | None = None,
                      num_views: int = 1) -> dict:
-  """Random parameters (Flax default initialisers) for `MultiViewUNet(config)`; returns the 'params' tree."""
+  """Random parameters (Flax default initialisers) for `MultiViewUNet(config)`; returns the 'params' tree.
+
+  The sizes do not depend on `latent_size` (default: the smallest the levels allow) or `num_views`.
+  """
   n = num_views
+  latent_size = latent_size or 2 ** (len(config.channel_mult) - 1)
   x = jnp.zeros((n, latent_size, latent_size, config.in_channels), jnp.float32)
   context = jnp.zeros((n, 2, config.context_dim), jnp.float32)
   camera = None if config.camera_dim is None else jnp.zeros((n, config.camera_dim), jnp.float32)
