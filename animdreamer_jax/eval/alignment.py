@@ -11,8 +11,9 @@ frames (a per-frame transform would hide errors in the recovered motion).
      the prediction's principal axes onto the ground truth's), ranked by their
      cost on a few frames; the best 6 get 3 point-to-point (Umeyama) ICP
      iterations on a small subsample.
-  2. ICP with scale over all frames jointly, started from the 3 best coarse
-     results (the lowest final cost wins): symmetric correspondences (each
+  2. ICP with scale over all frames jointly, started from the best of the 3
+     best coarse results after a short run of this same ICP on the coarse
+     subsample: symmetric correspondences (each
      prediction sample -> closest point on the ground-truth surface of the
      same frame, and each ground-truth sample -> closest point on the
      prediction), point-to-plane Gauss-Newton updates of the similarity,
@@ -320,6 +321,7 @@ def align_similarity(pred_index: SurfaceIndex, pred_samples: np.ndarray,
                      gt_sample_faces: np.ndarray, *,
                      coarse_frames: int = 8, coarse_points: int = 256,
                      coarse_keep: int = 6, coarse_iterations: int = 3, final_starts: int = 3,
+                     screen_iterations: int = 10,
                      icp_points: int = 16384,
                      icp_iterations: int = 50, k: int = 16, trim: float | None = 3.0,
                      tolerance: float = 1e-4) -> AlignmentResult:
@@ -335,8 +337,9 @@ def align_similarity(pred_index: SurfaceIndex, pred_samples: np.ndarray,
     coarse_points: samples per frame and side when ranking candidates.
     coarse_keep: how many of the best-ranked candidates get coarse ICP.
     coarse_iterations: ICP updates per refined candidate.
-    final_starts: how many of the best coarse results start a final ICP (the
-      lowest final cost wins).
+    final_starts: how many of the best coarse results get a short trimmed ICP
+      on the coarse subsample (the lowest cost then starts the final ICP).
+    screen_iterations: maximum updates of that short ICP.
     icp_points: samples per side, over all frames, for the final ICP.
     icp_iterations: maximum final ICP updates.
     k: grid points (hence candidate faces) per closest-point query.
@@ -373,16 +376,20 @@ def align_similarity(pred_index: SurfaceIndex, pred_samples: np.ndarray,
     refined[i], costs[i], _ = _icp(inits[i], pred_index, pred_coarse, gt_index, gt_coarse,
                                    None, coarse, coarse_iterations, k, 0.0)
 
-  # Final (trimmed, point-to-plane) ICP from the best few coarse results: the
-  # untrimmed coarse ranking can prefer a wrong pose when a part is missing.
-  per_frame = max(1, min(pred_all.shape[1], gt_all.shape[1], icp_points // num_frames))
-  frames = np.arange(num_frames)
-  best = None
+  # The untrimmed coarse ranking can prefer a wrong pose when a part is
+  # missing, so the best few coarse results each get a short trimmed
+  # point-to-plane ICP on the coarse subsample; the best of those starts the
+  # final ICP on all frames.
+  gt_faces = np.asarray(gt_sample_faces)
+  screened = []
   for i in np.argsort(costs)[:final_starts]:
-    result = _icp(refined[i], pred_index, pred_all[:, :per_frame], gt_index,
-                  gt_all[:, :per_frame], np.asarray(gt_sample_faces)[:, :per_frame], frames,
-                  icp_iterations, k, tolerance, trim)
-    if best is None or result[1] < best[0][1]:
-      best = (result, int(i))
-  (transform, cost, used), winner = best
+    transform, cost, _ = _icp(refined[i], pred_index, pred_coarse, gt_index, gt_coarse,
+                              gt_faces[coarse, :coarse_points], coarse, screen_iterations,
+                              k, tolerance, trim)
+    screened.append((cost, int(i), transform))
+  _, winner, start = min(screened, key=lambda item: item[0])
+  per_frame = max(1, min(pred_all.shape[1], gt_all.shape[1], icp_points // num_frames))
+  transform, cost, used = _icp(start, pred_index, pred_all[:, :per_frame], gt_index,
+                               gt_all[:, :per_frame], gt_faces[:, :per_frame],
+                               np.arange(num_frames), icp_iterations, k, tolerance, trim)
   return AlignmentResult(transform, cost, used, winner, np.asarray(costs))
