@@ -31,6 +31,7 @@ def run(args: argparse.Namespace) -> int:
   except ModuleNotFoundError as e:
     raise UserError(f"benchmark '{args.which}' is not available: {e}") from e
   parser = argparse.ArgumentParser(prog=f"animdreamer bench {args.which}",
-                                   description=module.__doc__)
+                                   description=module.__doc__,
+                                   formatter_class=argparse.RawDescriptionHelpFormatter)
   module.add_arguments(parser)
   return int(module.run(parser.parse_args(args.rest)) or 0)
