@@ -76,8 +76,8 @@ def test_orbit_views_are_90_degrees_apart_and_look_at_the_target():
     j = (i + 1) % 4
     np.testing.assert_allclose(horizontal[i] @ horizontal[j], 0.0, atol=1e-5)
   # Azimuth 10: camera at (sin 10, ., cos 10) from the target (0 = +Z, 90 = +X).
-  np.testing.assert_allclose(horizontal[0], [math.sin(math.radians(10)), math.cos(math.radians(10))],
-                             atol=1e-5)
+  ten = math.radians(10)
+  np.testing.assert_allclose(horizontal[0], [math.sin(ten), math.cos(ten)], atol=1e-5)
   # The target lies on the optical axis and projects to the image centre.
   for m in w2c:
     p = m[:3, :3] @ target + m[:3, 3]
@@ -137,11 +137,12 @@ def test_sample_cameras_ranges_and_sharing():
   assert np.ptp(az[:, 0] % 360.0) > 300.0  # the offset is random
   # Every view shares elevation, fov and distance; near/far hold the sphere.
   k = np.asarray(cams.intrinsics)
-  np.testing.assert_allclose(k[:, :, 0], np.broadcast_to((8.0 / np.tan(np.radians(fov) / 2))[:, None], (256, 4)),
-                             rtol=1e-5)
+  focal = np.broadcast_to((8.0 / np.tan(np.radians(fov) / 2))[:, None], (256, 4))
+  np.testing.assert_allclose(k[:, :, 0], focal, rtol=1e-5)
   np.testing.assert_allclose(k[:, :, 2:], 8.0)
   nf = np.asarray(cams.near_far)
-  np.testing.assert_allclose(nf[..., 1], np.broadcast_to((dist + radius)[:, None], (256, 4)), rtol=1e-5)
+  far = np.broadcast_to((dist + radius)[:, None], (256, 4))
+  np.testing.assert_allclose(nf[..., 1], far, rtol=1e-5)
   near = np.maximum(dist - radius, 0.01 * dist)  # in front of the camera even inside the sphere
   np.testing.assert_allclose(nf[..., 0], np.broadcast_to(near[:, None], (256, 4)), rtol=1e-5)
   w2c = np.asarray(cams.w2c, np.float64)
@@ -171,7 +172,8 @@ def test_sample_elevation_mixture():
 
 def test_repeat_views():
   cams = cameras_lib.sample_cameras(jax.random.PRNGKey(0), resolution=8, object_center=jnp.zeros(3),
-                                    object_size=1.0, object_radius=0.7, frame=0, root_pose=jnp.eye(4))
+                                    object_size=1.0, object_radius=0.7, frame=0,
+                                    root_pose=jnp.eye(4))
   twice = cameras_lib.repeat_views(cams, 2)
   assert twice.w2c.shape == (8, 4, 4) and twice.mvdream.shape == (8, 16)
   np.testing.assert_array_equal(np.asarray(twice.w2c[4:]), np.asarray(cams.w2c))

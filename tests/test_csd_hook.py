@@ -65,10 +65,10 @@ def test_enabled_and_prior_names():
 
 @pytest.mark.slow
 def test_csd_train_step_updates_only_the_csd_groups():
-  from animdreamer_jax.model import articulated_model  # pylint: disable=import-outside-toplevel
-  from animdreamer_jax.train import config as train_config  # pylint: disable=import-outside-toplevel
-  from animdreamer_jax.train import state as state_lib  # pylint: disable=import-outside-toplevel
-  from animdreamer_jax.train import step as step_lib  # pylint: disable=import-outside-toplevel
+  from animdreamer_jax.model import articulated_model  # pylint: disable=g-import-not-at-top
+  from animdreamer_jax.train import config as train_config  # pylint: disable=g-import-not-at-top
+  from animdreamer_jax.train import state as state_lib  # pylint: disable=g-import-not-at-top
+  from animdreamer_jax.train import step as step_lib  # pylint: disable=g-import-not-at-top
   config = train_config.extract_base_config("tiny")
   config.csd = csd_config_lib.csd_config()
   config.csd.update(prior="oracle", resolution=3, num_samples=8, reduction="mean", weight=1.0)
@@ -92,7 +92,8 @@ def test_csd_train_step_updates_only_the_csd_groups():
                                          sep="/")
   changed = {k for k in old if not np.array_equal(old[k], new[k])}
   assert changed <= {k for k, m in mask.items() if m}
-  assert "canonical/sdf_head/dense/kernel" in changed and "canonical/rgb_out/dense/bias" in changed
+  assert any(k.startswith("canonical/sdf_head/") for k in changed)
+  assert any(k.startswith("canonical/rgb_out/") for k in changed)
   # Adam moments of untouched leaves are untouched too.
   for (path, o), n in zip(jax.tree_util.tree_flatten_with_path(before.opt_state)[0],
                           jax.tree_util.tree_leaves(jax.device_get(new_state.opt_state))):

@@ -160,18 +160,19 @@ def test_resize_matches_torch_align_corners_false():
 
 @pytest.mark.slow
 def test_mvdream_adapter_with_tiny_random_weights():
-  from animdreamer_jax.prior import unet as unet_lib  # pylint: disable=import-outside-toplevel
-  from animdreamer_jax.prior import vae as vae_lib  # pylint: disable=import-outside-toplevel
+  from animdreamer_jax.prior import unet as unet_lib  # pylint: disable=g-import-not-at-top
+  from animdreamer_jax.prior import vae as vae_lib  # pylint: disable=g-import-not-at-top
   unet_config = unet_lib.UNetConfig.tiny()
   vae_config = vae_lib.VaeConfig.tiny()
   image_size = 32  # latents 8 x 8 with the tiny VAE (f = 4)
   prior = prior_interface.mvdream_prior(unet_config, vae_config, image_size=image_size)
   params = {"unet": unet_lib.init_unet_params(unet_config, jax.random.PRNGKey(0), latent_size=8,
                                               num_views=4),
-            "vae": vae_lib.init_vae_params(vae_config, jax.random.PRNGKey(1), image_size=image_size)}
-  cams = cameras_lib.sample_cameras(jax.random.PRNGKey(2), resolution=16, object_center=jnp.zeros(3),
-                                    object_size=1.0, object_radius=0.8, frame=0,
-                                    root_pose=jnp.eye(4))
+            "vae": vae_lib.init_vae_params(vae_config, jax.random.PRNGKey(1),
+                                           image_size=image_size)}
+  cams = cameras_lib.sample_cameras(jax.random.PRNGKey(2), resolution=16,
+                                    object_center=jnp.zeros(3), object_size=1.0,
+                                    object_radius=0.8, frame=0, root_pose=jnp.eye(4))
   rng = np.random.default_rng(0)
   images = jnp.asarray(rng.uniform(size=(4, 16, 16, 3)), jnp.float32)
   latents = prior.encode_fn(params, images, None)

@@ -102,7 +102,7 @@ def fg_results(tiny):
                   "c": jnp.full((4, RES, RES, 3), 0.3, jnp.float32)}
   fg_fn = _make_fn(model, _SETTINGS, "fg")
   full = fg_fn(params, prior_params)
-  import dataclasses  # pylint: disable=import-outside-toplevel
+  import dataclasses  # pylint: disable=g-import-not-at-top
   patched = _make_fn(model, dataclasses.replace(_SETTINGS, patches=3, remat=True), "fg")(
       params, prior_params)
   return full, patched, fg_fn, prior_params
@@ -110,6 +110,15 @@ def fg_results(tiny):
 
 def _flat(tree):
   return flax.traverse_util.flatten_dict(flax.core.unfreeze(tree)["params"], sep="/")
+
+
+def _leaf(flat, prefix, kind=""):
+  """The first parameter path under `prefix` whose last name starts with `kind`
+  (the model's exact layer names are not this test's business)."""
+  for path in sorted(flat):
+    if (path == prefix or path.startswith(prefix + "/")) and path.split("/")[-1].startswith(kind):
+      return path
+  raise KeyError(f"no parameter under {prefix!r} named {kind}*")
 
 
 def _perturb(params, path, index, delta):
@@ -146,10 +155,11 @@ def test_gradient_is_the_chain_rule_and_matches_finite_differences(tiny, canonic
   checked = 0
   # Per leaf, the coordinate with the largest gradient (float32 differences of
   # 3 x 3 renders resolve about 1e-4 absolute).
-  coords = [(path, int(np.argmax(np.abs(np.asarray(flat_g[path]))))) for path in (
-      "canonical/rgb_out/dense/bias", "canonical/sdf_head/dense/bias",
-      "canonical/sdf_trunk/hidden_0/bias", "canonical/sdf_trunk/hidden_1/kernel_1",
-      "canonical/color_mlp/output/dense/bias")]
+  leaves = [_leaf(flat_g, prefix, kind) for prefix, kind in (
+      ("canonical/rgb_out", "bias"), ("canonical/sdf_head", "bias"),
+      ("canonical/sdf_trunk", "bias"), ("canonical/sdf_trunk", "kernel"),
+      ("canonical/color_mlp", "kernel"))]
+  coords = [(path, int(np.argmax(np.abs(np.asarray(flat_g[path]))))) for path in leaves]
   for path, index in coords:
     def central(h):
       plus = canonical_fn(_perturb(params, path, index, h), prior_params)[1]
@@ -159,7 +169,7 @@ def test_gradient_is_the_chain_rule_and_matches_finite_differences(tiny, canonic
     di = (4 * central(5e-3) - central(1e-2)) / 3
     want = float(np.sum(dl_di * di))
     got = float(np.asarray(flat_g[path]).reshape(-1)[index])
-    assert abs(want) > 1e-2, path  # the coordinate matters for these renders
+    assert abs(want) > 5e-3, path  # the coordinate matters for these renders
     assert got == pytest.approx(want, rel=2e-3, abs=1e-4), path
     checked += 1
   assert checked == 5
@@ -171,7 +181,8 @@ def test_zero_when_the_prior_returns_the_injected_noise(tiny, canonical_fn):
   _, params = tiny
   a = float(ABAR[T_INDEX])
   m = jnp.float32(1.0 / math.sqrt(1.0 - a))
-  reference, images, _ = canonical_fn(params, {"m": m, "c": jnp.zeros((4, RES, RES, 3), jnp.float32)})
+  zeros = jnp.zeros((4, RES, RES, 3), jnp.float32)
+  reference, images, _ = canonical_fn(params, {"m": m, "c": zeros})
   z = 2.0 * images - 1.0
   c = (-math.sqrt(a / (1.0 - a)) * z).astype(jnp.float32)
   grads, _, metrics = canonical_fn(params, {"m": m, "c": c})
@@ -193,10 +204,12 @@ def test_canonical_groups_only(tiny, canonical_fn):
     if mask[path]:
       continue
     assert np.all(g == 0.0), path  # exactly zero outside the groups
-  for path in ("canonical/sdf_trunk/hidden_0/kernel_0", "canonical/sdf_head/dense/kernel",
-               "canonical/rgb_out/dense/kernel", "canonical/color_mlp/output/dense/kernel"):
-    assert np.abs(np.asarray(_flat(grads)[path])).max() > 0, path
-  assert np.all(np.asarray(_flat(grads)["bones/trans_head/output/dense/kernel"]) == 0)
+  flat = _flat(grads)
+  for prefix in ("canonical/sdf_trunk", "canonical/sdf_head", "canonical/rgb_out",
+                 "canonical/color_mlp"):
+    path = _leaf(flat, prefix, "kernel")
+    assert np.abs(np.asarray(flat[path])).max() > 0, path
+  assert all(np.all(np.asarray(g) == 0) for p, g in flat.items() if p.startswith("bones/"))
 
 
 def test_fg_groups_reach_bones_and_skinning(tiny, fg_results):
@@ -208,7 +221,7 @@ def test_fg_groups_reach_bones_and_skinning(tiny, fg_results):
   dl_di = 2.0 * (1.0 - a) * (math.sqrt(a / (1.0 - a)) * (2.0 * np.asarray(images, np.float64) - 1.0)
                              + 0.3) / 4.0
   flat = _flat(grads)
-  for path in ("bones/trans_head/output/dense/bias", "log_gauss"):
+  for path in (_leaf(flat, "bones", "bias"), "log_gauss"):
     index = int(np.argmax(np.abs(np.asarray(flat[path]))))
 
     def central(h):
@@ -220,15 +233,15 @@ def test_fg_groups_reach_bones_and_skinning(tiny, fg_results):
     assert abs(want) > 1e-3, path
     assert got == pytest.approx(want, rel=5e-3, abs=1e-4), path
   mask = _flat(csd_step.param_group_mask(params, "fg"))
-  for path in ("bones/trans_head/output/dense/kernel", "bones/so3_head/output/dense/kernel",
-               "log_gauss", "delta_mlp/mlp/output/dense/kernel", "canonical/sdf_head/dense/kernel",
-               "appearance/time_mlp/time_embedding/video_code"):
-    assert np.abs(np.asarray(flat[path])).max() > 0, path
+  for prefix in ("bones", "log_gauss", "delta_mlp", "delta_time", "canonical/sdf_head",
+                 "appearance"):
+    reached = [p for p in flat if p == prefix or p.startswith(prefix + "/")]
+    assert max(np.abs(np.asarray(flat[p])).max() for p in reached) > 0, prefix
   for path, g in flat.items():
     if not mask[path]:
       assert np.all(np.asarray(g) == 0.0), path
-  assert not mask["root_pose/trans_head/output/dense/kernel"]
-  assert not mask["canonical/feature_mlp/output/dense/kernel"]
+  assert not any(m for p, m in mask.items() if p.startswith(("root_pose/", "intrinsics/",
+                                                             "canonical/feature_mlp/")))
 
 
 def test_patchwise_and_remat_equal_the_full_vjp(fg_results):
@@ -247,9 +260,10 @@ def test_check_grads_of_render_through_the_warp(tiny):
   canonical coordinates (the vjp CSD pulls its image gradient back through)."""
   model, params = tiny
   render = csd_step.make_view_renderer(model, _SETTINGS)
-  paths = ("bones/trans_head/output/dense/bias", "bones/so3_head/output/dense/bias",
-           "log_gauss", "canonical/sdf_head/dense/bias", "canonical/rgb_out/dense/bias")
   flat = {k: jnp.asarray(v) for k, v in _flat(params).items()}
+  bone_biases = sorted(p for p in flat if p.startswith("bones/") and p.endswith("bias"))
+  paths = (bone_biases[0], bone_biases[-1], "log_gauss", _leaf(flat, "canonical/sdf_head", "bias"),
+           _leaf(flat, "canonical/rgb_out", "bias"))
   counts = [min(3, int(np.size(flat[p]))) for p in paths]
   starts = [int(x) for x in np.cumsum([0] + counts)]
   theta0 = jnp.concatenate([jnp.ravel(flat[p])[:k] for p, k in zip(paths, counts)])
@@ -382,8 +396,8 @@ def test_param_group_mask_presets_and_errors(tiny):
                for g in articulated_model.CSD_DEFAULT_GROUPS)
     assert m == want, path
   custom = _flat(csd_step.param_group_mask(params, "canonical/rgb_out, log_gauss"))
-  assert {p for p, m in custom.items() if m} == {"canonical/rgb_out/dense/bias",
-                                                  "canonical/rgb_out/dense/kernel", "log_gauss"}
+  assert {p for p, m in custom.items() if m} == (
+      {p for p in custom if p.startswith("canonical/rgb_out/")} | {"log_gauss"})
   with pytest.raises(UserError, match="param_groups"):
     csd_step.param_group_mask(params, "no_such_group")
   with pytest.raises(UserError, match="csd.mode"):
@@ -395,7 +409,7 @@ def test_param_group_mask_presets_and_errors(tiny):
 
 
 def test_masked_update_keeps_frozen_leaves_and_their_moments():
-  from animdreamer_jax.train import optimizer as optimizer_lib  # pylint: disable=import-outside-toplevel
+  from animdreamer_jax.train import optimizer as optimizer_lib  # noqa: E402
   params = {"params": {"canonical": {"w": jnp.ones((3, 2))}, "bones": {"w": jnp.ones((2,))},
                        "log_gauss": jnp.zeros((2, 3))}}
   tx = optimizer_lib.make_optimizer(params, clip_norm=0.0)
@@ -407,7 +421,8 @@ def test_masked_update_keeps_frozen_leaves_and_their_moments():
   mask = {"params": {"canonical": {"w": jnp.bool_(True)}, "bones": {"w": jnp.bool_(False)},
                      "log_gauss": jnp.bool_(True)}}
   grads2 = jax.tree_util.tree_map(lambda p: jnp.full_like(p, -0.25), params)
-  new_params, new_opt = csd_step.apply_masked_update(tx, grads2, opt, params, mask, jnp.float32(0.1))
+  new_params, new_opt = csd_step.apply_masked_update(tx, grads2, opt, params, mask,
+                                                     jnp.float32(0.1))
   ref_upd, ref_opt = tx.update(grads2, opt, params)
   ref_params = optax.apply_updates(params, jax.tree_util.tree_map(lambda u: 0.1 * u, ref_upd))
   np.testing.assert_allclose(new_params["params"]["canonical"]["w"],

@@ -97,7 +97,7 @@ def look_at_w2c(eye: jnp.ndarray, target: jnp.ndarray,
 
 
 def orbit_positions(elevation_deg: jnp.ndarray, azimuth_deg: jnp.ndarray) -> jnp.ndarray:
-  """Unit offsets from the target: (cos e sin a, sin e, cos e cos a). Broadcast (...) -> (..., 3)."""
+  """Unit offsets from the target (cos e sin a, sin e, cos e cos a). (...) -> (..., 3)."""
   el = jnp.deg2rad(jnp.asarray(elevation_deg, jnp.float32))
   az = jnp.deg2rad(jnp.asarray(azimuth_deg, jnp.float32))
   el, az = jnp.broadcast_arrays(el, az)
@@ -130,7 +130,7 @@ def pinhole_intrinsics(resolution: int, fov_deg: jnp.ndarray) -> jnp.ndarray:
 
 
 def sample_elevation(key: jax.Array, elevation_range: tuple[float, float]) -> jnp.ndarray:
-  """threestudio's elevation draw: uniform in degrees or on the sphere band, 1/2 each. -> () degrees."""
+  """threestudio's elevation: uniform in degrees or on the sphere band (1/2 each); () degrees."""
   k_choice, k_u = jax.random.split(key)
   lo, hi = float(elevation_range[0]), float(elevation_range[1])
   u = jax.random.uniform(k_u, ())
@@ -144,7 +144,7 @@ def sample_elevation(key: jax.Array, elevation_range: tuple[float, float]) -> jn
 
 
 def to_mvdream(w2c: jnp.ndarray) -> jnp.ndarray:
-  """MVDream 16-number cameras of OpenCV w2c in this project's +Y-up world. (..., 4, 4) -> (..., 16)."""
+  """MVDream 16-number cameras of OpenCV w2c in the +Y-up world. (..., 4, 4) -> (..., 16)."""
   return camera_embedding.camera_from_w2c(w2c)
 
 

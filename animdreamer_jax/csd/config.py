@@ -19,18 +19,19 @@ MVDream-threestudio) unless noted:
 | rescale | 0.5 | CFG std rescale of the x0 prediction (0 = off; only with mode "recon") |
 | mode | "recon" | "recon": MVDream's x0-reconstruction loss; "sds": w(T) (eps_hat - eps) |
 | weighting | "sds" | w(T) of mode "sds": "sds" = 1 - abar_T, "uniform" = 1 |
-| reduction | "sum" | "sum": threestudio's 0.5 sum(.)^2 / views; "mean": also divided by the latent size |
+| reduction | "sum" | "sum": threestudio's 0.5 sum(.)^2 / views; "mean": / the latent size |
 | t_start | 0.98 | max and min step fractions both start here (`gen3d_sds_t_max`) |
 | t_min_end, t_max_end | 0.02, 0.5 | where they are annealed to, linearly |
 | anneal_steps | 8000 | over this many training steps |
-| anneal_fraction | 0.0 | if > 0, anneal over this fraction of training instead (lab4d `new_ts`: 0.8) |
+| anneal_fraction | 0.0 | > 0: anneal over this fraction of training (lab4d `new_ts`: 0.8) |
 | elevation_range | (-10, 40) | degrees, shared by the 4 views |
 | fov_range | (40, 70) | degrees, shared |
 | distance_range | (0.42, 0.7) | view half-width at the object centre over the object size |
-| param_groups | "canonical" | "canonical", "fg" (all but root pose / intrinsics) or "all", or comma-separated parameter-path prefixes |
+| param_groups | "canonical" | "canonical" (SDF, colour, visibility), "fg" (+ warp, skinning, |
+| | | bones, appearance), or comma-separated parameter-path prefixes |
 | patches | 0 | > 1: patch-wise back-propagation in this many pixel chunks per view |
 | remat | False | jax.checkpoint the renderer per view |
-| alpha | 1.0 | coarse-to-fine fraction of the encodings on CSD steps (lab4d `top_alpha`: all bands) |
+| alpha | 1.0 | coarse-to-fine fraction on CSD steps (lab4d `top_alpha`: all bands) |
 | fixed_frame | -1 | >= 0: always use this video frame (lab4d `gen3d_frameid`) |
 | encoder_sample | True | VAE posterior sample (MVDream) rather than its mean |
 | background | 1.0 | grey level of the background (white, lab4d `w_bg`) |

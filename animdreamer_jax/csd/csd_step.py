@@ -22,11 +22,11 @@ canonical field. The step
    parameters through the vjp of (render o warp). The prior's Jacobian is
    never formed (everything from the prior is under stop_gradient).
 
-Memory options: `patches > 1` renders once without gradient and then
-back-propagates the image gradient patch by patch (a `lax.scan` of
-per-patch vjps; only one patch's activations live at a time), as
-AnimatableDreamer does above 88 px; `remat=True` renders the views one by
-one under `jax.checkpoint`.
+Memory options: `patches > 1` renders without gradient (patch by patch,
+`lax.map`) and then back-propagates the image gradient patch by patch (a
+`lax.scan` of per-patch vjps), so only one patch's samples and activations
+live at a time, as AnimatableDreamer does above 88 px (it uses 8 patches);
+`remat=True` renders the views one by one under `jax.checkpoint`.
 
 Parameter groups: only leaves selected by `param_group_mask` (optax-style
 boolean tree; presets "canonical" = lab4d's CSD default, "fg" = also the
@@ -105,7 +105,8 @@ class CsdSettings:
 
   def __post_init__(self):
     if self.mode not in config_lib.MODES:
-      raise UserError(f"config.csd.mode: {self.mode!r} unknown; use one of {list(config_lib.MODES)}")
+      raise UserError(f"config.csd.mode: {self.mode!r} unknown; use one of "
+                      f"{list(config_lib.MODES)}")
     if self.weighting not in config_lib.WEIGHTINGS:
       raise UserError(f"config.csd.weighting: {self.weighting!r} unknown; use one of "
                       f"{list(config_lib.WEIGHTINGS)}")
@@ -163,7 +164,8 @@ def timestep_fractions(step: int, total_steps: int, t_start: float = 0.98,
           t_start + (t_max_end - t_start) * progress)
 
 
-def csd_scalars(csd: ml_collections.ConfigDict, step: int, total_steps: int) -> dict[str, np.float32]:
+def csd_scalars(csd: ml_collections.ConfigDict, step: int,
+                total_steps: int) -> dict[str, np.float32]:
   """Scalars the CSD train step takes: csd_t_min, csd_t_max, csd_weight (float32)."""
   t_min, t_max = timestep_fractions(step, total_steps, csd.t_start, csd.t_min_end, csd.t_max_end,
                                     int(csd.anneal_steps), float(csd.anneal_fraction))
@@ -463,10 +465,13 @@ def pullback(render: RenderFn, params: Any, cameras: cameras_lib.CsdCameras,
     (grads,) = render_vjp(image_grad.reshape(colours.shape))
     return grads, images, metrics
 
-  images = jax.lax.stop_gradient(render(params, cameras, uv)).reshape(shape)
-  image_grad, metrics = image_grad_fn(images)
   per_patch = resolution * resolution // patches
-  uv_patches = uv.reshape(num_views, patches, per_patch, 2).swapaxes(0, 1)
+  uv_patches = uv.reshape(num_views, patches, per_patch, 2).swapaxes(0, 1)  # (P, V, n, 2)
+  # The no-gradient render also goes patch by patch (one patch's samples live at a time).
+  frozen = jax.lax.stop_gradient(params)
+  colours = jax.lax.map(lambda uv_k: render(frozen, cameras, uv_k), uv_patches)
+  images = jax.lax.stop_gradient(colours).swapaxes(0, 1).reshape(shape)
+  image_grad, metrics = image_grad_fn(images)
   grad_patches = image_grad.reshape(num_views, patches, per_patch, 3).swapaxes(0, 1)
 
   def body(acc, inputs):

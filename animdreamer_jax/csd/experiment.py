@@ -85,9 +85,9 @@ def save_csd_views(trainer, state, path: pathlib.Path, frame: int = 0, seed: int
   colors = None
   if gt.meshes.vertex_colors is not None:
     colors = np.asarray(gt.meshes.vertex_colors, np.float64) / 255.0
-  renderer = prior_interface.GroundTruthRenderer(gt.meshes.vertices, gt.meshes.faces, colors, gt.w2c,
-                                                 rest_vertices=gt.rest_vertices,
-                                                 background=settings.background)
+  renderer = prior_interface.GroundTruthRenderer(
+      gt.meshes.vertices, gt.meshes.faces, colors, gt.w2c, rest_vertices=gt.rest_vertices,
+      background=settings.background)
   w2c = np.asarray(renderer.world_cameras(cams))
   truth = renderer.render_views(frame, w2c, np.asarray(cams.intrinsics), settings.resolution)
   grid = np.concatenate([np.concatenate(list(images), 1), np.concatenate(list(truth), 1)], 0)

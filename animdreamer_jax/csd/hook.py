@@ -41,7 +41,8 @@ def build_prior(config: ml_collections.ConfigDict, video
   name = csd_step.prior_name(csd)
   if name == "oracle":
     background = float(csd.background)
-    return prior_interface.oracle_prior_from_video(video, int(csd.resolution), background), None, None
+    prior = prior_interface.oracle_prior_from_video(video, int(csd.resolution), background)
+    return prior, None, None
   if name == "mvdream":
     dtype = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}.get(str(csd.dtype))
     if dtype is None:
@@ -56,8 +57,8 @@ def build_prior(config: ml_collections.ConfigDict, video
 class MixedStep:
   """step_fn(state, data, scalars): CSD on every k-th iteration, reconstruction otherwise."""
 
-  def __init__(self, config: ml_collections.ConfigDict, recon_step: Callable, csd_train_step: Callable,
-               total_steps: int):
+  def __init__(self, config: ml_collections.ConfigDict, recon_step: Callable,
+               csd_train_step: Callable, total_steps: int):
     self.config = config
     self.recon_step = recon_step
     self.csd_train_step = csd_train_step

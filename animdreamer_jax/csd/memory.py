@@ -110,7 +110,8 @@ def step_memory(strategy: str = "patches", *, resolution: int = 200, num_samples
       argument_gib=out["argument_size_in_bytes"] / GIB, strategy=strategy,
       resolution=resolution, num_samples=num_samples,
       patches=settings.patches, remat=remat, model=model_preset, prior=prior_kind,
-      encode_resolution=encode_resolution, samples_per_step=4 * resolution * resolution * num_samples,
+      encode_resolution=encode_resolution,
+      samples_per_step=4 * resolution * resolution * num_samples,
       backend=jax.default_backend(), compile_seconds=seconds)
   return out
 

@@ -243,7 +243,7 @@ def oracle_prior_from_video(video, resolution: int, background=1.0) -> Diffusion
 
 
 def resize_images(images: jnp.ndarray, size: int) -> jnp.ndarray:
-  """Bilinear resize (N, H, W, C) -> (N, size, size, C), torch `align_corners=False`, no antialias."""
+  """Bilinear resize (N, H, W, C) -> (N, size, size, C); torch align_corners=False, no antialias."""
   if images.shape[1] == size and images.shape[2] == size:
     return images
   return jax.image.resize(images, (images.shape[0], size, size, images.shape[3]),
@@ -294,7 +294,8 @@ def encode_prompts(text_params: Any, text_config, prompt: str, negative_prompt: 
 
 
 def load_mvdream(weights_dir: str, prompt: str, negative_prompt: str, *, image_size: int = 256,
-                 dtype: Any = jnp.float32) -> tuple[DiffusionPrior, dict, tuple[jnp.ndarray, jnp.ndarray]]:
+                 dtype: Any = jnp.float32
+                 ) -> tuple[DiffusionPrior, dict, tuple[jnp.ndarray, jnp.ndarray]]:
   """(prior, prior_params, (cond, uncond) text states) from a converted MVDream folder.
 
   Raises:
@@ -315,7 +316,8 @@ def load_mvdream(weights_dir: str, prompt: str, negative_prompt: str, *, image_s
     if part not in loaded:
       raise UserError(f"{weights_dir}: the converted weights have no {part} "
                       "(convert the full sd-v2.1-base-4view checkpoint)")
-  unet_config = unet_lib.UNetConfig.from_dict(config["unet"], where=f"{weights_dir}/config.json unet")
+  unet_config = unet_lib.UNetConfig.from_dict(config["unet"],
+                                              where=f"{weights_dir}/config.json unet")
   vae_config = vae_lib.VaeConfig.from_dict(config["vae"], where=f"{weights_dir}/config.json vae")
   text_config = text_encoder.TextEncoderConfig.from_dict(
       config["text_encoder"], where=f"{weights_dir}/config.json text_encoder")
