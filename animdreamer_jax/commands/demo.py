@@ -1,18 +1,22 @@
 """The whole pipeline on the bundled demo animal (the Khronos Fox, third_party/khronos_fox).
 
-  animdreamer demo [--out runs/demo] [--frames 64] [--res 128] [--camera orbit]
+  animdreamer demo [--out runs/demo] [--frames 32] [--res 64] [--camera orbit]
 
-For now: renders the benchmark video of the fox into OUT/video (the same as
-`animdreamer synth`) and scores the ground truth against itself with
-`animdreamer eval` (Chamfer 0, F-score 100: a check of the benchmark itself),
-writing OUT/eval_gt.json. Reconstruction slots in between in later versions.
-OUT/video is replaced when it exists.
+Steps, each the same as its own subcommand:
+  1. synth    the fox's Walk clip -> OUT/video (benchmark video with ground truth)
+  2. extract  configs/extract_demo_cpu.py on that video -> OUT/extract (run folder:
+              checkpoints, rest mesh, per-frame meshes.npz, motion, pictures,
+              metrics.json with Chamfer / F-score against the ground truth)
+  3. export   rigged glTF OUT/export/fox.glb (+ viewer page when three.js is
+              installed, videos, per-frame OBJs, motion file)
+A re-run resumes the extraction from OUT/extract's checkpoint.
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib
+import json
 import pathlib
 import time
 
@@ -21,14 +25,17 @@ from animdreamer_jax.errors import UserError
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[2]
 DEMO_ASSET = REPO_ROOT / "third_party" / "khronos_fox" / "Fox.gltf"
 DEMO_CLIP = "Walk"
+DEMO_CONFIG = REPO_ROOT / "configs" / "extract_demo_cpu.py"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
   parser.add_argument("--out", default="runs/demo", help="output folder (default runs/demo)")
-  parser.add_argument("--frames", type=int, default=64, help="number of frames (default 64)")
-  parser.add_argument("--res", type=int, default=128, help="image size in pixels (default 128)")
+  parser.add_argument("--frames", type=int, default=32, help="number of frames (default 32)")
+  parser.add_argument("--res", type=int, default=64, help="image size in pixels (default 64)")
   parser.add_argument("--camera", choices=("orbit", "arc", "fixed"), default="orbit",
                       help="camera path (default orbit)")
+  parser.add_argument("--config", default=str(DEMO_CONFIG),
+                      help="extraction config (default configs/extract_demo_cpu.py)")
   parser.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
@@ -40,31 +47,63 @@ def _run_subcommand(module_name: str, argv: list[str]) -> int:
   return int(module.run(parser.parse_args(argv)) or 0)
 
 
+def _viewer_available() -> bool:
+  try:
+    from animdreamer_jax.export import viewer  # pylint: disable=g-import-not-at-top
+    viewer.three_package_dir()
+  except (UserError, ImportError):
+    return False
+  return True
+
+
 def run(args: argparse.Namespace) -> int:
-  if not DEMO_ASSET.is_file():
-    raise UserError(f"{DEMO_ASSET}: the bundled demo animal is missing (install from the "
-                    "repository with `pip install -e .`)")
+  for path, what in ((DEMO_ASSET, "the bundled demo animal"), (pathlib.Path(args.config),
+                                                               "the demo config")):
+    if not path.is_file():
+      raise UserError(f"{path}: {what} is missing (run from a checkout installed with "
+                      "`pip install -e .`)")
   start = time.perf_counter()
   out = pathlib.Path(args.out)
-  video_dir = out / "video"
-  print(f"[demo] 1/2 synth: {DEMO_ASSET.name} clip {DEMO_CLIP}, {args.frames} frames, "
-        f"{args.res} px, {args.camera} camera -> {video_dir}")
-  synth_argv = ["--asset", str(DEMO_ASSET), "--clip", DEMO_CLIP, "--frames", str(args.frames),
-                "--res", str(args.res), "--camera", args.camera, "--out", str(video_dir),
-                "--overwrite"]
-  if args.quiet:
-    synth_argv.append("--quiet")
-  _run_subcommand("animdreamer_jax.commands.synth", synth_argv)
+  video_dir, run_dir, export_dir = out / "video", out / "extract", out / "export"
 
-  try:
-    importlib.import_module("animdreamer_jax.commands.evaluate")
-  except ModuleNotFoundError:
-    print("[demo] 2/2 eval: not available in this build; skipped")
+  if (video_dir / "video.json").is_file() and (run_dir / "checkpoints").is_dir():
+    print(f"[demo] 1/3 synth: {video_dir} exists and {run_dir} has a checkpoint; reusing it")
   else:
-    print("[demo] 2/2 eval: ground truth against itself (expect Chamfer 0, F-score 100)")
-    _run_subcommand("animdreamer_jax.commands.evaluate",
-                    ["--pred", str(video_dir / "gt" / "meshes.npz"), "--gt", str(video_dir),
-                     "--out", str(out / "eval_gt.json")])
-  print(f"[demo] done in {time.perf_counter() - start:.1f} s; look at "
-        f"{video_dir / 'contact_sheet.png'}")
+    print(f"[demo] 1/3 synth: {DEMO_ASSET.name} clip {DEMO_CLIP}, {args.frames} frames, "
+          f"{args.res} px, {args.camera} camera -> {video_dir}")
+    synth_argv = ["--asset", str(DEMO_ASSET), "--clip", DEMO_CLIP, "--frames", str(args.frames),
+                  "--res", str(args.res), "--camera", args.camera, "--out", str(video_dir),
+                  "--overwrite"]
+    if args.quiet:
+      synth_argv.append("--quiet")
+    _run_subcommand("animdreamer_jax.commands.synth", synth_argv)
+
+  print(f"[demo] 2/3 extract: {pathlib.Path(args.config).name} -> {run_dir}")
+  from animdreamer_jax.commands import extract  # pylint: disable=g-import-not-at-top
+  result = extract.run_extraction(args.config, video_dir, run_dir, progress=not args.quiet)
+
+  print(f"[demo] 3/3 export: rigged glTF -> {export_dir / 'fox.glb'}")
+  export_argv = ["--run", str(run_dir), "--out", str(export_dir / "fox.glb"),
+                 "--video", str(video_dir)]
+  if not _viewer_available():
+    print("[demo]   (no HTML viewer: three.js is not installed; "
+          "`npm ci --prefix animdreamer_jax/export/viewer_assets` adds it)")
+    export_argv.append("--no-viewer")
+  if export_dir.exists():
+    import shutil  # pylint: disable=g-import-not-at-top
+    shutil.rmtree(export_dir)
+  _run_subcommand("animdreamer_jax.commands.export", export_argv)
+
+  print(f"[demo] done in {time.perf_counter() - start:.0f} s")
+  metrics = result.get("metrics")
+  if metrics:
+    mean = metrics["mean"]["all"]
+    print(f"[demo] reconstruction vs ground truth: Chamfer {mean['chamfer']:.4f} "
+          f"(normalised units: 0.02 = 2% of the bbox diagonal), F@2% {mean['fscore@2%']:.1f}, "
+          f"F@5% {mean['fscore@5%']:.1f}  ({result['metrics_path']})")
+    summary = {"chamfer": mean["chamfer"], "fscore@2%": mean["fscore@2%"],
+               "fscore@5%": mean["fscore@5%"], "seconds": time.perf_counter() - start}
+    (out / "demo_summary.json").write_text(json.dumps(summary, indent=1))
+  print(f"[demo] look at: {video_dir / 'contact_sheet.png'}, {run_dir / 'contact_sheet.png'}, "
+        f"{run_dir / 'reconstruction.mp4'}, {export_dir}")
   return 0
