@@ -10,10 +10,13 @@ skinning weights to (a) the same frame, for the cycle distance, and (b) the
 partner frame, whose root pose and intrinsics project it to give 2-D flow.
 
 Everything that depends only on the frame (bones, relative dual quaternions,
-root pose, intrinsics, appearance and time codes) is computed ONCE per frame
-(`frame_states`, `Warp.prepare`), never per sample. Shapes are fixed; one
-`jax.jit` of `render_rays` covers a whole batch of F frames x R rays x S
-samples.
+root pose, intrinsics, appearance and time codes, the bones' affine maps) is
+computed ONCE per frame (`frame_states`, `Warp.prepare`), never per sample.
+`render_rays` runs in three stages: (1) per frame (vmap): samples and the
+backward warp; (2) the canonical networks once on the flat (F R S, 3) points;
+(3) per frame (vmap): compositing, forward warps, flow, normals. Shapes are
+fixed; one `jax.jit` of `render_rays` covers a whole batch of F frames x R
+rays x S samples.
 
 Swappable pieces (pure functions / small objects passed as arguments):
 - `density_fn(sdf, beta) -> density` (`render.density.volsdf_density`,
@@ -294,99 +297,87 @@ def _default_fields(model, params):
   return full, sdf
 
 
-def render_frame(uv: jnp.ndarray, near_far: jnp.ndarray, frame: FrameState,
-                 partner: Optional[FrameState], rest: RestState, *,
-                 model, params, num_samples: int, alpha=None,
-                 density_fn: density_lib.DensityFn = density_lib.volsdf_density,
-                 warp: Warp = SkinningWarp(), canonical_fn: Optional[Callable] = None,
-                 sdf_fn: Optional[Callable] = None, compute_normals: bool = False,
-                 eikonal_rays: Optional[int] = None, importance_samples: int = 0,
-                 stratified_key: Optional[jax.Array] = None,
-                 bone_density_radius: Optional[float] = None) -> dict[str, jnp.ndarray]:
-  """Renders the R rays of ONE frame; `render_rays` vmaps this over frames.
-
-  Args:
-    uv: (R, 2) pixel indices (column, row).
-    near_far: (2,) or (R, 2) near/far camera depths.
-    frame: FrameState of this frame (no leading axis).
-    partner: FrameState of the partner frame for flow, or None.
-    rest: RestState.
-    (other arguments: see `render_rays`.)
-
-  Returns:
-    dict of per-ray outputs (leading axis R), see `render_rays`.
-  """
-  dtype = uv.dtype
+def _field_fns(model, params, canonical_fn, sdf_fn):
+  """The (full, sdf-only) canonical functions: the model's, or the overrides."""
   full_fn, base_sdf_fn = _default_fields(model, params)
   if canonical_fn is not None:
     full_fn = canonical_fn
     base_sdf_fn = sdf_fn or (lambda x, a: canonical_fn(x, None, a)["sdf"])
   elif sdf_fn is not None:
     base_sdf_fn = sdf_fn
-  num_rays = uv.shape[0]
-  ctx = warp.prepare(model, params, rest, frame, partner)
-  backward_points = jax.vmap(lambda x: warp.backward(ctx, x))
-  cam2obj = se3.se3_inverse(frame.obj2cam)
+  return full_fn, base_sdf_fn
 
+
+def _frame_samples(uv, near_far, depths, frame, ctx, warp):
+  """Stage 1, one frame: camera-space samples -> object space -> canonical space.
+
+  Args:
+    uv: (R, 2); near_far: (R, 2) (unused when depths is given);
+    depths: (R, S) sample depths; frame: FrameState; ctx: warp context.
+
+  Returns:
+    dict x_t (R, S, 3), x_c (R, S, 3), deltas (R, S), skin_entropy (R, S),
+    delta_skin (R, S), dirs (R, 3).
+  """
+  del near_far
   dirs = rays_lib.camera_rays(frame.intrinsics, uv)  # (R, 3), z = 1
-  near_far = jnp.broadcast_to(jnp.asarray(near_far, dtype), (num_rays, 2))
-  depths = sampling.uniform_depths(near_far, num_samples)  # (R, S)
-  if stratified_key is not None:
-    depths = sampling.stratified_depths(stratified_key, depths)
+  x_cam, deltas = sampling.ray_points(dirs, depths)
+  x_t = se3.apply_se3(se3.se3_inverse(frame.obj2cam), x_cam)
+  x_c, aux = jax.vmap(lambda x: warp.backward(ctx, x))(x_t.reshape(-1, 3))
+  shape = depths.shape
+  return {"x_t": x_t, "x_c": x_c.reshape(x_t.shape), "deltas": deltas, "dirs": dirs,
+          "skin_entropy": aux["skin_entropy"].reshape(shape),
+          "delta_skin": aux["delta_skin"].reshape(shape)}
 
-  def to_canonical(depths):
-    x_cam, deltas = sampling.ray_points(dirs, depths)
-    x_t = se3.apply_se3(cam2obj, x_cam)
-    x_c, aux = backward_points(x_t.reshape(-1, 3))
-    return x_cam, x_t, x_c.reshape(x_t.shape), deltas, aux
 
-  if importance_samples > 0:
-    # Coarse pass (no gradient) picks where the extra samples go.
-    _, _, x_c, deltas, _ = to_canonical(depths)
-    coarse_density = density_fn(base_sdf_fn(jax.lax.stop_gradient(x_c), alpha), rest.beta)
-    coarse_w, _ = compositing.alpha_weights(coarse_density, deltas)
-    depths = sampling.importance_depths(depths, coarse_w, importance_samples)
+def _frame_outputs(uv, geo, field, grad_c, frame, partner, rest, ctx, warp, *, density_fn,
+                   compute_normals, bone_density_radius):
+  """Stage 3, one frame: density, compositing, forward warps (cycle, flow), normals.
 
-  num_s = depths.shape[-1]
-  x_cam, x_t, x_c, deltas, aux_bwd = to_canonical(depths)
-  flat_c = x_c.reshape(-1, 3)
+  Args:
+    uv: (R, 2); geo: `_frame_samples` output plus "depths" (R, S); field: the
+    canonical fields reshaped to (R, S, ...); grad_c: (R, S, 3) canonical SDF
+    gradients when compute_normals, else None; frame/partner/rest: states;
+    ctx: warp context.
 
-  field = full_fn(flat_c, frame.appearance[None], alpha)
-  sdf = field["sdf"].reshape(num_rays, num_s)
+  Returns:
+    dict of per-ray outputs (see `render_rays`).
+  """
+  dtype = uv.dtype
+  num_rays, num_s = geo["depths"].shape
+  x_c, x_t, deltas = geo["x_c"], geo["x_t"], geo["deltas"]
+  sdf = field["sdf"]
   sigma = density_fn(sdf, rest.beta)
   weights, transmit = compositing.alpha_weights(sigma, deltas)
-  mask = compositing.opacity(weights)
-
   out = {
-      "rgb": compositing.composite(weights, field["rgb"].reshape(num_rays, num_s, 3)),
-      "opacity": mask,
-      "depth": compositing.expected_depth(weights, depths),
+      "rgb": compositing.composite(weights, field["rgb"]),
+      "opacity": compositing.opacity(weights),
+      "depth": compositing.expected_depth(weights, geo["depths"]),
       "weights": weights,
-      "depths": depths,
+      "depths": geo["depths"],
       "xyz_canonical": x_c,
       "sdf": sdf,
   }
   if "feature" in field:
-    feat = field["feature"].reshape(num_rays, num_s, -1)
-    out["feature"] = compositing.composite(weights, feat)
-    out["feature_samples"] = feat
+    out["feature"] = compositing.composite(weights, field["feature"])
+    out["feature_samples"] = field["feature"]
   if "vis" in field:
-    vis = field["vis"].reshape(num_rays, num_s)
     # lab4d: BCE-like term teaching visibility the detached transmittance;
     # normalised by the batch-mean transmittance in `render_rays`.
-    out["vis_raw"] = -jnp.mean(jax.nn.log_sigmoid(vis) * jax.lax.stop_gradient(transmit), -1)
+    out["vis_raw"] = -jnp.mean(jax.nn.log_sigmoid(field["vis"])
+                               * jax.lax.stop_gradient(transmit), -1)
     out["transmit_mean"] = jnp.mean(jax.lax.stop_gradient(transmit), -1)
 
   # Forward warps: [0] the same frame (cycle), [1] the partner (flow).
+  flat_c = x_c.reshape(-1, 3)
   x_fwd, aux_fwd = jax.vmap(lambda x: warp.forward(ctx, x))(flat_c)  # (P, K, 3)
   x_fwd = x_fwd.reshape(num_rays, num_s, -1, 3)
   cyc = _safe_norm(x_fwd[..., 0, :] - x_t)
   out["cyc_dist"] = compositing.composite(weights, cyc, detach_weights=True)
-  skin_entropy = 0.5 * (aux_bwd["skin_entropy"] + aux_fwd["skin_entropy"])
-  out["skin_entropy"] = compositing.composite(
-      weights, skin_entropy.reshape(num_rays, num_s), detach_weights=True)
-  delta_skin = 0.5 * (aux_bwd["delta_skin"] + aux_fwd["delta_skin"])
-  out["delta_skin"] = jnp.mean(delta_skin.reshape(num_rays, num_s), -1)
+  skin_entropy = 0.5 * (geo["skin_entropy"] + aux_fwd["skin_entropy"].reshape(num_rays, num_s))
+  out["skin_entropy"] = compositing.composite(weights, skin_entropy, detach_weights=True)
+  delta_skin = 0.5 * (geo["delta_skin"] + aux_fwd["delta_skin"].reshape(num_rays, num_s))
+  out["delta_skin"] = jnp.mean(delta_skin, -1)
 
   if partner is not None:
     x_partner_cam = se3.apply_se3(partner.obj2cam, x_fwd[..., 1, :])
@@ -405,25 +396,16 @@ def render_frame(uv: jnp.ndarray, near_far: jnp.ndarray, frame: FrameState,
         bone_density.reshape(num_rays, num_s) / rest.bone_beta, deltas)
     out["gauss_mask"] = compositing.opacity(bone_w)
 
-  # SDF gradients: eikonal in canonical space (on the first `eikonal_rays`
-  # rays; detached points, so it only shapes the SDF, as lab4d), and normals
-  # through the warp when asked.
-  k_eik = num_rays if (compute_normals or eikonal_rays is None) else min(eikonal_rays, num_rays)
-  if k_eik > 0:
-    pts = x_c[:k_eik].reshape(-1, 3)
-    if not compute_normals:
-      pts = jax.lax.stop_gradient(pts)
-    _, grad_c = sdf_and_gradient(lambda p: base_sdf_fn(p, alpha), pts)
-    eik = jnp.mean(eikonal_term(grad_c).reshape(k_eik, num_s), -1)
-    out["eikonal"] = jnp.concatenate([eik, jnp.zeros((num_rays - k_eik,), eik.dtype)])
-    out["eikonal_mask"] = (jnp.arange(num_rays) < k_eik).astype(dtype)
-    if compute_normals:
-      _, warp_vjp = jax.vjp(lambda p: backward_points(p)[0], x_t.reshape(-1, 3))
-      (grad_t,) = warp_vjp(grad_c)
-      grad_cam = grad_t @ cam2obj[:3, :3]  # d/dx_cam = R_cam2obj^T grad_t
-      normal = grad_cam / jnp.maximum(_safe_norm(grad_cam), 1e-12)[..., None]
-      normal = compositing.composite(weights, normal.reshape(num_rays, num_s, 3))
-      out["normal"] = normal / jnp.maximum(_safe_norm(normal), 1e-12)[..., None]
+  if compute_normals:
+    # d sdf / d x_t = J_warp^T grad_c by a VJP through the backward warp, then
+    # into the camera frame: d/dx_cam = R_cam2obj^T d/dx_t.
+    _, warp_vjp = jax.vjp(lambda p: jax.vmap(lambda x: warp.backward(ctx, x)[0])(p),
+                          x_t.reshape(-1, 3))
+    (grad_t,) = warp_vjp(grad_c.reshape(-1, 3))
+    grad_cam = grad_t @ se3.se3_inverse(frame.obj2cam)[:3, :3]
+    normal = grad_cam / jnp.maximum(_safe_norm(grad_cam), 1e-12)[..., None]
+    normal = compositing.composite(weights, normal.reshape(num_rays, num_s, 3))
+    out["normal"] = normal / jnp.maximum(_safe_norm(normal), 1e-12)[..., None]
   return out
 
 
@@ -503,6 +485,8 @@ def render_rays(model, params, rays, frame_idx, partner_idx=None, *,
       match_features = match_features[None]
   num_frames = frame_idx.shape[0]
   near_far = jnp.asarray(near_far, uv.dtype)
+  if single and near_far.ndim == 2:  # (R, 2) per-ray bounds of the one frame
+    near_far = near_far[None]
   if near_far.ndim == 1:
     near_far = jnp.broadcast_to(near_far, (num_frames, 2))
 
@@ -512,20 +496,68 @@ def render_rays(model, params, rays, frame_idx, partner_idx=None, *,
   if partner_idx is not None:
     partners = frame_states(model, params, jnp.asarray(partner_idx, jnp.int32),
                             partner_obj2cam, partner_intrinsics)
-  keys = None
-  if stratified_key is not None:
-    keys = jax.random.split(stratified_key, num_frames)
+  full_fn, base_sdf_fn = _field_fns(model, params, canonical_fn, sdf_fn)
+  num_rays = uv.shape[1]
+  near_far = jnp.broadcast_to(near_far.reshape(num_frames, -1, 2), (num_frames, num_rays, 2))
+  prepare = lambda frame, partner: warp.prepare(model, params, rest, frame, partner)
 
-  def one_frame(uv_f, nf_f, frame_f, partner_f, key_f):
-    return render_frame(
-        uv_f, nf_f, frame_f, partner_f, rest, model=model, params=params,
-        num_samples=num_samples, alpha=alpha, density_fn=density_fn, warp=warp,
-        canonical_fn=canonical_fn, sdf_fn=sdf_fn, compute_normals=compute_normals,
-        eikonal_rays=eikonal_rays, importance_samples=importance_samples,
-        stratified_key=key_f,
+  depths = sampling.uniform_depths(near_far, num_samples)  # (F, R, S)
+  if stratified_key is not None:
+    depths = sampling.stratified_depths(stratified_key, depths)
+
+  def samples(depths):
+    return jax.vmap(lambda u, nf, d, f: _frame_samples(u, nf, d, f, prepare(f, None), warp))(
+        uv, near_far, depths, frames)
+
+  if importance_samples > 0:
+    # Coarse pass (no gradient) picks where the extra samples go.
+    coarse = samples(depths)
+    x_c = jax.lax.stop_gradient(coarse["x_c"])
+    coarse_density = density_fn(base_sdf_fn(x_c.reshape(-1, 3), alpha).reshape(depths.shape),
+                                rest.beta)
+    coarse_w, _ = compositing.alpha_weights(coarse_density, coarse["deltas"])
+    depths = sampling.importance_depths(depths, coarse_w, importance_samples)
+
+  # Stage 1 (per frame): samples -> canonical points.
+  geo = samples(depths)
+  geo["depths"] = depths
+  lead = depths.shape  # (F, R, S')
+
+  # Stage 2 (all frames at once): the canonical fields on FLAT (N, 3) points.
+  # XLA:CPU runs these MLPs markedly faster on 2-D arrays than under the
+  # frame vmap's extra batch axis.
+  flat_c = geo["x_c"].reshape(-1, 3)
+  appearance = jnp.repeat(frames.appearance, lead[1] * lead[2], axis=0)
+  field = full_fn(flat_c, appearance, alpha)
+  field = {k: v.reshape(lead + v.shape[1:]) for k, v in field.items()}
+
+  # SDF gradients: eikonal in canonical space on the first `eikonal_rays` rays
+  # of each frame (detached points, so it only shapes the SDF, as lab4d), or
+  # on every sample (not detached) when normals are asked for.
+  grad_c = None
+  k_eik = num_rays if (compute_normals or eikonal_rays is None) else min(eikonal_rays, num_rays)
+  eik_out = {}
+  if k_eik > 0:
+    pts = geo["x_c"][:, :k_eik].reshape(-1, 3)
+    if not compute_normals:
+      pts = jax.lax.stop_gradient(pts)
+    _, grad = sdf_and_gradient(lambda p: base_sdf_fn(p, alpha), pts)
+    eik = jnp.mean(eikonal_term(grad).reshape(num_frames, k_eik, lead[2]), -1)
+    eik_out["eikonal"] = jnp.pad(eik, ((0, 0), (0, num_rays - k_eik)))
+    eik_out["eikonal_mask"] = jnp.broadcast_to(
+        (jnp.arange(num_rays) < k_eik).astype(uv.dtype), (num_frames, num_rays))
+    if compute_normals:
+      grad_c = grad.reshape(lead + (3,))
+
+  # Stage 3 (per frame): compositing, forward warps, flow, normals.
+  def outputs(u, g, fld, gc, frame, partner):
+    return _frame_outputs(
+        u, g, fld, gc, frame, partner, rest, prepare(frame, partner), warp,
+        density_fn=density_fn, compute_normals=compute_normals,
         bone_density_radius=model.config.bone_density_radius if gauss_mask else None)
 
-  out = jax.vmap(one_frame)(uv, near_far, frames, partners, keys)
+  out = jax.vmap(outputs)(uv, geo, field, grad_c, frames, partners)
+  out.update(eik_out)
   if "vis_raw" in out:
     out["vis"] = out.pop("vis_raw") / jnp.mean(out.pop("transmit_mean"))
 
