@@ -176,7 +176,9 @@ def benchmark(config_name: str, rays: int, samples: int, rays_per_frame: int,
   tx = optimizer_lib.make_optimizer(variables)
   opt_state = tx.init(variables)
   num_frames = rays // rays_per_frame
-  eik_rays = max(1, int(round(rays_per_frame * eikonal_fraction)))
+  eik_rays = int(round(rays_per_frame * eikonal_fraction))
+  if eikonal_fraction > 0:
+    eik_rays = max(1, eik_rays)
   step = make_step(model, tx, num_samples=samples, eikonal_rays=eik_rays, blend=blend)
   batch = synthetic_batch(jax.random.PRNGKey(0), num_frames, rays_per_frame, config.feature_dim)
 
@@ -222,6 +224,11 @@ def run(args: argparse.Namespace) -> int:
       raise UserError(f"--{name.replace('_', '-')}: must be >= 1")
   if samples < 2:
     raise UserError("--samples: must be >= 2")
+  if args.rays % (2 * args.rays_per_frame):
+    raise UserError(f"--rays: {args.rays} is not a multiple of 2 x --rays-per-frame "
+                    f"({args.rays_per_frame}); frames come in pairs")
+  if not 0.0 <= args.eikonal_fraction <= 1.0:
+    raise UserError("--eikonal-fraction: must be in [0, 1]")
   print(f"bench step: config={args.config} rays={args.rays} samples={samples} "
         f"bones={args.bones} blend={args.blend} backend={jax.devices()[0].platform}", flush=True)
   r = benchmark(args.config, args.rays, samples, args.rays_per_frame, args.eikonal_fraction,
