@@ -266,12 +266,13 @@ def extract_base_config(model_preset: str = "cpu") -> ml_collections.ConfigDict:
       log_every=10, tensorboard=True, log_image_every_rounds=1, log_image_frame=0,
       mc_resolution=64, mc_level=0.0, mc_extend=0.5, geometry_ema=0.9,
       near_far_tolerance=1.5, proxy_points=1024, init_aabb_half=0.6,
-      init_root_steps=500, init_sdf_steps=500, use_video_intrinsics=True,
+      init_root_steps=500, init_sdf_steps=500, init_lr=1e-3, use_video_intrinsics=True,
       # XLA compilations are cached here across runs (a resumed or repeated run
       # skips most of the ~1 min of compiling); "" disables the cache.
       compilation_cache="~/.cache/animdreamer_jax/xla"))
   c.extract = ml_collections.ConfigDict(dict(
       mc_resolution=128, mc_level=0.0, mesh_frame="object", eval_samples=10000,
+      camera_frame_metrics=True,
       contact_frames=6, video_fps=0.0, render_stride=1))
   return c
 

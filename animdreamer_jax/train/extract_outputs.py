@@ -347,9 +347,10 @@ def evaluate(video, vertices: np.ndarray, faces: np.ndarray, posed_obj: np.ndarr
              obj2cam: np.ndarray, cfg) -> dict:
   """metrics.json: the eval module's scores of `vertices` (mesh_frame) vs the GT world meshes.
 
-  When mesh_frame is "object" the camera-frame scores (prediction through the
-  learned root poses vs GT through the noise-free cameras, lab4d's protocol)
-  are added under "camera_frame".
+  Unless mesh_frame is "camera" (or extract.camera_frame_metrics is off),
+  the camera-frame scores (prediction through the learned root poses vs GT
+  through the noise-free cameras, lab4d's protocol) are added under
+  "camera_frame".
   """
   from animdreamer_jax.eval import metrics as metrics_lib  # pylint: disable=g-import-not-at-top
   gt = video.gt
@@ -362,7 +363,7 @@ def evaluate(video, vertices: np.ndarray, faces: np.ndarray, posed_obj: np.ndarr
   result = metrics_lib.evaluate_sequence(vertices, faces, gt_verts, gt.meshes.faces,
                                          face_visible=gt.face_visible, num_samples=samples)
   result["mesh_frame"] = cfg.mesh_frame
-  if cfg.mesh_frame != "camera":
+  if cfg.mesh_frame != "camera" and cfg.camera_frame_metrics:
     cam = metrics_lib.evaluate_sequence(to_camera(posed_obj, obj2cam), faces, to_camera(gt_world, gt.w2c),
                                         gt.meshes.faces, face_visible=gt.face_visible,
                                         num_samples=samples)

@@ -244,7 +244,7 @@ def enable_compilation_cache(path: str) -> None:
   except OSError:
     return  # an unwritable cache only costs time
   jax.config.update("jax_compilation_cache_dir", str(directory))
-  jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
+  jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
 
 
 def _check_workdir(workdir: pathlib.Path) -> None:
@@ -255,7 +255,9 @@ def _check_workdir(workdir: pathlib.Path) -> None:
 def run_extraction(config: ml_collections.ConfigDict, video_dir: pathlib.Path,
                    workdir: pathlib.Path, resume: bool = False, progress: bool = True) -> dict:
   """Loads the video, trains (or resumes), and writes the outputs. See commands/extract.py."""
+  import resource  # pylint: disable=g-import-not-at-top
   from animdreamer_jax.data import video as video_lib  # pylint: disable=g-import-not-at-top
+  wall0, cpu0 = time.time(), time.process_time()
   _check_workdir(workdir)
   if resume and not (workdir / "checkpoints").is_dir():
     raise UserError(f"{workdir}: --resume given but there is no checkpoint to resume from")
@@ -267,5 +269,11 @@ def run_extraction(config: ml_collections.ConfigDict, video_dir: pathlib.Path,
   config_lib.save_config(config, workdir / "config.json")
   state, info = train(trainer, resume=resume, progress=progress)
   outputs = extract_outputs.write_outputs(trainer, state, workdir, progress=progress)
-  result = {"workdir": str(workdir), **info, **outputs}
-  return result
+  # Peak resident memory of this process so far (Linux reports KiB).
+  peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+  run_info = {**info, "wall_seconds": time.time() - wall0, "cpu_seconds": time.process_time() - cpu0,
+              "peak_rss_mb": peak_mb, "device": str(jax.devices()[0].device_kind),
+              "num_devices": jax.device_count(), "num_rounds": int(config.train.num_rounds),
+              "iters_per_round": int(config.train.iters_per_round)}
+  extract_outputs.save_json(workdir / "run.json", run_info)
+  return {"workdir": str(workdir), **run_info, **outputs}

@@ -348,9 +348,10 @@ def initial_state(config: ml_collections.ConfigDict, model, data: TrainData, vid
   params = jax.jit(model.init)(k_init, jnp.zeros((4, 3), jnp.float32), jnp.int32(0))
   aux = initial_aux(config, data)
   if fit:
-    params, _ = fit_root_pose(model, params, data.prior_w2c, int(config.train.init_root_steps))
+    lr = float(config.train.init_lr)
+    params, _ = fit_root_pose(model, params, data.prior_w2c, int(config.train.init_root_steps), lr)
     params, _ = fit_sdf_sphere(model, params, model.config.sphere_radius, aux["aabb"],
-                               int(config.train.init_sdf_steps), k_sdf)
+                               int(config.train.init_sdf_steps), k_sdf, lr)
   params = jax.tree_util.tree_map(jnp.asarray, params)
   tx = make_optimizer(config, params)
   return state_lib.create(params, tx, aux, seed=seed + 1)
