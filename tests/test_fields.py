@@ -229,7 +229,8 @@ def test_fit_root_pose_matches_priors(tiny):
     priors[i, :3, :3] = [[c, 0, s], [0, 1, 0], [-s, 0, c]]
     priors[i, :3, 3] = [0.1 * a, -0.05, 2.5 + 0.2 * a]
     priors[i, 3, 3] = 1
-  fitted, info = init.fit_root_pose(model, variables, priors, max_steps=3000)
+  fitted, info = init.fit_root_pose(model, variables, priors, learning_rate=3e-3,
+                                    max_steps=3000)
   assert info["loss"] < 1e-4
   pred = np.asarray(model.apply(fitted, jnp.arange(n), method="root_pose"))
   np.testing.assert_allclose(pred, priors, atol=0.05)
