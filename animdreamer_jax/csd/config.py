@@ -27,6 +27,9 @@ MVDream-threestudio) unless noted:
 | elevation_range | (-10, 40) | degrees, shared by the 4 views |
 | fov_range | (40, 70) | degrees, shared |
 | distance_range | (0.42, 0.7) | view half-width at the object centre over the object size |
+| object_size | 0.0 | > 0: fixed object size for the framing (e.g. 1.0 = the normalised sequences' |
+| | | rest bbox diagonal); 0: the canonical box's largest side (lab4d, follows the model) |
+| look_at | "aabb" | aim at the canonical box centre, or "origin" of the object frame |
 | param_groups | "canonical" | "canonical" (SDF, colour, visibility), "fg" (+ warp, skinning, |
 | | | bones, appearance), or comma-separated parameter-path prefixes |
 | patches | 0 | > 1: patch-wise back-propagation in this many pixel chunks per view |
@@ -79,6 +82,8 @@ def csd_config() -> ml_collections.ConfigDict:
       elevation_range=(-10.0, 40.0),
       fov_range=(40.0, 70.0),
       distance_range=(0.42, 0.7),
+      object_size=0.0,
+      look_at="aabb",
       param_groups="canonical",
       patches=0,
       remat=False,

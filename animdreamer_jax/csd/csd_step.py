@@ -99,8 +99,13 @@ class CsdSettings:
   alpha: Optional[float] = 1.0
   fixed_frame: int = -1
   num_views: int = cameras_lib.NUM_VIEWS
-  # Near/far enclose the canonical box's bounding sphere times this (posed
-  # limbs may leave the canonical box).
+  # > 0: the object size (framing, near/far) is this fixed length instead of
+  # the largest side of the canonical box (lab4d); look_at "origin" aims the
+  # cameras at the object-frame origin instead of the box centre.
+  object_size: float = 0.0
+  look_at: str = "aabb"
+  # Near/far enclose the object's bounding sphere times this (posed limbs may
+  # leave the canonical box).
   radius_margin: float = 1.25
 
   def __post_init__(self):
@@ -124,6 +129,10 @@ class CsdSettings:
       lo, hi = getattr(self, name)
       if not lo <= hi:
         raise UserError(f"config.csd.{name}: ({lo}, {hi}) is not an interval")
+    if self.look_at not in ("aabb", "origin"):
+      raise UserError(f"config.csd.look_at: {self.look_at!r} unknown; use 'aabb' or 'origin'")
+    if self.object_size < 0:
+      raise UserError(f"config.csd.object_size: {self.object_size} must be >= 0 (0: from the box)")
     if not (0 < self.fov_range[0] and self.fov_range[1] < 180):
       raise UserError(f"config.csd.fov_range: {self.fov_range} must lie in (0, 180)")
 
@@ -141,7 +150,8 @@ class CsdSettings:
         distance_range=tuple(float(x) for x in csd.distance_range),
         patches=int(csd.patches), remat=bool(csd.remat), background=float(csd.background),
         encoder_sample=bool(csd.encoder_sample), alpha=None if alpha >= 1.0 else alpha,
-        fixed_frame=int(csd.fixed_frame))
+        fixed_frame=int(csd.fixed_frame), object_size=float(csd.object_size),
+        look_at=str(csd.look_at))
 
 
 # ----------------------------------------------------------------------------
@@ -523,7 +533,11 @@ def object_bounds(aabb: jnp.ndarray) -> tuple[jnp.ndarray, jnp.ndarray, jnp.ndar
 
 def draw_cameras(model, params, key: jax.Array, aabb: jnp.ndarray, num_frames: int,
                  settings: CsdSettings) -> cameras_lib.CsdCameras:
-  """Frame t (random or fixed) and its 4 orbit cameras around the canonical box."""
+  """Frame t (random or fixed) and its 4 orbit cameras around the canonical box.
+
+  Framing: the object size is the box's largest side (lab4d) or the fixed
+  `settings.object_size`; the cameras aim at the box centre or the origin.
+  """
   k_frame, k_cam = jax.random.split(key)
   if settings.fixed_frame >= 0:
     frame = jnp.int32(min(settings.fixed_frame, num_frames - 1))
@@ -531,6 +545,11 @@ def draw_cameras(model, params, key: jax.Array, aabb: jnp.ndarray, num_frames: i
     frame = jax.random.randint(k_frame, (), 0, num_frames)
   root = jax.lax.stop_gradient(model.apply(params, frame, method="root_pose"))
   center, size, radius = object_bounds(aabb)
+  if settings.object_size > 0:
+    size = jnp.float32(settings.object_size)
+    radius = jnp.maximum(radius, 0.5 * size)
+  if settings.look_at == "origin":
+    center = jnp.zeros(3, jnp.float32)
   return cameras_lib.sample_cameras(
       k_cam, resolution=settings.resolution, object_center=center, object_size=size,
       object_radius=settings.radius_margin * radius, frame=frame, root_pose=root,

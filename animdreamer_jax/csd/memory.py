@@ -2,7 +2,7 @@ r"""Peak memory of the CSD step from XLA's `memory_analysis()` (compiled, never 
 
   python3 -m animdreamer_jax.csd.memory [--strategy full,patches,remat,patches+remat]
       [--resolution 200] [--samples 64] [--patches 8] [--model lab4d|cpu|tiny]
-      [--prior mvdream|mvdream-tiny|oracle] [--json OUT]
+      [--prior mvdream|mvdream-tiny|oracle] [--prior-part] [--json OUT]
 
 Everything is abstract (`jax.ShapeDtypeStruct` parameters from `eval_shape`), so
 the paper-scale step (lab4d-sized model, 4 views x 200^2 pixels x 64 samples,
@@ -10,6 +10,9 @@ resize to 256, SD VAE encoder + MVDream UNet with CFG: 8 x 32 x 32 latents) is
 lowered and compiled for the local backend without allocating it. The numbers
 are the backend's buffer assignment: on CPU they show what the strategies
 change; on a GPU host run the same command there for that backend's figures.
+
+`--prior oracle` measures the render + pull-back alone; `--prior-part` the
+prior alone (resize, VAE encoder vjp, UNet forward with CFG).
 
 Strategies: "full" = one vjp of the whole 4-view render (every sample's
 activations saved); "patches" = render without gradient, then vjp patch by
@@ -29,6 +32,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from animdreamer_jax.csd import cameras as cameras_lib
 from animdreamer_jax.csd import csd_step
 from animdreamer_jax.csd import prior_interface
 
@@ -66,6 +70,42 @@ def _prior(kind: str, resolution: int, encode_resolution: int):
   return prior, params, text
 
 
+def _analysis(compiled) -> dict[str, Any]:
+  analysis = compiled.memory_analysis()
+  fields = ("argument_size_in_bytes", "output_size_in_bytes", "alias_size_in_bytes",
+            "temp_size_in_bytes", "generated_code_size_in_bytes")
+  out: dict[str, Any] = {name: int(getattr(analysis, name, 0) or 0) for name in fields}
+  peak = (out["argument_size_in_bytes"] + out["output_size_in_bytes"]
+          - out["alias_size_in_bytes"] + out["temp_size_in_bytes"])
+  out.update(peak_bytes=peak, peak_gib=peak / GIB, temp_gib=out["temp_size_in_bytes"] / GIB,
+             argument_gib=out["argument_size_in_bytes"] / GIB)
+  return out
+
+
+def prior_memory(*, resolution: int = 200, prior_kind: str = "mvdream",
+                 encode_resolution: int = 256) -> dict[str, Any]:
+  """Memory of the prior part alone: resize + VAE encoder vjp + UNet with CFG (4 views)."""
+  prior, prior_params, text = _prior(prior_kind, resolution, encode_resolution)
+  settings = csd_step.CsdSettings(resolution=resolution)
+  cams = jax.eval_shape(lambda k: cameras_lib.sample_cameras(
+      k, resolution=resolution, object_center=jnp.zeros(3), object_size=1.0, object_radius=1.0,
+      frame=0, root_pose=jnp.eye(4)), jax.ShapeDtypeStruct((2,), jnp.uint32))
+
+  def gradient(images, prior_params, text, cams, key):
+    return csd_step.image_gradient(prior, prior_params, images, cams, text, key, 0.02, 0.98,
+                                   settings)
+
+  images = jax.ShapeDtypeStruct((4, resolution, resolution, 3), jnp.float32)
+  key = jax.ShapeDtypeStruct((2,), jnp.uint32)
+  start = time.time()
+  compiled = jax.jit(gradient).lower(images, prior_params, text, cams, key).compile()
+  out = _analysis(compiled)
+  out.update(part="prior", prior=prior_kind, resolution=resolution,
+             encode_resolution=encode_resolution, backend=jax.default_backend(),
+             compile_seconds=time.time() - start)
+  return out
+
+
 def step_memory(strategy: str = "patches", *, resolution: int = 200, num_samples: int = 64,
                 patches: int = 8, model_preset: str = "lab4d", prior_kind: str = "mvdream",
                 encode_resolution: int = 256, num_frames: int = 64,
@@ -75,6 +115,8 @@ def step_memory(strategy: str = "patches", *, resolution: int = 200, num_samples
   The function compiled is `csd_step.csd_gradient` with the cameras drawn
   inside (frame, root pose), i.e. everything of the CSD train step but the
   optimiser update (whose memory is that of the parameters and moments).
+  With prior_kind "oracle" (pixel space, a host callback) it measures the
+  render + pull-back alone.
   """
   if strategy not in STRATEGIES:
     raise ValueError(f"strategy {strategy!r}: use one of {sorted(STRATEGIES)}")
@@ -99,15 +141,9 @@ def step_memory(strategy: str = "patches", *, resolution: int = 200, num_samples
   lowered = jax.jit(gradient).lower(params, prior_params, text, key)
   compiled = lowered.compile()
   seconds = time.time() - start
-  analysis = compiled.memory_analysis()
-  fields = ("argument_size_in_bytes", "output_size_in_bytes", "alias_size_in_bytes",
-            "temp_size_in_bytes", "generated_code_size_in_bytes")
-  out: dict[str, Any] = {name: int(getattr(analysis, name, 0) or 0) for name in fields}
-  peak = (out["argument_size_in_bytes"] + out["output_size_in_bytes"]
-          - out["alias_size_in_bytes"] + out["temp_size_in_bytes"])
+  out = _analysis(compiled)
   out.update(
-      peak_bytes=peak, peak_gib=peak / GIB, temp_gib=out["temp_size_in_bytes"] / GIB,
-      argument_gib=out["argument_size_in_bytes"] / GIB, strategy=strategy,
+      part="step", strategy=strategy,
       resolution=resolution, num_samples=num_samples,
       patches=settings.patches, remat=remat, model=model_preset, prior=prior_kind,
       encode_resolution=encode_resolution,
@@ -125,9 +161,18 @@ def main(argv=None) -> int:
   parser.add_argument("--model", default="lab4d", choices=("lab4d", "cpu", "tiny"))
   parser.add_argument("--prior", default="mvdream", choices=("mvdream", "mvdream-tiny", "oracle"))
   parser.add_argument("--encode-resolution", type=int, default=256)
+  parser.add_argument("--prior-part", action="store_true",
+                      help="also measure the prior part alone (encoder vjp + UNet with CFG)")
   parser.add_argument("--json", default=None, help="also write the results here")
   args = parser.parse_args(argv)
   rows = []
+  if args.prior_part:
+    row = prior_memory(resolution=args.resolution, prior_kind=args.prior,
+                       encode_resolution=args.encode_resolution)
+    rows.append(row)
+    print(f"{'prior part':>14}: peak {row['peak_gib']:8.2f} GiB (temp {row['temp_gib']:8.2f}, "
+          f"arguments {row['argument_gib']:.2f}) [{row['backend']}, compiled in "
+          f"{row['compile_seconds']:.0f} s]", flush=True)
   for strategy in [s.strip() for s in args.strategy.split(",") if s.strip()]:
     row = step_memory(strategy, resolution=args.resolution, num_samples=args.samples,
                       patches=args.patches, model_preset=args.model, prior_kind=args.prior,
