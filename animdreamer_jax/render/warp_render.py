@@ -78,7 +78,7 @@ class RestState(NamedTuple):
 
 
 class FrameState(NamedTuple):
-  """Per-frame quantities (leading axis F in a batch; none inside `render_frame`).
+  """Per-frame quantities (leading axis F in a batch; none inside the frame vmap).
 
   Attributes:
     bones: Bones at the frame, quat (B, 4), trans (B, 3).
