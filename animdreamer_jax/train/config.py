@@ -274,6 +274,9 @@ def extract_base_config(model_preset: str = "cpu") -> ml_collections.ConfigDict:
       mc_resolution=128, mc_level=0.0, mesh_frame="object", eval_samples=10000,
       camera_frame_metrics=True,
       contact_frames=6, video_fps=0.0, render_stride=1))
+  # Canonical Score Distillation, off by default (prior "none"); see csd/config.py.
+  from animdreamer_jax.csd import config as csd_config_lib  # pylint: disable=g-import-not-at-top
+  c.csd = csd_config_lib.csd_config()
   return c
 
 

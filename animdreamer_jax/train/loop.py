@@ -265,6 +265,10 @@ def run_extraction(config: ml_collections.ConfigDict, video_dir: pathlib.Path,
   enable_compilation_cache(str(config.train.compilation_cache))
   # Validates shapes and an empty mask before anything is written.
   trainer = Trainer(config, video, workdir, source=str(video_dir))
+  if "csd" in config:
+    # Every k-th step becomes a CSD step when config.csd.prior != "none".
+    from animdreamer_jax.csd import hook as csd_hook  # pylint: disable=g-import-not-at-top
+    csd_hook.install(trainer)
   workdir.mkdir(parents=True, exist_ok=True)
   config_lib.save_config(config, workdir / "config.json")
   state, info = train(trainer, resume=resume, progress=progress)
