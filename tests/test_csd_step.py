@@ -380,6 +380,9 @@ def test_timestep_schedule():
   assert np.all(ts == 980)
   cfg.prior = "oracle"
   assert [csd_step.is_csd_step(cfg, i) for i in range(5)] == [True, False, True, False, True]
+  cfg.start_fraction = 0.3
+  assert [i for i in range(20) if csd_step.is_csd_step(cfg, i, 20)] == [6, 8, 10, 12, 14, 16, 18]
+  cfg.start_fraction = 0.0
   cfg.prior = "none"
   assert not csd_step.is_csd_step(cfg, 0)
 

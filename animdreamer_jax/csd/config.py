@@ -12,6 +12,7 @@ MVDream-threestudio) unless noted:
 | prior | "none" | "none" (CSD off), "oracle" (ground-truth renders, synthetic videos), "mvdream" |
 | weight | 1.0 | multiplies the CSD gradient (lab4d `gen3d_wt`; the paper's value is unknown) |
 | every_k | 2 | iteration i is a CSD step when i % every_k == 0 (lab4d `gen3d_freq`) |
+| start_fraction | 0.0 | no CSD step before this fraction of training (a reconstruction warm-up) |
 | resolution | 64 | render size of the 4 views (lab4d default 64; the paper 200) |
 | num_samples | 0 | samples per ray in CSD renders (0: config.render.num_samples) |
 | encode_resolution | 256 | renders are resized to this before the VAE (MVDream); oracle: unused |
@@ -66,6 +67,7 @@ def csd_config() -> ml_collections.ConfigDict:
       prior="none",
       weight=1.0,
       every_k=2,
+      start_fraction=0.0,
       resolution=64,
       num_samples=0,
       encode_resolution=256,

@@ -190,9 +190,13 @@ def prior_name(csd: ml_collections.ConfigDict) -> str:
   return "none" if name is None or str(name).lower() in ("", "none") else str(name).lower()
 
 
-def is_csd_step(csd: ml_collections.ConfigDict, step: int) -> bool:
-  """lab4d's alternation: iteration i is a CSD step when i % every_k == 0."""
-  return prior_name(csd) != "none" and int(csd.every_k) > 0 and step % int(csd.every_k) == 0
+def is_csd_step(csd: ml_collections.ConfigDict, step: int, total_steps: int = 0) -> bool:
+  """lab4d's alternation: iteration i is a CSD step when i % every_k == 0, from
+  step start_fraction x total_steps on (0: from the start, as lab4d)."""
+  if prior_name(csd) == "none" or int(csd.every_k) <= 0 or step % int(csd.every_k):
+    return False
+  start = float(csd.get("start_fraction", 0.0)) * total_steps
+  return step >= start
 
 
 # ----------------------------------------------------------------------------

@@ -66,7 +66,7 @@ class MixedStep:
 
   def __call__(self, state, data, scalars):
     step = int(state.step)  # read before the call donates the state
-    if csd_step.is_csd_step(self.config.csd, step):
+    if csd_step.is_csd_step(self.config.csd, step, self.total_steps):
       extra = csd_step.csd_scalars(self.config.csd, step, self.total_steps)
       return self.csd_train_step(state, data, {**scalars, **extra})
     return self.recon_step(state, data, scalars)
