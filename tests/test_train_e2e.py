@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import pathlib
+import shutil
 import signal
 import subprocess
 import sys
@@ -145,6 +146,22 @@ def test_repeated_nan_stops_with_clear_error_and_keeps_checkpoint(trainer, monke
   assert state_lib.all_finite(restored)
 
 
+def test_resumed_run_ends_in_the_same_state(trainer, tmp_path):
+  """Killed after round 1 and resumed == uninterrupted (same batches, same updates)."""
+  trainer.workdir = tmp_path / "full"
+  full, info = loop.train(trainer, resume=False, progress=False)
+  assert info["steps"] == 6 and info["rollbacks"] == 0
+  # A run folder holding only the round-1 checkpoint, as if killed during round 2.
+  (tmp_path / "killed" / "checkpoints").mkdir(parents=True)
+  shutil.copytree(tmp_path / "full" / "checkpoints" / "3", tmp_path / "killed" / "checkpoints" / "3")
+  trainer.workdir = tmp_path / "killed"
+  resumed, info = loop.train(trainer, resume=True, progress=False)
+  assert info["resumed_from"] == 3 and info["steps"] == 6
+  for a, b in zip(jax.tree_util.tree_leaves(state_lib.to_host(full)),
+                  jax.tree_util.tree_leaves(state_lib.to_host(resumed))):
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
 def test_extract_end_to_end_and_resume(tiny_video, tmp_path, compile_cache):
   workdir = tmp_path / "run"
   result = extract_cmd.run_extraction(tiny_config(compile_cache), tiny_video, workdir, progress=False)
@@ -226,7 +243,8 @@ def test_kill_and_resume(tiny_video, tmp_path, repo_root):
   deadline = time.time() + 600
   # Kill as soon as the first training-round checkpoint (step 4) exists.
   while time.time() < deadline and proc.poll() is None:
-    steps = [int(p.name) for p in ckpt_dir.glob("[0-9]*")] if ckpt_dir.is_dir() else []
+    # Finished checkpoints only (orbax writes <step>.orbax-checkpoint-tmp first).
+    steps = [int(p.name) for p in ckpt_dir.glob("[0-9]*") if p.name.isdigit()] if ckpt_dir.is_dir() else []
     if any(s >= 4 for s in steps):
       break
     time.sleep(0.5)
