@@ -84,29 +84,23 @@ def trainer(tiny_video, tmp_path_factory, compile_cache):
   return loop.Trainer(tiny_config(compile_cache), video, tmp_path_factory.mktemp("run"))
 
 
-def _loss_on_first_batch(trainer, state):
-  """The loss the step reports for the batch of step 0 (the batch key is fold_in(key, step))."""
-  probe = state_lib.to_device(state_lib.to_host(state)).replace(step=jnp.zeros((), jnp.int32))
-  scalars = step_lib.scheduled_scalars(trainer.config, 0, 12)
-  scalars["lr"] = np.float32(0.0)
-  _, metrics = trainer.step_fn(probe, trainer.data, scalars)
-  return float(metrics["loss"])
-
-
 def test_step_lowers_the_loss_and_is_traced_once(trainer):
   state = trainer.initial_state()
   state, _ = loop.update_geometry(state, trainer, ema=0.0)
-  before = _loss_on_first_batch(trainer, state)
+  losses = []
   for i in range(12):
-    # Scalars change every step (lr, weights): the step must not re-trace.
-    scalars = step_lib.scheduled_scalars(trainer.config, i, 12)
+    # The batch key is fold_in(key, step): resetting the step count repeats
+    # batch 0, so this is plain gradient descent on one batch with fixed loss
+    # weights. The learning rate changes every call: no re-trace allowed.
+    state = state.replace(step=jnp.zeros((), jnp.int32))
+    scalars = step_lib.scheduled_scalars(trainer.config, 0, 12)
+    scalars["lr"] = np.float32(3e-3 * (1 - i / 24))
     state, metrics = trainer.step_fn(state, trainer.data, scalars)
     assert int(metrics["applied"]) == 1 and int(metrics["finite"]) == 1
     assert np.isfinite(float(metrics["grad_norm"]))
-  assert int(state.step) == 12
-  after = _loss_on_first_batch(trainer, state)
+    losses.append(float(metrics["loss"]))
   assert trainer.step_fn._cache_size() == 1  # pylint: disable=protected-access
-  assert after < 0.9 * before, (before, after)
+  assert losses[-1] < 0.8 * losses[0], losses
 
 
 def test_nonfinite_or_spiking_step_is_not_applied(trainer):

@@ -9,13 +9,15 @@ direction gives counter-clockwise triangles seen from outside.
 Outputs (`write_outputs`): rest.obj / rest.npz (largest component of the
 canonical surface), meshes.npz (rest vertices forward-warped to every frame,
 mesh-sequence NPZ), motion.npz (root poses, bones, skinning weights),
-bones_rest.obj (one octahedron per Gaussian bone), reconstruction.mp4 and
+bones_rest.obj (one octahedron per Gaussian bone), model.json (the resolved
+ModelConfig), reconstruction.mp4 and
 contact_sheet.png (input vs reconstruction), metrics.json (the eval module's
 scores against the video's ground truth, when it has one).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import pathlib
@@ -323,7 +325,10 @@ def write_outputs(trainer, state, workdir: pathlib.Path, progress: bool = True) 
            bone_quat=np.asarray(bones_t.quat), bone_trans=np.asarray(bones_t.trans),
            rest_bone_quat=np.asarray(rest_bones.quat), rest_bone_trans=np.asarray(rest_bones.trans),
            bone_log_scale=log_scale, rest_skin_weights=skin.astype(np.float32),
-           near_far=aux["near_far"], aabb=aux["aabb"])
+           near_far=aux["near_far"], aabb=aux["aabb"], w2c=np.asarray(video.w2c, np.float32),
+           intrinsics=np.asarray(video.intrinsics, np.float32))
+  # The exact model configuration (frame count, image size, feature width follow the video).
+  save_json(workdir / "model.json", dataclasses.asdict(model.config))
   glyph_v, glyph_f = bone_glyphs(np.asarray(rest_bones.quat), np.asarray(rest_bones.trans), log_scale)
   assets.write_obj(workdir / "bones_rest.obj", glyph_v, glyph_f)
 

@@ -27,8 +27,8 @@ import optax
 
 from animdreamer_jax.data import batching
 from animdreamer_jax.errors import UserError
-from animdreamer_jax.geometry import quaternion as quat_lib
 from animdreamer_jax.model import articulated_model
+from animdreamer_jax.model import init as init_lib
 from animdreamer_jax.model import skinning
 from animdreamer_jax.render import density as density_lib
 from animdreamer_jax.render import warp_render
@@ -263,71 +263,6 @@ def make_train_step(config: ml_collections.ConfigDict, model, params_template):
 # Initialisation.
 
 
-def _adam_fit(loss_fn, params, mask, steps: int, lr: float, tol: float):
-  """A small Adam loop on the leaves where mask is True (host loop, jitted step)."""
-  tx = optax.masked(optax.adam(lr), mask)
-  opt = tx.init(params)
-
-  @jax.jit
-  def fit_step(params, opt, i):
-    loss, grads = jax.value_and_grad(loss_fn)(params, i)
-    updates, opt = tx.update(grads, opt, params)
-    return optax.apply_updates(params, updates), opt, loss
-
-  loss = np.inf
-  for i in range(steps):
-    params, opt, loss = fit_step(params, opt, jnp.int32(i))
-    if i % 50 == 49 and float(loss) < tol:
-      break
-  return params, float(loss)
-
-
-def _group_mask(params, prefixes: tuple[str, ...]):
-  names = optimizer_lib.param_path_names(params)
-  return jax.tree_util.tree_map(lambda n: any(f"/{p}/" in f"/{n}/" for p in prefixes), names)
-
-
-def fit_root_pose(model, params, prior_w2c: jnp.ndarray, steps: int, lr: float = 1e-3):
-  """lab4d CameraMLP.mlp_init: base quaternion from frame 0, then Adam on the MSE to the priors."""
-  rot0 = prior_w2c[0, :3, :3]
-  base = quat_lib.matrix_to_quat(rot0)
-  inner = params["params"]["root_pose"]
-  inner = dict(inner, base_quat=jnp.broadcast_to(base, inner["base_quat"].shape))
-  params = {**params, "params": {**params["params"], "root_pose": inner}}
-  frames = jnp.arange(prior_w2c.shape[0], dtype=jnp.int32)
-
-  def loss_fn(p, _):
-    return jnp.mean(jnp.square(model.apply(p, frames, method="root_pose") - prior_w2c))
-
-  mask = _group_mask(params, ("root_pose",))
-  return _adam_fit(loss_fn, params, mask, steps, lr, tol=1e-4)
-
-
-def fit_sdf_sphere(model, params, radius: float, aabb: np.ndarray, steps: int, key: jax.Array,
-                   lr: float = 1e-3):
-  """lab4d NeRF.mlp_init for bag-of-bones: fit the canonical SDF to a sphere.
-
-  256 random points per step in the box extended by 25%; MSE to the sphere's
-  SDF plus 1e-4 x the positive part of the eikonal term. (lab4d aligns the
-  scale by least squares first; that scale can come out negative and fit an
-  inside-out sphere, so the plain MSE is used.)
-  """
-  aabb = jnp.asarray(aabb)
-  center, half = (aabb[0] + aabb[1]) / 2, (aabb[1] - aabb[0]) / 2 * 1.25
-
-  def loss_fn(p, i):
-    pts = center + half * jax.random.uniform(jax.random.fold_in(key, i), (256, 3), minval=-1.0, maxval=1.0)
-    target = jnp.linalg.norm(pts, axis=-1) - radius
-    sdf_fn = lambda x: model.apply(p, x, method="sdf")
-    sdf, vjp = jax.vjp(sdf_fn, pts)
-    (grad,) = vjp(jnp.ones_like(sdf))
-    eik = jnp.maximum(jnp.linalg.norm(grad, axis=-1) - 1.0, 0.0) ** 2
-    return jnp.mean(jnp.square(sdf - target)) + 1e-4 * jnp.mean(eik)
-
-  mask = _group_mask(params, ("canonical",))
-  return _adam_fit(loss_fn, params, mask, steps, lr, tol=1e-5)
-
-
 def initial_aux(config: ml_collections.ConfigDict, data: TrainData) -> dict:
   half = float(config.train.init_aabb_half)
   t = data.prior_w2c.shape[0]
@@ -336,22 +271,30 @@ def initial_aux(config: ml_collections.ConfigDict, data: TrainData) -> dict:
           "proxy_points": np.zeros((int(config.train.proxy_points), 3), np.float32)}
 
 
-def initial_state(config: ml_collections.ConfigDict, model, data: TrainData, video,
+def initial_state(config: ml_collections.ConfigDict, model, data: TrainData, video=None,
                   fit: bool = True) -> state_lib.TrainState:
-  """Model init, root pose fitted to the video's cameras, SDF fitted to a sphere.
+  """PyTorch-style random init, then lab4d's mlp_init fits (model/init.py).
 
-  With fit=False only the structure matters (e.g. as a template to resume into).
+  The intrinsics are set from the video's first frame, the root-pose MLP is
+  fitted to the video's cameras (at most train.init_root_steps Adam steps, or
+  until the MSE is below 1e-4) and the SDF to a sphere of
+  model.sphere_radius (train.init_sdf_steps steps). With fit=False only the
+  structure matters (e.g. as a template to resume into).
   """
+  del video
   seed = int(config.train.seed)
-  key = jax.random.PRNGKey(seed)
-  k_init, k_sdf = jax.random.split(key)
-  params = jax.jit(model.init)(k_init, jnp.zeros((4, 3), jnp.float32), jnp.int32(0))
+  params = init_lib.init_variables(model, seed)
+  params = init_lib.set_intrinsics(model, params, np.asarray(data.intrinsics[0]))
   aux = initial_aux(config, data)
   if fit:
     lr = float(config.train.init_lr)
-    params, _ = fit_root_pose(model, params, data.prior_w2c, int(config.train.init_root_steps), lr)
-    params, _ = fit_sdf_sphere(model, params, model.config.sphere_radius, aux["aabb"],
-                               int(config.train.init_sdf_steps), k_sdf, lr)
+    root_steps = int(config.train.init_root_steps)
+    if root_steps > 0:
+      params, _ = init_lib.fit_root_pose(model, params, np.asarray(data.prior_w2c), learning_rate=lr,
+                                         max_steps=root_steps, chunk=min(100, root_steps))
+    if int(config.train.init_sdf_steps) > 0:
+      params, _ = init_lib.fit_sphere(model, params, steps=int(config.train.init_sdf_steps),
+                                      learning_rate=lr, seed=seed)
   params = jax.tree_util.tree_map(jnp.asarray, params)
   tx = make_optimizer(config, params)
   return state_lib.create(params, tx, aux, seed=seed + 1)
