@@ -177,6 +177,12 @@ def test_extract_end_to_end_and_resume(tiny_video, tmp_path, compile_cache):
   result = extract_cmd.run_extraction(config, tiny_video, workdir, progress=False)
   assert result["resumed_from"] == 6 and result["steps"] == 9
   assert checkpoint_lib.Checkpointer(workdir / "checkpoints").latest_step() == 9
+  # Another model in the same run folder: one clear error, config.json untouched.
+  saved = (workdir / "config.json").read_text()
+  config.model.sdf_width = 24
+  with pytest.raises(UserError, match="checkpoint does not match this config"):
+    extract_cmd.run_extraction(config, tiny_video, workdir, progress=False)
+  assert (workdir / "config.json").read_text() == saved
 
 
 def test_bad_inputs_write_nothing(tiny_video, tmp_path, repo_root):

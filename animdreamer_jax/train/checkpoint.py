@@ -62,9 +62,8 @@ class Checkpointer:
     self._manager.wait_until_finished()
     return True
 
-  def restore(self, template: state_lib.TrainState,
-              step: int | None = None) -> tuple[state_lib.TrainState, dict]:
-    """Restores into the structure of `template` (a freshly built state).
+  def check(self, template: state_lib.TrainState, step: int | None = None) -> dict:
+    """Reads a checkpoint's meta and checks it fits `template`; returns the meta.
 
     Raises:
       UserError: no checkpoint, or one written for a different model/config.
@@ -73,10 +72,21 @@ class Checkpointer:
     if step is None:
       raise UserError(f"{self.directory}: no checkpoint to resume from")
     meta = self._manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore())).meta
-    host_template = state_lib.to_host(template)
-    if meta.get("signature") != _signature(host_template):
+    if meta.get("signature") != _signature(state_lib.to_host(template)):
       raise UserError(f"{self.directory}/{step}: checkpoint does not match this config "
                       "(different model sizes or video); use another --workdir")
+    return meta
+
+  def restore(self, template: state_lib.TrainState,
+              step: int | None = None) -> tuple[state_lib.TrainState, dict]:
+    """Restores into the structure of `template` (a freshly built state).
+
+    Raises:
+      UserError: no checkpoint, or one written for a different model/config.
+    """
+    step = self.latest_step() if step is None else step
+    meta = self.check(template, step)
+    host_template = state_lib.to_host(template)
     flat_template = _flatten(host_template)
     restored = self._manager.restore(step, args=ocp.args.Composite(
         state=ocp.args.StandardRestore(flat_template))).state

@@ -269,6 +269,16 @@ def run_extraction(config: ml_collections.ConfigDict, video_dir: pathlib.Path,
     # Every k-th step becomes a CSD step when config.csd.prior != "none".
     from animdreamer_jax.csd import hook as csd_hook  # pylint: disable=g-import-not-at-top
     csd_hook.install(trainer)
+  if (workdir / "checkpoints").is_dir():
+    # A checkpoint from another config must fail before config.json is replaced.
+    checkpointer = checkpoint_lib.Checkpointer(workdir / "checkpoints", config.train.keep_checkpoints)
+    try:
+      if checkpointer.latest_step() is not None:
+        checkpointer.check(trainer.initial_state(fit=False))
+      elif resume:
+        raise UserError(f"{workdir}: --resume given but there is no checkpoint to resume from")
+    finally:
+      checkpointer.close()
   workdir.mkdir(parents=True, exist_ok=True)
   config_lib.save_config(config, workdir / "config.json")
   state, info = train(trainer, resume=resume, progress=progress)
