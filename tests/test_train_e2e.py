@@ -190,6 +190,10 @@ def test_bad_inputs_write_nothing(tiny_video, tmp_path, repo_root):
   with pytest.raises(UserError, match="config.train.num_roundz: unknown config key"):
     extract_cmd.run_extraction(repo_root / "configs" / "extract_demo_cpu.py", tiny_video, workdir,
                                overrides=["--config.train.num_roundz=3"])
+  bad = tiny_config()
+  bad.extract.mesh_frame = "wrold"
+  with pytest.raises(UserError, match="config.extract.mesh_frame: unknown frame 'wrold'"):
+    extract_cmd.run_extraction(bad, tiny_video, workdir)
   with pytest.raises(UserError, match="not found|missing|does not exist"):
     extract_cmd.run_extraction(tiny_config(), tmp_path / "no_video", workdir)
   empty = tmp_path / "empty_mask"

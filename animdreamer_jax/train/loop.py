@@ -98,6 +98,7 @@ class Trainer:
 
   def __init__(self, config: ml_collections.ConfigDict, video, workdir: pathlib.Path,
                source: str = "video"):
+    step_lib.validate_config(config)
     self.config = config
     self.video = video
     self.workdir = workdir

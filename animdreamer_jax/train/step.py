@@ -38,6 +38,41 @@ from animdreamer_jax.train import schedules
 from animdreamer_jax.train import state as state_lib
 
 DENSITY_FNS = {"volsdf": density_lib.volsdf_density, "neus": density_lib.neus_density}
+# Every loss `compute_losses` knows (config.loss.weights may only name these).
+KNOWN_LOSSES = ("mask", "rgb", "depth", "flow", "feature", "feat_reproj", "vis", "eikonal", "cycle",
+                "skin_entropy", "delta_skin", "gauss_mask", "gauss_skin", "cam_prior")
+MESH_FRAMES = ("object", "camera", "world")
+
+
+def validate_config(config: ml_collections.ConfigDict) -> None:
+  """Checks values a typo could break late (after minutes of training).
+
+  Raises:
+    UserError naming the config key.
+  """
+  def require(ok: bool, key: str, what: str):
+    if not ok:
+      raise UserError(f"config.{key}: {what}")
+
+  for name in config.loss.weights:
+    require(name in KNOWN_LOSSES, f"loss.weights.{name}",
+            f"unknown loss; known: {', '.join(KNOWN_LOSSES)}")
+    require(float(config.loss.weights[name]) >= 0, f"loss.weights.{name}", "must be >= 0")
+  require(config.render.density in DENSITY_FNS, "render.density",
+          f"unknown density {config.render.density!r}; use one of {sorted(DENSITY_FNS)}")
+  require(config.render.blend in ("dqs", "lbs"), "render.blend",
+          f"unknown blending {config.render.blend!r}; use 'dqs' or 'lbs'")
+  require(config.extract.mesh_frame in MESH_FRAMES, "extract.mesh_frame",
+          f"unknown frame {config.extract.mesh_frame!r}; use one of {', '.join(MESH_FRAMES)}")
+  for key in ("train.num_rounds", "train.iters_per_round", "data.pairs_per_batch",
+              "data.pixels_per_frame", "render.num_samples", "render.eval_chunk",
+              "train.mc_resolution", "extract.mc_resolution", "train.checkpoint_every_rounds",
+              "train.keep_checkpoints", "train.log_every"):
+    section, field = key.split(".")
+    require(int(config[section][field]) >= 1, key, "must be >= 1")
+  require(int(config.render.num_samples) >= 2, "render.num_samples", "must be >= 2")
+  require(0.0 <= float(config.data.fg_fraction) <= 1.0, "data.fg_fraction", "must be in [0, 1]")
+  require(float(config.optim.lr) > 0, "optim.lr", "must be > 0")
 
 
 @flax.struct.dataclass
