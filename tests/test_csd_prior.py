@@ -199,3 +199,28 @@ def test_mvdream_adapter_with_tiny_random_weights():
   assert grad.shape == images.shape and bool(jnp.all(jnp.isfinite(grad)))
   assert float(jnp.abs(grad).max()) > 0
   assert 20 <= int(metrics["csd_t"]) <= 980
+
+
+def test_supersampled_oracle_render_averages_shifted_pixel_centres():
+  """Slow reference: the mean of s^2 point-sampled renders whose pixel centres
+  are moved to the sub-pixel centres u + (a + 0.5) / s (principal point shifted)."""
+  frames, faces, colors = _box_mesh()
+  w2c = np.stack([np.eye(4)] * 2)
+  w2c[:, 2, 3] = 3.0
+  s = 3
+  sharp = prior_interface.GroundTruthRenderer(frames, faces, colors, w2c)
+  smooth = prior_interface.GroundTruthRenderer(frames, faces, colors, w2c, supersample=s)
+  cams = _cameras(frame=1)
+  view_w2c, k = np.asarray(cams.w2c[1], np.float64), np.asarray(cams.intrinsics[1], np.float64)
+  want = np.zeros((RES, RES, 3))
+  for a in range(s):
+    for b in range(s):
+      shifted = k - np.array([0.0, 0.0, (a + 0.5) / s - 0.5, (b + 0.5) / s - 0.5])
+      want += sharp.render(1, view_w2c, shifted, RES) / s**2
+  got = smooth.render(1, view_w2c, k, RES)
+  np.testing.assert_allclose(got, want, atol=1e-5)
+  # Anti-aliasing made grey levels the point-sampled image does not have.
+  edge = np.abs(got - sharp.render(1, view_w2c, k, RES)).max()
+  assert edge > 0.05
+  with pytest.raises(UserError):
+    prior_interface.GroundTruthRenderer(frames, faces, colors, w2c, supersample=0)

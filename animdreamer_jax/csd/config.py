@@ -39,6 +39,7 @@ MVDream-threestudio) unless noted:
 | fixed_frame | -1 | >= 0: always use this video frame (lab4d `gen3d_frameid`) |
 | encoder_sample | True | VAE posterior sample (MVDream) rather than its mean |
 | background | 1.0 | grey level of the background (white, lab4d `w_bg`) |
+| oracle_supersample | 2 | oracle prior: anti-aliased targets (render s x larger, box-average) |
 | weights | "" | folder of converted MVDream parameters (`animdreamer convert-mvdream`) |
 | prompt | "" | text prompt (mvdream prior) |
 | negative_prompt | MVDream-threestudio's | unconditional text of CFG |
@@ -93,6 +94,7 @@ def csd_config() -> ml_collections.ConfigDict:
       fixed_frame=-1,
       encoder_sample=True,
       background=1.0,
+      oracle_supersample=2,
       weights="",
       prompt="",
       negative_prompt=DEFAULT_NEGATIVE_PROMPT,

@@ -41,7 +41,8 @@ def build_prior(config: ml_collections.ConfigDict, video
   name = csd_step.prior_name(csd)
   if name == "oracle":
     background = float(csd.background)
-    prior = prior_interface.oracle_prior_from_video(video, int(csd.resolution), background)
+    prior = prior_interface.oracle_prior_from_video(
+        video, int(csd.resolution), background, supersample=int(csd.get("oracle_supersample", 1)))
     return prior, None, None
   if name == "mvdream":
     dtype = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}.get(str(csd.dtype))

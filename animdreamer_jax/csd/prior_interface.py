@@ -130,11 +130,14 @@ class GroundTruthRenderer:
     rest_vertices: (V, 3) rest pose (welds split seams for smooth normals);
       None: frame 0.
     background: grey level or RGB.
+    supersample: renders at this many times the resolution and box-averages
+      (anti-aliasing: a point-sampled target makes thin parts such as legs
+      flicker between views, a noise no diffusion model's output has).
   """
 
   def __init__(self, vertices: np.ndarray, faces: np.ndarray, colors: Optional[np.ndarray],
                world_to_video_camera: np.ndarray, rest_vertices: Optional[np.ndarray] = None,
-               background=1.0):
+               background=1.0, supersample: int = 1):
     from animdreamer_jax.data import synthetic  # pylint: disable=g-import-not-at-top
     self.vertices = np.asarray(vertices, np.float64)
     self.faces = np.asarray(faces, np.int64)
@@ -152,6 +155,9 @@ class GroundTruthRenderer:
     rest = self.vertices[0] if rest_vertices is None else np.asarray(rest_vertices)
     self.weld = synthetic.weld_index(rest)
     self.background = np.broadcast_to(np.asarray(background, np.float64), (3,))
+    if int(supersample) < 1:
+      raise UserError(f"oracle prior: supersample must be >= 1, got {supersample}")
+    self.supersample = int(supersample)
     self._synthetic = synthetic
 
   @property
@@ -160,16 +166,23 @@ class GroundTruthRenderer:
 
   def render(self, frame: int, w2c: np.ndarray, intrinsics: np.ndarray,
              resolution: int) -> np.ndarray:
-    """(R, R, 3) float32 image of frame `frame` seen by a world-to-camera `w2c`."""
+    """(R, R, 3) float32 image of frame `frame` seen by a world-to-camera `w2c`.
+
+    With supersample s: rendered at s R with intrinsics x s (pixel centres at
+    u + 0.5, so s x s blocks tile the low-resolution pixels exactly), then
+    box-averaged.
+    """
     from animdreamer_jax.assets import rasterize as rz  # pylint: disable=g-import-not-at-top
-    syn = self._synthetic
+    syn, s = self._synthetic, self.supersample
     verts = self.vertices[int(frame)]
     v_cam = syn.to_camera(verts, w2c)
-    raster = rz.rasterize(v_cam, self.faces, np.asarray(intrinsics, np.float64),
-                          resolution, resolution)
+    raster = rz.rasterize(v_cam, self.faces, s * np.asarray(intrinsics, np.float64),
+                          s * resolution, s * resolution)
     normals = syn.vertex_normals(verts, self.faces, self.weld) @ np.asarray(w2c)[:3, :3].T
-    return syn.shade(raster, self.faces, v_cam, normals, self.colors,
-                     self.background).astype(np.float32)
+    image = syn.shade(raster, self.faces, v_cam, normals, self.colors, self.background)
+    if s > 1:
+      image = image.reshape(resolution, s, resolution, s, 3).mean(axis=(1, 3))
+    return image.astype(np.float32)
 
   def render_views(self, frame, w2c, intrinsics, resolution: int) -> np.ndarray:
     """(N, R, R, 3) float32 for world-to-camera (N, 4, 4) and intrinsics (N, 4)."""
@@ -223,8 +236,10 @@ def oracle_prior(renderer: GroundTruthRenderer, resolution: int,
                         alphas_cumprod=alphas_cumprod, image_size=None, conditional=False)
 
 
-def oracle_prior_from_video(video, resolution: int, background=1.0) -> DiffusionPrior:
-  """Oracle prior from a `data.video.Video` with ground truth (UserError without)."""
+def oracle_prior_from_video(video, resolution: int, background=1.0,
+                            supersample: int = 1) -> DiffusionPrior:
+  """Oracle prior from a `data.video.Video` with ground truth (UserError without);
+  `supersample` anti-aliases its renders (see GroundTruthRenderer)."""
   gt = getattr(video, "gt", None)
   if gt is None:
     raise UserError("csd.prior=oracle: the video has no ground truth (gt/ folder); "
@@ -234,7 +249,8 @@ def oracle_prior_from_video(video, resolution: int, background=1.0) -> Diffusion
   if getattr(seq, "vertex_colors", None) is not None:
     colors = np.asarray(seq.vertex_colors, np.float64) / 255.0
   renderer = GroundTruthRenderer(seq.vertices, seq.faces, colors, gt.w2c,
-                                 rest_vertices=gt.rest_vertices, background=background)
+                                 rest_vertices=gt.rest_vertices, background=background,
+                                 supersample=supersample)
   return oracle_prior(renderer, resolution)
 
 
