@@ -76,10 +76,11 @@ def test_world_cameras_and_callback_render():
   cams_m = _cameras(frame=1, root_pose=jnp.asarray(root, jnp.float32))
   np.testing.assert_allclose(np.asarray(renderer.world_cameras(cams_m)),
                              np.asarray(cams_m.w2c) @ m, atol=1e-5)
-  # Inside jit, through the host callback, equals a direct host render.
+  # Inside jit, through the host callback, equals a direct host render (up to float32
+  # rounding of the cameras flipping a rare silhouette-edge pixel).
   images = jax.jit(lambda c: renderer.render_in_jax(c, RES))(cams)
   direct = renderer.render_views(1, np.asarray(cams.w2c), np.asarray(cams.intrinsics), RES)
-  np.testing.assert_array_equal(np.asarray(images), direct)
+  assert np.mean(np.abs(np.asarray(images) - direct) > 1e-4) < 0.01
   assert images.shape == (4, RES, RES, 3)
   # White background at the corners, the box in the middle of every view.
   np.testing.assert_array_equal(direct[:, 0, 0], 1.0)
@@ -224,3 +225,36 @@ def test_supersampled_oracle_render_averages_shifted_pixel_centres():
   assert edge > 0.05
   with pytest.raises(UserError):
     prior_interface.GroundTruthRenderer(frames, faces, colors, w2c, supersample=0)
+
+
+def test_camera_alignment_renders_the_ground_truth_where_the_model_is():
+  """A model that is the ground truth scaled/moved in video-camera space (the monocular
+  scale-depth freedom, S^-1) must get oracle targets that look like its own renders."""
+  frames, faces, colors = _box_mesh()
+  w2c = np.stack([np.eye(4)] * 2)
+  w2c[:, 2, 3] = 3.0
+  angle = np.deg2rad(20.0)
+  sim = np.eye(4)
+  sim[:3, :3] = 1.4 * np.array([[np.cos(angle), 0, np.sin(angle)], [0, 1, 0],
+                                [-np.sin(angle), 0, np.cos(angle)]])
+  sim[:3, 3] = [0.1, -0.05, -1.1]  # model -> GT: the model sits nearer, smaller
+  gt = prior_interface.GroundTruthRenderer(frames, faces, colors, w2c)
+  gt.set_camera_alignment(sim)
+  # The model in its own object frame = its video-camera space (root pose = identity).
+  cam_gt = np.einsum("ij,tvj->tvi", w2c[0][:3, :3], frames) + w2c[0][:3, 3]
+  model_v = np.einsum("ij,tvj->tvi", np.linalg.inv(sim)[:3, :3], cam_gt) + np.linalg.inv(sim)[:3, 3]
+  model = prior_interface.GroundTruthRenderer(model_v, faces, colors, np.stack([np.eye(4)] * 2))
+  cams = cameras_lib.sample_cameras(jax.random.PRNGKey(2), resolution=RES,
+                                    object_center=jnp.asarray(model_v[1].mean(0), jnp.float32),
+                                    object_size=0.6 / 1.4, object_radius=0.4, frame=1,
+                                    root_pose=jnp.eye(4))
+  want = model.render_views(1, np.asarray(cams.w2c), np.asarray(cams.intrinsics), RES)
+  got = np.asarray(jax.jit(lambda c: gt.render_in_jax(c, RES))(cams))
+  assert np.mean(np.abs(got - want) > 1e-3) < 0.02  # a few silhouette-edge ties at most
+  assert np.all(np.any(want < 0.99, axis=(1, 2, 3)))  # the box is in every view
+  # Without the alignment the targets are elsewhere.
+  gt.set_camera_alignment(None)
+  wrong = np.asarray(jax.jit(lambda c: gt.render_in_jax(c, RES))(cams))
+  assert np.mean(np.abs(wrong - want) > 1e-3) > 0.1
+  with pytest.raises(UserError):
+    gt.set_camera_alignment(np.full((4, 4), np.nan))

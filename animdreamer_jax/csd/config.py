@@ -40,6 +40,8 @@ MVDream-threestudio) unless noted:
 | encoder_sample | True | VAE posterior sample (MVDream) rather than its mean |
 | background | 1.0 | grey level of the background (white, lab4d `w_bg`) |
 | oracle_supersample | 2 | oracle prior: anti-aliased targets (render s x larger, box-average) |
+| oracle_align | True | oracle prior: register the model to the ground truth (one similarity in |
+| | | video-camera space, refitted every round; `csd/oracle_alignment.py`) |
 | weights | "" | folder of converted MVDream parameters (`animdreamer convert-mvdream`) |
 | prompt | "" | text prompt (mvdream prior) |
 | negative_prompt | MVDream-threestudio's | unconditional text of CFG |
@@ -95,6 +97,7 @@ def csd_config() -> ml_collections.ConfigDict:
       encoder_sample=True,
       background=1.0,
       oracle_supersample=2,
+      oracle_align=True,
       weights="",
       prompt="",
       negative_prompt=DEFAULT_NEGATIVE_PROMPT,

@@ -59,15 +59,23 @@ class MixedStep:
   """step_fn(state, data, scalars): CSD on every k-th iteration, reconstruction otherwise."""
 
   def __init__(self, config: ml_collections.ConfigDict, recon_step: Callable,
-               csd_train_step: Callable, total_steps: int):
+               csd_train_step: Callable, total_steps: int,
+               realign: Optional[Callable[[Any], None]] = None, realign_every: int = 0):
     self.config = config
     self.recon_step = recon_step
     self.csd_train_step = csd_train_step
     self.total_steps = int(total_steps)
+    self.realign = realign
+    self.realign_every = int(realign_every)
+    self._aligned_at = None
 
   def __call__(self, state, data, scalars):
     step = int(state.step)  # read before the call donates the state
     if csd_step.is_csd_step(self.config.csd, step, self.total_steps):
+      if self.realign is not None and (
+          self._aligned_at is None or step - self._aligned_at >= self.realign_every):
+        self.realign(state)  # host side, before the state is donated
+        self._aligned_at = step
       extra = csd_step.csd_scalars(self.config.csd, step, self.total_steps)
       return self.csd_train_step(state, data, {**scalars, **extra})
     return self.recon_step(state, data, scalars)
@@ -83,7 +91,18 @@ def mixed_step_fn(config: ml_collections.ConfigDict, trainer, recon_step: Callab
   csd_fn = csd_step.make_csd_train_step(config, trainer.model, template, prior,
                                         trainer.video.num_frames, prior_params=prior_params,
                                         text=text)
-  return MixedStep(config, recon_step, csd_fn, trainer.steps_total)
+  realign = None
+  renderer = getattr(prior, "renderer", None)
+  if renderer is not None and bool(config.csd.get("oracle_align", False)):
+    from animdreamer_jax.csd import oracle_alignment  # pylint: disable=g-import-not-at-top
+
+    def realign(state):
+      matrix, info = oracle_alignment.fit_camera_alignment(trainer, state)
+      if matrix is not None:
+        renderer.set_camera_alignment(matrix)
+      trainer.csd_alignment = info  # for logs and tests
+  return MixedStep(config, recon_step, csd_fn, trainer.steps_total, realign=realign,
+                   realign_every=int(config.train.iters_per_round))
 
 
 def install(trainer, **prior_kwargs) -> bool:

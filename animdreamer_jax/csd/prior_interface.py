@@ -59,6 +59,8 @@ class DiffusionPrior:
     alphas_cumprod: (T,) float32 alpha_bar table.
     image_size: renders are resized to image_size^2 before encode_fn (None: kept).
     conditional: eps depends on the text (False: no CFG batch).
+    renderer: the oracle's GroundTruthRenderer (host state such as its camera
+      alignment, refitted between rounds); None for other priors.
   """
   name: str
   eps_fn: EpsFn
@@ -66,6 +68,7 @@ class DiffusionPrior:
   alphas_cumprod: np.ndarray
   image_size: Optional[int] = None
   conditional: bool = True
+  renderer: Optional[Any] = None
 
   @property
   def num_timesteps(self) -> int:
@@ -158,6 +161,7 @@ class GroundTruthRenderer:
     if int(supersample) < 1:
       raise UserError(f"oracle prior: supersample must be >= 1, got {supersample}")
     self.supersample = int(supersample)
+    self.camera_alignment = np.eye(4)
     self._synthetic = synthetic
 
   @property
@@ -184,33 +188,70 @@ class GroundTruthRenderer:
       image = image.reshape(resolution, s, resolution, s, 3).mean(axis=(1, 3))
     return image.astype(np.float32)
 
+  def set_camera_alignment(self, similarity: Optional[np.ndarray]) -> None:
+    """Sets the model-to-ground-truth similarity in video-camera space (None: identity).
+
+    A monocular reconstruction is free in scale and depth: a smaller object
+    nearer the camera makes the same video. `similarity` (4, 4), scale s
+    times a rotation plus a translation, maps the model's video-camera-space
+    points onto the ground truth's (`csd.oracle_alignment` fits it); the
+    oracle then renders the ground truth from where the CSD camera sits
+    relative to the MODEL, so both views show the object alike. The host
+    callback reads it at call time, so refitting needs no re-tracing.
+    """
+    if similarity is None:
+      similarity = np.eye(4)
+    similarity = np.asarray(similarity, np.float64)
+    if similarity.shape != (4, 4) or not np.all(np.isfinite(similarity)):
+      raise UserError(f"oracle prior: camera alignment must be a finite (4, 4), got {similarity.shape}")
+    self.camera_alignment = similarity
+
+  def ground_truth_cameras(self, frame: int, csd_from_video: np.ndarray) -> np.ndarray:
+    """World-to-CSD-camera (N, 4, 4) rigid transforms for the ground-truth mesh.
+
+    Args:
+      frame: video frame t.
+      csd_from_video: (N, 4, 4) CSD camera from the model's video-camera space
+        at frame t (the CSD w2c times the inverse root pose).
+
+    A model that fits the video maps its frame-t object point X_o to the video
+    camera as root_pose X_o = S^-1 W_t X_w (S: the camera alignment), so a CSD
+    camera C sees the world through C root_pose^-1 S^-1 W_t; that similarity
+    divided by its scale is rigid and renders the same image.
+    """
+    csd_from_video = np.asarray(csd_from_video, np.float64)
+    video_cam = self.world_to_video_camera[int(frame)]
+    m = csd_from_video @ np.linalg.inv(getattr(self, "camera_alignment", np.eye(4))) @ video_cam
+    scale = np.cbrt(np.linalg.det(m[:, :3, :3]))[:, None, None]
+    out = m.copy()
+    out[:, :3, :] = m[:, :3, :] / scale
+    return out
+
+  def world_cameras(self, cameras: cameras_lib.CsdCameras) -> np.ndarray:
+    """World-to-CSD-camera (N, 4, 4) on the host (see `ground_truth_cameras`)."""
+    csd_from_video = np.asarray(cameras.w2c, np.float64) @ np.linalg.inv(
+        np.asarray(cameras.root_pose, np.float64))
+    return self.ground_truth_cameras(int(np.asarray(cameras.frame)), csd_from_video)
+
   def render_views(self, frame, w2c, intrinsics, resolution: int) -> np.ndarray:
     """(N, R, R, 3) float32 for world-to-camera (N, 4, 4) and intrinsics (N, 4)."""
     w2c, intrinsics = np.asarray(w2c, np.float64), np.asarray(intrinsics, np.float64)
     return np.stack([self.render(int(frame), w2c[i], intrinsics[i], resolution)
                      for i in range(w2c.shape[0])])
 
-  def world_cameras(self, cameras: cameras_lib.CsdCameras) -> jnp.ndarray:
-    """World-to-CSD-camera (N, 4, 4): object-frame cameras moved into the video's world.
-
-    A model that fits the video maps its frame-t object point X_o to the video
-    camera as root_pose X_o = W_t X_w, so X_o = root_pose^-1 W_t X_w.
-    """
-    video_cam = jnp.asarray(self.world_to_video_camera, jnp.float32)[cameras.frame]
-    world_to_object = jnp.linalg.inv(cameras.root_pose) @ video_cam
-    return cameras.w2c @ world_to_object
-
   def render_in_jax(self, cameras: cameras_lib.CsdCameras, resolution: int) -> jnp.ndarray:
     """Ground-truth views (N, R, R, 3) in [0, 1] from inside jit (a host callback)."""
     num_views = cameras.w2c.shape[0]
-    w2c = jax.lax.stop_gradient(self.world_cameras(cameras))
+    csd_from_video = jax.lax.stop_gradient(cameras.w2c @ jnp.linalg.inv(cameras.root_pose))
     intrinsics = jax.lax.stop_gradient(cameras.intrinsics)
     out = jax.ShapeDtypeStruct((num_views, resolution, resolution, 3), jnp.float32)
 
-    def host(frame, w2c, intrinsics):
-      return self.render_views(int(np.asarray(frame)), w2c, intrinsics, resolution)
+    def host(frame, csd_from_video, intrinsics):
+      frame = int(np.asarray(frame))
+      return self.render_views(frame, self.ground_truth_cameras(frame, csd_from_video),
+                               intrinsics, resolution)
 
-    return jax.pure_callback(host, out, cameras.frame, w2c, intrinsics,
+    return jax.pure_callback(host, out, cameras.frame, csd_from_video, intrinsics,
                              vmap_method="sequential")
 
 
@@ -233,7 +274,8 @@ def oracle_prior(renderer: GroundTruthRenderer, resolution: int,
     return oracle_eps(noisy, t, clean, alphas_cumprod)
 
   return DiffusionPrior(name="oracle", eps_fn=eps_fn, encode_fn=pixel_encode,
-                        alphas_cumprod=alphas_cumprod, image_size=None, conditional=False)
+                        alphas_cumprod=alphas_cumprod, image_size=None, conditional=False,
+                        renderer=renderer)
 
 
 def oracle_prior_from_video(video, resolution: int, background=1.0,
