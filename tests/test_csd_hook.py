@@ -100,3 +100,15 @@ def test_csd_train_step_updates_only_the_csd_groups():
     names = "/".join(str(getattr(e, "key", getattr(e, "name", getattr(e, "idx", e)))) for e in path)
     if "bones" in names or "root_pose" in names or "feature_mlp" in names:
       np.testing.assert_array_equal(np.asarray(n), np.asarray(o), err_msg=names)
+
+
+def test_mixed_step_refits_the_oracle_alignment_once_per_round_before_csd():
+  seen = []
+  step = lambda state, data, scalars: (types.SimpleNamespace(step=state.step + 1), {})
+  mixed = hook.MixedStep(_config(every_k=2), step, step, total_steps=100,
+                         realign=lambda state: seen.append(int(state.step)), realign_every=5)
+  state = types.SimpleNamespace(step=np.int32(0))
+  for _ in range(14):
+    state, _ = mixed(state, None, {"lr": 1.0})
+  # CSD steps 0, 2, ..., 12; refits at the first CSD step and then >= 5 steps later.
+  assert seen == [0, 6, 12]

@@ -100,7 +100,8 @@ def mixed_step_fn(config: ml_collections.ConfigDict, trainer, recon_step: Callab
       matrix, info = oracle_alignment.fit_camera_alignment(trainer, state)
       if matrix is not None:
         renderer.set_camera_alignment(matrix)
-      trainer.csd_alignment = info  # for logs and tests
+      # For pictures and logs: the registration in use and how it was found.
+      trainer.csd_alignment = {**info, "matrix": renderer.camera_alignment.tolist()}
   return MixedStep(config, recon_step, csd_fn, trainer.steps_total, realign=realign,
                    realign_every=int(config.train.iters_per_round))
 
