@@ -166,3 +166,16 @@ def test_checkpoint_roundtrip_keep_n_and_nan(tmp_path):
   other = state_lib.create({"w": jnp.zeros(5), "logibeta": jnp.float32(0)}, tx, {"near_far": np.ones((4, 2))}, 0)
   with pytest.raises(UserError, match="does not match"):
     ck.restore(other)
+
+
+def test_flow_warmup_ramps_the_flow_weight_from_zero():
+  from animdreamer_jax.train import step as step_lib  # pylint: disable=g-import-not-at-top
+  c = config.extract_base_config("tiny")
+  base = c.loss.weights.flow
+  assert step_lib.scheduled_scalars(c, 0, 100)["w_flow"] == np.float32(base)  # default: lab4d, no ramp
+  c.loss.schedules.flow_warmup_fraction = 0.25
+  for step, want in [(0, 0.0), (10, 0.4 * base), (25, base), (90, base)]:
+    got = float(step_lib.scheduled_scalars(c, step, 100)["w_flow"])
+    assert math.isclose(got, want, rel_tol=1e-6, abs_tol=1e-9), (step, got, want)
+  # The other weights do not move with it.
+  assert float(step_lib.scheduled_scalars(c, 0, 100)["w_mask"]) == np.float32(c.loss.weights.mask)

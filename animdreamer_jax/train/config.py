@@ -250,9 +250,11 @@ def extract_base_config(model_preset: str = "cpu") -> ml_collections.ConfigDict:
   # Schedule lengths as fractions of training: lab4d's eikonal ramp, bone-mask
   # decay and coarse-to-fine window end at step 4000 of its 4000-step default
   # run, its camera prior at step 800 (so they keep their shape in short runs).
+  # flow_warmup_fraction (not in lab4d; 0 = off): the flow weight ramps 0 -> 1
+  # over this fraction (see schedules.lab4d_loss_weight_factors).
   c.loss.schedules = ml_collections.ConfigDict(dict(
       eikonal_fraction=1.0, cam_prior_fraction=0.2, gauss_mask_fraction=1.0,
-      pos_alpha_start=0.6, pos_alpha_fraction=1.0))
+      pos_alpha_start=0.6, pos_alpha_fraction=1.0, flow_warmup_fraction=0.0))
   c.optim = ml_collections.ConfigDict(dict(
       lr=5e-4, warmup_fraction=0.1, initial_div=25.0, final_div=25.0,
       explicit_lr_multiplier=10.0, weight_decay=1e-4, b1=0.9, b2=0.999, eps=1e-8,

@@ -134,9 +134,11 @@ def scheduled_scalars(config: ml_collections.ConfigDict, step: int, total: int) 
   alpha = (schedules.positional_encoding_alpha(step, sched.pos_alpha_start, 1.0,
                                                steps(sched.pos_alpha_fraction))
            if sched.pos_alpha_fraction > 0 else 1.0)
+  flow_warmup = sched.get("flow_warmup_fraction", 0.0)
   factors = schedules.lab4d_loss_weight_factors(
       eikonal_steps=steps(sched.eikonal_fraction), cam_prior_steps=steps(sched.cam_prior_fraction),
-      gauss_mask_steps=steps(sched.gauss_mask_fraction))
+      gauss_mask_steps=steps(sched.gauss_mask_fraction),
+      flow_warmup_steps=steps(flow_warmup) if flow_warmup > 0 else 0)
   weights = schedules.loss_weights(dict(config.loss.weights), factors, step)
   out = {"lr": np.float32(lr), "alpha": np.float32(alpha),
          "grad_spike_threshold": np.float32(config.train.grad_spike_threshold)}
