@@ -12,12 +12,20 @@ Command:
   bin/animdreamer extract --config configs/extract_bench_cpu.py \
       --video runs/bench/qfox_walk_orbit --workdir runs/bench/qfox_walk_orbit.run
 
-Expected runtime and metrics, measured 2026-11-25 (with a development version
-of this config, on a machine shared with other jobs):
-  runtime: Quaternius Fox Walk, orbit, 64 frames @128 px, 10 deg rotation noise:
-           51 min wall on a shared 2-core machine (load ~11), 3.7 GB peak RSS
-  metrics: that run: Chamfer 0.0127, F@2% 81.9 (never-seen side 0.0150 / 74.3);
-           Deer Walk, Khronos Fox Run and the arc runs: not measured yet
+Expected runtime and metrics, measured 2026-11-25 at commit 0f38eca (the step
+code is unchanged since) on the 2-core CPU while 1-3 other jobs shared it, so
+wall times are pessimistic (CPU seconds = user + system of the whole run):
+
+  video (64 f, 128 px, 10 deg noise)  Chamfer  F@2%  never-seen CD / F@2%  wall    CPU s  peak RSS
+  Khronos Fox Run, orbit               0.0150  75.3   0.0140 / 76.0        11.9 min  841   3.4 GB
+  Quaternius Fox Walk, orbit           0.0173  72.0   0.0197 / 65.0        17.6 min  864   3.2 GB
+  Quaternius Deer Walk, orbit          see README (re-run in progress at this commit)
+  Quaternius Fox Walk, arc 60 deg      0.0141  80.1   0.0149 / 77.7        10.9 min  852   3.2 GB
+  Quaternius Deer Walk, arc 60 deg     fails: "training produced no surface"
+  Khronos Fox Run, arc 60 deg          fails: "training produced no surface"
+
+The two arc failures: the SDF's zero level leaves the box in the first round
+(a positive-SDF fog then renders the animal; see README "Known limitations").
 """
 
 from animdreamer_jax.train import config as config_lib
