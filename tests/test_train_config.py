@@ -179,20 +179,3 @@ def test_flow_warmup_ramps_the_flow_weight_from_zero():
     assert math.isclose(got, want, rel_tol=1e-6, abs_tol=1e-9), (step, got, want)
   # The other weights do not move with it.
   assert float(step_lib.scheduled_scalars(c, 0, 100)["w_mask"]) == np.float32(c.loss.weights.mask)
-
-
-def test_beta_ceiling_schedule_and_projection():
-  from animdreamer_jax.train import step as step_lib  # pylint: disable=g-import-not-at-top
-  c = config.extract_base_config("tiny")
-  assert math.isinf(step_lib.scheduled_scalars(c, 5, 100)["beta_max"])  # default: off (lab4d)
-  c.render.beta_max = (0.1, 0.001)
-  c.render.beta_max_fraction = 0.5
-  for step, want in [(0, 0.1), (25, 0.01), (50, 0.001), (99, 0.001)]:
-    assert math.isclose(float(step_lib.scheduled_scalars(c, step, 100)["beta_max"]), want,
-                        rel_tol=1e-5), step
-  params = {"params": {"logibeta": jnp.float32(-np.log(0.05)), "other": jnp.ones(3)}}
-  capped = step_lib.project_beta(params, jnp.float32(0.01))
-  np.testing.assert_allclose(float(jnp.exp(-capped["params"]["logibeta"])), 0.01, rtol=1e-5)
-  np.testing.assert_array_equal(capped["params"]["other"], params["params"]["other"])
-  loose = step_lib.project_beta(params, jnp.float32(np.inf))  # no cap: unchanged
-  np.testing.assert_allclose(float(loose["params"]["logibeta"]), float(params["params"]["logibeta"]))

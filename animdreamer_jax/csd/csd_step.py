@@ -618,9 +618,6 @@ def make_csd_train_step(config: ml_collections.ConfigDict, model, params_templat
         grads, mask)
     params, opt_state = apply_masked_update(tx, grads, state.opt_state, state.params,
                                             update_mask, scalars["lr"])
-    if "beta_max" in scalars:  # the reconstruction step's beta cap holds here too
-      from animdreamer_jax.train import step as step_lib  # pylint: disable=g-import-not-at-top
-      params = step_lib.project_beta(params, scalars["beta_max"])
     new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state)
     metrics = {**metrics, "loss": weight * metrics["csd_loss"], "grad_norm": grad_norm,
                "finite": finite.astype(jnp.int32), "applied": finite.astype(jnp.int32),

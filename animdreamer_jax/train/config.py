@@ -239,10 +239,7 @@ def extract_base_config(model_preset: str = "cpu") -> ml_collections.ConfigDict:
   c.render = ml_collections.ConfigDict(dict(
       num_samples=64, density="volsdf", blend="dqs",
       eikonal_ray_fraction=1.0 / 16, match_candidates=1024,
-      eval_samples=32, eval_importance_samples=32, eval_chunk=4096,
-      # Not in lab4d: (start, end) > 0 caps the density's beta, log-linearly
-      # from start to end over beta_max_fraction of training (step.beta_ceiling).
-      beta_max=(0.0, 0.0), beta_max_fraction=1.0))
+      eval_samples=32, eval_importance_samples=32, eval_chunk=4096))
   c.loss = ml_collections.ConfigDict()
   c.loss.weights = ml_collections.ConfigDict(dict(
       mask=0.1, rgb=0.1, depth=0.0, flow=0.5, feature=1e-2, feat_reproj=5e-2, vis=0.0,

@@ -141,26 +141,9 @@ def scheduled_scalars(config: ml_collections.ConfigDict, step: int, total: int) 
       flow_warmup_steps=steps(flow_warmup) if flow_warmup > 0 else 0)
   weights = schedules.loss_weights(dict(config.loss.weights), factors, step)
   out = {"lr": np.float32(lr), "alpha": np.float32(alpha),
-         "grad_spike_threshold": np.float32(config.train.grad_spike_threshold),
-         "beta_max": np.float32(beta_ceiling(config, step, total))}
+         "grad_spike_threshold": np.float32(config.train.grad_spike_threshold)}
   out.update({f"w_{k}": np.float32(v) for k, v in weights.items()})
   return out
-
-
-def beta_ceiling(config: ml_collections.ConfigDict, step: int, total: int) -> float:
-  """Upper bound on the SDF density's beta at `step` (inf when off).
-
-  render.beta_max = (start, end) with start > 0: log-linear from start to end
-  over render.beta_max_fraction of training (not in lab4d, where beta is only
-  learned). A capped beta makes a positive-SDF fog transparent, so the SDF has
-  to cross zero wherever the video needs an opaque surface.
-  """
-  cap = tuple(config.render.get("beta_max", (0.0, 0.0)))
-  if not cap or cap[0] <= 0:
-    return float("inf")
-  start, end = float(cap[0]), float(cap[1]) if cap[1] > 0 else float(cap[0])
-  length = max(1, int(round(float(config.render.get("beta_max_fraction", 1.0)) * total)))
-  return float(schedules.log_anneal(step, 0, length, start, end))
 
 
 def enabled_losses(config: ml_collections.ConfigDict) -> tuple[str, ...]:
@@ -304,7 +287,6 @@ def make_train_step(config: ml_collections.ConfigDict, model, params_template):
     new_params = optax.apply_updates(state.params, updates)
     keep = lambda new, old: jnp.where(applied, new, old)
     params = jax.tree_util.tree_map(keep, new_params, state.params)
-    params = project_beta(params, scalars["beta_max"])
     opt_state = jax.tree_util.tree_map(keep, new_opt, state.opt_state)
     new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state)
     metrics = {"loss": loss, "grad_norm": grad_norm, "finite": finite.astype(jnp.int32),
@@ -312,16 +294,6 @@ def make_train_step(config: ml_collections.ConfigDict, model, params_template):
     return new_state, metrics
 
   return jax.jit(step, donate_argnums=(0,))
-
-
-def project_beta(params, beta_max: jnp.ndarray):
-  """Caps the SDF density's beta at `beta_max` (() scalar; inf = no cap) by
-  projecting `logibeta` = -log(beta) onto [-log(beta_max), inf). Every renderer
-  then sees the capped beta; Adam's moments are left alone."""
-  inner = params["params"]
-  floor = -jnp.log(jnp.asarray(beta_max, inner["logibeta"].dtype))
-  capped = jnp.maximum(inner["logibeta"], floor)
-  return {**params, "params": {**inner, "logibeta": capped}}
 
 
 # ----------------------------------------------------------------------------
