@@ -19,7 +19,7 @@ wall times are pessimistic (CPU seconds = user + system of the whole run):
   video (64 f, 128 px, 10 deg noise)  Chamfer  F@2%  never-seen CD / F@2%  wall    CPU s  peak RSS
   Khronos Fox Run, orbit               0.0150  75.3   0.0140 / 76.0        11.9 min  841   3.4 GB
   Quaternius Fox Walk, orbit           0.0173  72.0   0.0197 / 65.0        17.6 min  864   3.2 GB
-  Quaternius Deer Walk, orbit          see README (re-run in progress at this commit)
+  Quaternius Deer Walk, orbit          0.0148  81.0   0.0148 / 85.8        17.2 min  874   3.2 GB
   Quaternius Fox Walk, arc 60 deg      0.0141  80.1   0.0149 / 77.7        10.9 min  852   3.2 GB
   Quaternius Deer Walk, arc 60 deg     fails: "training produced no surface"
   Khronos Fox Run, arc 60 deg          fails: "training produced no surface"
