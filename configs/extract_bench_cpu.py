@@ -12,8 +12,8 @@ Command:
   bin/animdreamer extract --config configs/extract_bench_cpu.py \
       --video runs/bench/qfox_walk_orbit --workdir runs/bench/qfox_walk_orbit.run
 
-Expected runtime and metrics, measured 2026-11-25 at commit 0f38eca (the step
-code is unchanged since) on the 2-core CPU while 1-3 other jobs shared it, so
+Expected runtime and metrics, measured 2026-11-25 at commit 0f38eca (later commits
+leave this config's training unchanged) on the 2-core CPU while 1-3 other jobs shared it, so
 wall times are pessimistic (CPU seconds = user + system of the whole run):
 
   video (64 f, 128 px, 10 deg noise)  Chamfer  F@2%  never-seen CD / F@2%  wall    CPU s  peak RSS
