@@ -179,3 +179,16 @@ def test_flow_warmup_ramps_the_flow_weight_from_zero():
     assert math.isclose(got, want, rel_tol=1e-6, abs_tol=1e-9), (step, got, want)
   # The other weights do not move with it.
   assert float(step_lib.scheduled_scalars(c, 0, 100)["w_mask"]) == np.float32(c.loss.weights.mask)
+
+
+def test_root_pose_warmup_holds_only_the_root_pose_updates():
+  from animdreamer_jax.train import step as step_lib  # pylint: disable=g-import-not-at-top
+  c = config.extract_base_config("tiny")
+  assert step_lib.scheduled_scalars(c, 0, 100)["root_pose_scale"] == 1.0  # default: lab4d
+  c.optim.root_pose_warmup_fraction = 0.1
+  assert [float(step_lib.scheduled_scalars(c, s, 100)["root_pose_scale"]) for s in (0, 9, 10, 50)] \
+      == [0.0, 0.0, 1.0, 1.0]
+  updates = {"params": {"root_pose": {"w": jnp.ones(3)}, "bones": {"w": jnp.ones(2)}}}
+  held = step_lib.scale_group(updates, "root_pose", jnp.float32(0.0))
+  np.testing.assert_array_equal(held["params"]["root_pose"]["w"], np.zeros(3))
+  np.testing.assert_array_equal(held["params"]["bones"]["w"], np.ones(2))

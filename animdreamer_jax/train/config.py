@@ -258,7 +258,7 @@ def extract_base_config(model_preset: str = "cpu") -> ml_collections.ConfigDict:
   c.optim = ml_collections.ConfigDict(dict(
       lr=5e-4, warmup_fraction=0.1, initial_div=25.0, final_div=25.0,
       explicit_lr_multiplier=10.0, weight_decay=1e-4, b1=0.9, b2=0.999, eps=1e-8,
-      clip_norm=5.0,
+      clip_norm=5.0, root_pose_warmup_fraction=0.0,
       explicit_params=("log_gauss", "logibeta", "logsigma", "base_quat", "base_logfocal",
                        "base_ppoint")))
   c.train = ml_collections.ConfigDict(dict(

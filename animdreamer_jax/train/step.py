@@ -141,9 +141,20 @@ def scheduled_scalars(config: ml_collections.ConfigDict, step: int, total: int) 
       flow_warmup_steps=steps(flow_warmup) if flow_warmup > 0 else 0)
   weights = schedules.loss_weights(dict(config.loss.weights), factors, step)
   out = {"lr": np.float32(lr), "alpha": np.float32(alpha),
-         "grad_spike_threshold": np.float32(config.train.grad_spike_threshold)}
+         "grad_spike_threshold": np.float32(config.train.grad_spike_threshold),
+         # Not in lab4d (0 = off): the root pose is held at its camera fit for
+         # this fraction of training (the arc benchmark's early SDF collapse).
+         "root_pose_scale": np.float32(
+             step >= int(round(float(cfg_o.get("root_pose_warmup_fraction", 0.0)) * total)))}
   out.update({f"w_{k}": np.float32(v) for k, v in weights.items()})
   return out
+
+
+def scale_group(updates, group: str, scale: jnp.ndarray):
+  """Multiplies the updates of one top-level parameter group by `scale` (())."""
+  inner = dict(updates["params"])
+  inner[group] = jax.tree_util.tree_map(lambda u: u * jnp.asarray(scale, u.dtype), inner[group])
+  return {**updates, "params": inner}
 
 
 def enabled_losses(config: ml_collections.ConfigDict) -> tuple[str, ...]:
@@ -284,6 +295,7 @@ def make_train_step(config: ml_collections.ConfigDict, model, params_template):
     safe_grads = jax.tree_util.tree_map(lambda g: jnp.where(applied, g, 0.0), grads)
     updates, new_opt = tx.update(safe_grads, state.opt_state, state.params)
     updates = optimizer_lib.apply_learning_rate(updates, scalars["lr"])
+    updates = scale_group(updates, "root_pose", scalars["root_pose_scale"])
     new_params = optax.apply_updates(state.params, updates)
     keep = lambda new, old: jnp.where(applied, new, old)
     params = jax.tree_util.tree_map(keep, new_params, state.params)
