@@ -27,20 +27,13 @@ scale) and matching sharp targets drives the SDF into a positive "fog"
 "Known limitations". The plumbing itself is verified by tests/test_csd_*.
 """
 
-import importlib.util
 import pathlib
 
-
-def _bench_config():
-  path = pathlib.Path(__file__).with_name("extract_bench_cpu.py")
-  spec = importlib.util.spec_from_file_location("_extract_bench_cpu", path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config()
+from animdreamer_jax.train import config as config_lib
 
 
 def get_config():
-  config = _bench_config()
+  config = config_lib.load_config_file(pathlib.Path(__file__).with_name("extract_bench_cpu.py"))
   csd = config.csd
   csd.prior = "oracle"
   csd.reduction = "mean"  # the oracle's targets are images: per-pixel scale like the RGB loss

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from animdreamer_jax.csd import oracle_alignment
+from animdreamer_jax.train import extract_outputs
 
 
 def _l_shape():
@@ -32,7 +33,7 @@ def test_camera_space_meshes_applies_each_frame_transform():
   for t in range(3):
     w2c[t, :3, :3] = _rot_y(20 * t)
     w2c[t, :3, 3] = [0.1 * t, 0, 2]
-  got = oracle_alignment.camera_space_meshes(pts, w2c)
+  got = extract_outputs.to_camera(pts, w2c)
   for t in range(3):
     want = np.stack([w2c[t, :3, :3] @ p + w2c[t, :3, 3] for p in pts[t]])
     np.testing.assert_allclose(got[t], want, atol=1e-12)

@@ -568,13 +568,7 @@ def draw_cameras(model, params, key: jax.Array, aabb: jnp.ndarray, num_frames: i
 def render_settings(config: ml_collections.ConfigDict) -> dict:
   """density_fn and warp from config.render (the reconstruction's choices)."""
   from animdreamer_jax.train import step as step_lib  # pylint: disable=g-import-not-at-top
-  density = config.render.density
-  if density not in step_lib.DENSITY_FNS:
-    raise UserError(f"config.render.density: unknown density {density!r}")
-  blend = config.render.blend
-  if blend not in ("dqs", "lbs"):
-    raise UserError(f"config.render.blend: unknown blending {blend!r}; use 'dqs' or 'lbs'")
-  return dict(density_fn=step_lib.DENSITY_FNS[density], warp=warp_render.SkinningWarp(blend=blend))
+  return step_lib._render_kwargs(config)  # pylint: disable=protected-access
 
 
 def make_csd_train_step(config: ml_collections.ConfigDict, model, params_template: Any,

@@ -42,7 +42,7 @@ def build_prior(config: ml_collections.ConfigDict, video
   if name == "oracle":
     background = float(csd.background)
     prior = prior_interface.oracle_prior_from_video(
-        video, int(csd.resolution), background, supersample=int(csd.get("oracle_supersample", 1)))
+        video, int(csd.resolution), background, supersample=int(csd.oracle_supersample))
     return prior, None, None
   if name == "mvdream":
     dtype = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}.get(str(csd.dtype))
@@ -93,7 +93,7 @@ def mixed_step_fn(config: ml_collections.ConfigDict, trainer, recon_step: Callab
                                         text=text)
   realign = None
   renderer = getattr(prior, "renderer", None)
-  if renderer is not None and bool(config.csd.get("oracle_align", False)):
+  if renderer is not None and bool(config.csd.oracle_align):
     from animdreamer_jax.csd import oracle_alignment  # pylint: disable=g-import-not-at-top
 
     def realign(state):

@@ -27,13 +27,6 @@ import numpy as np
 MAX_ROTATION_DEG = 45.0
 
 
-def camera_space_meshes(vertices: np.ndarray, w2c: np.ndarray) -> np.ndarray:
-  """(T, V, 3) points mapped by (T, 4, 4) transforms."""
-  w2c = np.asarray(w2c, np.float64)
-  return np.einsum("tij,tvj->tvi", w2c[:, :3, :3], np.asarray(vertices, np.float64)) \
-      + w2c[:, None, :3, 3]
-
-
 def fit_similarity(pred_cam: np.ndarray, pred_faces: np.ndarray, gt_cam: np.ndarray,
                    gt_faces: np.ndarray, num_samples: int = 2000) -> tuple[np.ndarray, dict]:
   """One similarity (4, 4) mapping camera-space prediction meshes onto the ground truth.
@@ -74,7 +67,6 @@ def fit_camera_alignment(trainer, state, num_frames: int = 8, mc_resolution: int
     registration rotates by more than MAX_ROTATION_DEG.
   """
   from animdreamer_jax.train import extract_outputs  # pylint: disable=g-import-not-at-top
-  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   config, video = trainer.config, trainer.video
   params = state.params
   box = extract_outputs.extend_aabb(np.asarray(state.aux["aabb"]), config.train.mc_extend)
@@ -83,16 +75,12 @@ def fit_camera_alignment(trainer, state, num_frames: int = 8, mc_resolution: int
   if rest_f.shape[0] == 0:
     return None, {"reason": "no surface"}
   frames = np.unique(np.linspace(0, video.num_frames - 1, num_frames).round().astype(int))
-  pose = extract_outputs.make_pose_fn(trainer.model, config)
-  verts = jnp.asarray(rest_v, jnp.float32)
-  posed, roots = [], []
-  for t in frames:
-    p, r = pose(params, verts, jnp.int32(t))
-    posed.append(np.asarray(p))
-    roots.append(np.asarray(r))
-  pred_cam = camera_space_meshes(np.stack(posed), np.stack(roots))
+  posed, roots = extract_outputs.posed_sequence(trainer.model, params, config, rest_v,
+                                                video.num_frames, frames=frames)
+  pred_cam = extract_outputs.to_camera(posed.astype(np.float64), roots.astype(np.float64))
   gt = video.gt
-  gt_cam = camera_space_meshes(np.asarray(gt.meshes.vertices)[frames], np.asarray(gt.w2c)[frames])
+  gt_cam = extract_outputs.to_camera(np.asarray(gt.meshes.vertices, np.float64)[frames],
+                                     np.asarray(gt.w2c, np.float64)[frames])
   matrix, info = fit_similarity(pred_cam, rest_f, gt_cam, np.asarray(gt.meshes.faces), num_samples)
   info["frames"] = frames.tolist()
   if not np.isfinite(matrix).all() or info["rotation_deg"] > MAX_ROTATION_DEG:

@@ -210,9 +210,9 @@ def make_pose_fn(model, config) -> Callable:
   return pose
 
 
-def posed_sequence(model, params, config, rest_vertices: np.ndarray,
-                   num_frames: int) -> tuple[np.ndarray, np.ndarray]:
-  """Forward-warps the rest vertices to every frame.
+def posed_sequence(model, params, config, rest_vertices: np.ndarray, num_frames: int,
+                   frames=None) -> tuple[np.ndarray, np.ndarray]:
+  """Forward-warps the rest vertices to every frame (or only to `frames`).
 
   Returns:
     (object-frame vertices (T, V, 3), object-to-camera (T, 4, 4)).
@@ -220,7 +220,7 @@ def posed_sequence(model, params, config, rest_vertices: np.ndarray,
   pose = make_pose_fn(model, config)
   verts = jnp.asarray(rest_vertices, jnp.float32)
   posed, root = [], []
-  for t in range(num_frames):
+  for t in (range(num_frames) if frames is None else frames):
     p, r = pose(params, verts, jnp.int32(t))
     posed.append(np.asarray(p))
     root.append(np.asarray(r))
