@@ -258,3 +258,71 @@ def test_camera_alignment_renders_the_ground_truth_where_the_model_is():
   assert np.mean(np.abs(wrong - want) > 1e-3) > 0.1
   with pytest.raises(UserError):
     gt.set_camera_alignment(np.full((4, 4), np.nan))
+
+
+def _quad_renderer(lighting):
+  """A flat grey quad in the world plane z = 0, facing a video camera 3 units away."""
+  v = np.array([[-1.0, -1.0, 0.0], [1.0, -1.0, 0.0], [1.0, 1.0, 0.0], [-1.0, 1.0, 0.0]])
+  faces = np.array([[0, 1, 2], [0, 2, 3]])
+  video_w2c = np.stack([np.eye(4)] * 2)
+  video_w2c[:, 2, 3] = 3.0
+  return prior_interface.GroundTruthRenderer(np.stack([v, v]), faces, np.full((4, 3), 0.5),
+                                             video_w2c, lighting=lighting)
+
+
+def _turned_camera(degrees):
+  """World-to-camera of a camera turned about the world y axis around the origin, 3 away."""
+  a = np.deg2rad(degrees)
+  w2c = np.eye(4)
+  w2c[:3, :3] = np.array([[np.cos(a), 0, -np.sin(a)], [0, 1, 0], [np.sin(a), 0, np.cos(a)]])
+  w2c[2, 3] = 3.0
+  return w2c
+
+
+def test_video_lighting_keeps_the_shading_the_video_saw():
+  """Hand-computed Lambert shade of the quad (normal -z towards the video camera):
+  with the light fixed in the video camera every view sees the same grey; with the
+  light on the viewing camera a turned view sees another."""
+  from animdreamer_jax.data import synthetic as syn  # pylint: disable=g-import-not-at-top
+  k = np.array([RES * 1.2, RES * 1.2, RES / 2, RES / 2])
+  n_world = np.array([0.0, 0.0, -1.0])
+  video_shade = 0.5 * (syn.AMBIENT + syn.DIFFUSE * max(n_world @ syn.LIGHT_DIRECTION_CAM, 0.0))
+  centre = (slice(RES // 2 - 2, RES // 2 + 2),) * 2
+  video_lit, view_lit = _quad_renderer("video"), _quad_renderer("view")
+  for degrees in (0.0, 35.0):
+    got = video_lit.render(1, _turned_camera(degrees), k, RES)[centre]
+    np.testing.assert_allclose(got, video_shade, atol=1e-6)
+  n_turned = _turned_camera(35.0)[:3, :3] @ n_world
+  view_shade = 0.5 * (syn.AMBIENT + syn.DIFFUSE * max(n_turned @ syn.LIGHT_DIRECTION_CAM, 0.0))
+  assert abs(view_shade - video_shade) > 0.02
+  np.testing.assert_allclose(view_lit.render(1, _turned_camera(35.0), k, RES)[centre],
+                             view_shade, atol=1e-6)
+  np.testing.assert_allclose(view_lit.render(1, _turned_camera(0.0), k, RES)[centre],
+                             video_shade, atol=1e-6)
+  with pytest.raises(UserError):
+    _quad_renderer("sun")
+
+
+def test_blurred_oracle_targets_are_a_gaussian_convolution():
+  """Slow reference: direct 2-D convolution with a normalised Gaussian, edge pixels
+  replicated."""
+  frames, faces, colors = _box_mesh()
+  w2c = np.stack([np.eye(4)] * 2)
+  w2c[:, 2, 3] = 3.0
+  sigma = 1.3
+  sharp = prior_interface.GroundTruthRenderer(frames, faces, colors, w2c)
+  soft = prior_interface.GroundTruthRenderer(frames, faces, colors, w2c, blur_px=sigma)
+  cams = _cameras(frame=1)
+  view_w2c, k = np.asarray(cams.w2c[2], np.float64), np.asarray(cams.intrinsics[2], np.float64)
+  image = sharp.render(1, view_w2c, k, RES).astype(np.float64)
+  r = int(np.ceil(4 * sigma))
+  taps = np.exp(-0.5 * (np.arange(-r, r + 1) / sigma) ** 2)
+  kernel = np.outer(taps, taps) / taps.sum() ** 2
+  padded = np.pad(image, ((r, r), (r, r), (0, 0)), mode="edge")
+  want = np.zeros_like(image)
+  for dy in range(2 * r + 1):
+    for dx in range(2 * r + 1):
+      want += kernel[dy, dx] * padded[dy:dy + RES, dx:dx + RES]
+  np.testing.assert_allclose(soft.render(1, view_w2c, k, RES), want, atol=2e-3)
+  with pytest.raises(UserError):
+    prior_interface.GroundTruthRenderer(frames, faces, colors, w2c, blur_px=-1.0)

@@ -40,6 +40,9 @@ MVDream-threestudio) unless noted:
 | encoder_sample | True | VAE posterior sample (MVDream) rather than its mean |
 | background | 1.0 | grey level of the background (white, lab4d `w_bg`) |
 | oracle_supersample | 2 | oracle prior: anti-aliased targets (render s x larger, box-average) |
+| oracle_lighting | "video" | oracle prior: "video" keeps the light where the video camera had it |
+| | | (the shading the model learnt from the video); "view": light moves with each view |
+| oracle_blur_px | 0.0 | oracle prior: Gaussian blur (std, pixels) of the targets |
 | oracle_align | True | oracle prior: register the model to the ground truth (one similarity in |
 | | | video-camera space, refitted every round; `csd/oracle_alignment.py`) |
 | weights | "" | folder of converted MVDream parameters (`animdreamer convert-mvdream`) |
@@ -97,6 +100,8 @@ def csd_config() -> ml_collections.ConfigDict:
       encoder_sample=True,
       background=1.0,
       oracle_supersample=2,
+      oracle_lighting="video",
+      oracle_blur_px=0.0,
       oracle_align=True,
       weights="",
       prompt="",

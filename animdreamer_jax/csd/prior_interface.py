@@ -119,6 +119,10 @@ def oracle_eps(noisy: jnp.ndarray, t: jnp.ndarray, clean: jnp.ndarray,
   return (noisy - jnp.sqrt(a) * clean) / jnp.sqrt(1.0 - a)
 
 
+# Where the oracle's light is (GroundTruthRenderer.lighting).
+LIGHTINGS = ("video", "view")
+
+
 class GroundTruthRenderer:
   """Host renderer of a ground-truth mesh sequence (for the oracle prior).
 
@@ -136,11 +140,21 @@ class GroundTruthRenderer:
     supersample: renders at this many times the resolution and box-averages
       (anti-aliasing: a point-sampled target makes thin parts such as legs
       flicker between views, a noise no diffusion model's output has).
+    lighting: "video": the light stays where the video's camera had it at
+      frame t, so every view shows the shading the video baked into the
+      object's colour (what a perfect reconstruction of the video renders);
+      "view": the light moves with each view's camera (the synthetic
+      renderer's own convention; the side views then show a shading the
+      model never saw, and CSD pulls on geometry to explain it).
+    blur_px: Gaussian blur (standard deviation, output pixels) of the
+      targets; 0: none. Matches the sharp mesh renders to the softness of
+      a volume render when that is wanted.
   """
 
   def __init__(self, vertices: np.ndarray, faces: np.ndarray, colors: Optional[np.ndarray],
                world_to_video_camera: np.ndarray, rest_vertices: Optional[np.ndarray] = None,
-               background=1.0, supersample: int = 1):
+               background=1.0, supersample: int = 1, lighting: str = "video",
+               blur_px: float = 0.0):
     from animdreamer_jax.data import synthetic  # pylint: disable=g-import-not-at-top
     self.vertices = np.asarray(vertices, np.float64)
     self.faces = np.asarray(faces, np.int64)
@@ -161,6 +175,12 @@ class GroundTruthRenderer:
     if int(supersample) < 1:
       raise UserError(f"oracle prior: supersample must be >= 1, got {supersample}")
     self.supersample = int(supersample)
+    if lighting not in LIGHTINGS:
+      raise UserError(f"oracle prior: lighting {lighting!r} unknown; use one of {', '.join(LIGHTINGS)}")
+    self.lighting = lighting
+    if not float(blur_px) >= 0.0:
+      raise UserError(f"oracle prior: blur_px must be >= 0, got {blur_px}")
+    self.blur_px = float(blur_px)
     self.camera_alignment = np.eye(4)
     self._synthetic = synthetic
 
@@ -182,10 +202,24 @@ class GroundTruthRenderer:
     v_cam = syn.to_camera(verts, w2c)
     raster = rz.rasterize(v_cam, self.faces, s * np.asarray(intrinsics, np.float64),
                           s * resolution, s * resolution)
-    normals = syn.vertex_normals(verts, self.faces, self.weld) @ np.asarray(w2c)[:3, :3].T
-    image = syn.shade(raster, self.faces, v_cam, normals, self.colors, self.background)
+    rotation = np.asarray(w2c, np.float64)[:3, :3]
+    normals = syn.vertex_normals(verts, self.faces, self.weld) @ rotation.T
+    light = None
+    if self.lighting == "video":
+      # The light fixed in the video camera, seen from this camera. The model
+      # learnt its colours in ITS video-camera space, which the alignment S
+      # rotates against the ground truth's: w2c = C S^-1 W_t (rotations), so
+      # the model-space view C sees that light as C L = w2c W_t^T S L.
+      video_rotation = self.world_to_video_camera[int(frame), :3, :3]
+      align = self.camera_alignment[:3, :3] / np.cbrt(np.linalg.det(self.camera_alignment[:3, :3]))
+      light = rotation @ (video_rotation.T @ (align @ syn.LIGHT_DIRECTION_CAM))
+    image = syn.shade(raster, self.faces, v_cam, normals, self.colors, self.background,
+                      light_direction=light)
     if s > 1:
       image = image.reshape(resolution, s, resolution, s, 3).mean(axis=(1, 3))
+    if self.blur_px > 0:
+      import cv2  # pylint: disable=g-import-not-at-top
+      image = cv2.GaussianBlur(image, (0, 0), self.blur_px, borderType=cv2.BORDER_REPLICATE)
     return image.astype(np.float32)
 
   def set_camera_alignment(self, similarity: Optional[np.ndarray]) -> None:
@@ -279,9 +313,10 @@ def oracle_prior(renderer: GroundTruthRenderer, resolution: int,
 
 
 def oracle_prior_from_video(video, resolution: int, background=1.0,
-                            supersample: int = 1) -> DiffusionPrior:
+                            supersample: int = 1, lighting: str = "video",
+                            blur_px: float = 0.0) -> DiffusionPrior:
   """Oracle prior from a `data.video.Video` with ground truth (UserError without);
-  `supersample` anti-aliases its renders (see GroundTruthRenderer)."""
+  `supersample`, `lighting`, `blur_px`: its renders (see GroundTruthRenderer)."""
   gt = getattr(video, "gt", None)
   if gt is None:
     raise UserError("csd.prior=oracle: the video has no ground truth (gt/ folder); "
@@ -292,7 +327,7 @@ def oracle_prior_from_video(video, resolution: int, background=1.0,
     colors = np.asarray(seq.vertex_colors, np.float64) / 255.0
   renderer = GroundTruthRenderer(seq.vertices, seq.faces, colors, gt.w2c,
                                  rest_vertices=gt.rest_vertices, background=background,
-                                 supersample=supersample)
+                                 supersample=supersample, lighting=lighting, blur_px=blur_px)
   return oracle_prior(renderer, resolution)
 
 

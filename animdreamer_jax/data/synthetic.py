@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Any
+from typing import Any, Optional
 
 import jax
 import jax.numpy as jnp
@@ -325,7 +325,8 @@ def vertex_normals(vertices: np.ndarray, faces: np.ndarray, weld: np.ndarray) ->
 
 
 def shade(raster: rz.Raster, faces: np.ndarray, vertices_cam: np.ndarray,
-          normals_cam: np.ndarray, colors: np.ndarray, background: np.ndarray) -> np.ndarray:
+          normals_cam: np.ndarray, colors: np.ndarray, background: np.ndarray,
+          light_direction: Optional[np.ndarray] = None) -> np.ndarray:
   """Vertex colour x (ambient + Lambert), light fixed in camera space.
 
   Surfaces are two-sided: the interpolated normal is turned towards the
@@ -338,10 +339,13 @@ def shade(raster: rz.Raster, faces: np.ndarray, vertices_cam: np.ndarray,
     normals_cam: (V, 3) camera-space vertex normals.
     colors: (V, 3) in [0, 1].
     background: (3,) in [0, 1].
+    light_direction: (3,) unit vector towards the light in this camera's
+      space; None: LIGHT_DIRECTION_CAM (the light moves with the camera).
 
   Returns:
     float (H, W, 3) in [0, 1].
   """
+  light_direction = LIGHT_DIRECTION_CAM if light_direction is None else np.asarray(light_direction)
   fg = raster.mask
   fid = raster.face_id[fg]
   bary = raster.barycentric[fg].astype(np.float64)                # (N, 3)
@@ -354,7 +358,7 @@ def shade(raster: rz.Raster, faces: np.ndarray, vertices_cam: np.ndarray,
   normal /= np.maximum(np.linalg.norm(normal, axis=-1, keepdims=True), 1e-20)
   facing = np.sum(normal * -point, axis=-1, keepdims=True)
   normal = np.where(facing < 0, -normal, normal)
-  light = AMBIENT + DIFFUSE * np.maximum(normal @ LIGHT_DIRECTION_CAM, 0.0)
+  light = AMBIENT + DIFFUSE * np.maximum(normal @ light_direction, 0.0)
   out = np.broadcast_to(np.asarray(background, np.float64), fg.shape + (3,)).copy()
   out[fg] = np.clip(lerp(colors) * light[:, None], 0, 1)
   return out
