@@ -444,3 +444,45 @@ def test_masked_update_keeps_frozen_leaves_and_their_moments():
       np.testing.assert_array_equal(np.asarray(new), np.asarray(old), err_msg=names)
     else:
       np.testing.assert_allclose(np.asarray(new), np.asarray(ref), rtol=1e-6, err_msg=names)
+
+
+def test_csd_follows_the_reconstruction_coarse_to_fine_window(tiny):
+  """With the reconstruction's alpha, CSD leaves the encoding bands that alpha switches
+  off untouched (their first-layer kernel rows get exactly zero gradient); with all
+  bands (alpha None) those rows do get gradient."""
+  from animdreamer_jax.model import encoding  # pylint: disable=g-import-not-at-top
+  model, params = tiny
+  render = csd_step.make_view_renderer(model, _SETTINGS)
+  prior = _linear_prior()
+  a = ABAR[T_INDEX]
+  prior_params = {"m": jnp.float32(1.0 / math.sqrt(1.0 - a)),
+                  "c": jnp.full((4, RES, RES, 3), 0.3, jnp.float32)}
+
+  @jax.jit
+  def grads_at(params, alpha):
+    mask = csd_step.param_group_mask(params, "canonical")
+    cams = csd_step.draw_cameras(model, params, jax.random.PRNGKey(7), AABB, NUM_FRAMES, _SETTINGS)
+    step_render = lambda p, c, uv: render(p, c, uv, alpha=alpha)  # noqa: E731
+    return csd_step.csd_gradient(step_render, params, mask, prior, prior_params, cams, None,
+                                 jax.random.PRNGKey(11), T_FRACTION, T_FRACTION, _SETTINGS)[0]
+
+  alpha = 0.4
+  rows = np.asarray(encoding.fourier_row_scales(3, model.config.sdf_freqs, jnp.float32(alpha)))
+  off = rows == 0
+  assert off.any() and not off.all()
+  windowed = _flat(grads_at(params, jnp.float32(alpha)))
+  full = _flat(grads_at(params, None))
+  first = _leaf(windowed, "canonical/sdf_trunk/hidden_0", "kernel")
+  assert np.asarray(windowed[first]).shape[0] == off.size
+  np.testing.assert_array_equal(np.asarray(windowed[first])[off], 0.0)
+  assert np.abs(np.asarray(windowed[first])[~off]).max() > 0
+  assert np.abs(np.asarray(full[first])[off]).max() > 0
+  # The config switch: < 0 follows the reconstruction, 1 = all bands, 0 is refused.
+  cfg = csd_config_lib.csd_config()
+  assert csd_step.CsdSettings.from_config(cfg).follow_alpha
+  cfg.alpha = 1.0
+  s = csd_step.CsdSettings.from_config(cfg)
+  assert s.alpha is None and not s.follow_alpha
+  cfg.alpha = 0.0
+  with pytest.raises(UserError, match="csd.alpha"):
+    csd_step.CsdSettings.from_config(cfg)

@@ -35,7 +35,8 @@ MVDream-threestudio) unless noted:
 | | | bones, appearance), or comma-separated parameter-path prefixes |
 | patches | 0 | > 1: patch-wise back-propagation in this many pixel chunks per view |
 | remat | False | jax.checkpoint the renderer per view |
-| alpha | 1.0 | coarse-to-fine fraction on CSD steps (lab4d `top_alpha`: all bands) |
+| alpha | -1.0 | coarse-to-fine fraction on CSD steps: < 0 follows the reconstruction's (CSD |
+| | | then never edits bands the video steps cannot see); 1.0: all bands (lab4d `top_alpha`) |
 | fixed_frame | -1 | >= 0: always use this video frame (lab4d `gen3d_frameid`) |
 | encoder_sample | True | VAE posterior sample (MVDream) rather than its mean |
 | background | 1.0 | grey level of the background (white, lab4d `w_bg`) |
@@ -95,7 +96,7 @@ def csd_config() -> ml_collections.ConfigDict:
       param_groups="canonical",
       patches=0,
       remat=False,
-      alpha=1.0,
+      alpha=-1.0,
       fixed_frame=-1,
       encoder_sample=True,
       background=1.0,

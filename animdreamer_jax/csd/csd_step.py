@@ -96,7 +96,11 @@ class CsdSettings:
   remat: bool = False
   background: float = 1.0
   encoder_sample: bool = True
-  alpha: Optional[float] = 1.0
+  # Coarse-to-fine fraction of the encodings on CSD steps: None = all bands;
+  # follow_alpha: the reconstruction's current alpha (scalars["alpha"]), so
+  # CSD never writes into bands the reconstruction steps cannot see.
+  alpha: Optional[float] = None
+  follow_alpha: bool = True
   fixed_frame: int = -1
   num_views: int = cameras_lib.NUM_VIEWS
   # > 0: the object size (framing, near/far) is this fixed length instead of
@@ -140,6 +144,9 @@ class CsdSettings:
   def from_config(cls, csd: ml_collections.ConfigDict, render_samples: int = 64) -> "CsdSettings":
     """From a `csd_config()` section (num_samples 0 -> `render_samples`)."""
     alpha = float(csd.alpha)
+    if alpha == 0 or alpha > 1:
+      raise UserError(f"config.csd.alpha: {alpha} must be < 0 (follow the reconstruction) "
+                      "or in (0, 1]")
     return cls(
         resolution=int(csd.resolution),
         num_samples=int(csd.num_samples) if int(csd.num_samples) > 0 else int(render_samples),
@@ -149,7 +156,8 @@ class CsdSettings:
         fov_range=tuple(float(x) for x in csd.fov_range),
         distance_range=tuple(float(x) for x in csd.distance_range),
         patches=int(csd.patches), remat=bool(csd.remat), background=float(csd.background),
-        encoder_sample=bool(csd.encoder_sample), alpha=None if alpha >= 1.0 else alpha,
+        encoder_sample=bool(csd.encoder_sample),
+        alpha=None if alpha >= 1.0 or alpha < 0 else alpha, follow_alpha=alpha < 0,
         fixed_frame=int(csd.fixed_frame), object_size=float(csd.object_size),
         look_at=str(csd.look_at))
 
@@ -297,29 +305,32 @@ RenderFn = Callable[[Any, cameras_lib.CsdCameras, jnp.ndarray], jnp.ndarray]
 
 def make_view_renderer(model, settings: CsdSettings, *, warp=warp_render.SkinningWarp(),
                        density_fn=density_lib.volsdf_density) -> RenderFn:
-  """render(params, cameras, uv) -> (V, P, 3) colours over the background.
+  """render(params, cameras, uv, alpha=None) -> (V, P, 3) colours over the background.
 
-  uv: (V, P, 2) pixel indices per view. Only SDF and colour are evaluated
-  (features, visibility, cycle terms are not computed / dead code under jit).
+  uv: (V, P, 2) pixel indices per view. alpha: coarse-to-fine fraction
+  (traced scalar) overriding `settings.alpha`. Only SDF and colour are
+  evaluated (features, visibility, cycle terms are not computed / dead code
+  under jit).
   """
-  def render_view(params, w2c, intrinsics, near_far, frame, uv):
+  def render_view(params, w2c, intrinsics, near_far, frame, uv, alpha):
     def canonical_fn(x, appearance, alpha):
       out = model.apply(params, x, alpha=alpha, appearance=appearance, method="canonical")
       return {"sdf": out["sdf"], "rgb": out["rgb"]}
     out = warp_render.render_rays(
         model, params, uv, frame, None, num_samples=settings.num_samples, near_far=near_far,
-        alpha=settings.alpha, density_fn=density_fn, warp=warp, canonical_fn=canonical_fn,
+        alpha=alpha, density_fn=density_fn, warp=warp, canonical_fn=canonical_fn,
         obj2cam=w2c, intrinsics=intrinsics, eikonal_rays=0, gauss_mask=False)
     return compositing.over_background(out["rgb"], out["opacity"], settings.background)
 
-  def render(params, cameras, uv):
+  def render(params, cameras, uv, alpha=None):
+    alpha = settings.alpha if alpha is None else alpha
     if settings.remat:
       one = jax.checkpoint(lambda w2c, k, nf, uv_v: render_view(params, w2c, k, nf,
-                                                                  cameras.frame, uv_v))
+                                                                  cameras.frame, uv_v, alpha))
       return jax.lax.map(lambda a: one(*a), (cameras.w2c, cameras.intrinsics,
                                              cameras.near_far, uv))
-    return jax.vmap(render_view, in_axes=(None, 0, 0, 0, None, 0))(
-        params, cameras.w2c, cameras.intrinsics, cameras.near_far, cameras.frame, uv)
+    return jax.vmap(render_view, in_axes=(None, 0, 0, 0, None, 0, None))(
+        params, cameras.w2c, cameras.intrinsics, cameras.near_far, cameras.frame, uv, alpha)
 
   return render
 
@@ -579,7 +590,9 @@ def make_csd_train_step(config: ml_collections.ConfigDict, model, params_templat
   """The jitted CSD step, a drop-in for train/step.py's step: fn(state, data, scalars).
 
   `state` (train.state.TrainState) is donated; `data` is unused (kept for the
-  signature); `scalars` must hold "lr" and `csd_scalars(...)`'s keys. The
+  signature); `scalars` must hold "lr" and `csd_scalars(...)`'s keys, and
+  "alpha" (the reconstruction's coarse-to-fine fraction) when the settings
+  follow it. The
   prior parameters and text states are jit ARGUMENTS (bound here), never
   constants baked into the program.
 
@@ -598,7 +611,12 @@ def make_csd_train_step(config: ml_collections.ConfigDict, model, params_templat
     key = jax.random.fold_in(jax.random.fold_in(state.key, state.step), CSD_KEY_TAG)
     k_cam, k_prior = jax.random.split(key)
     cameras = draw_cameras(model, state.params, k_cam, state.aux["aabb"], num_frames, settings)
-    grads, images, metrics = csd_gradient(render, state.params, mask, prior, prior_params, cameras,
+    if settings.follow_alpha and "alpha" in scalars:
+      alpha = scalars["alpha"]
+      step_render = lambda p, c, uv: render(p, c, uv, alpha=alpha)  # noqa: E731
+    else:
+      step_render = render
+    grads, images, metrics = csd_gradient(step_render, state.params, mask, prior, prior_params, cameras,
                                           text, k_prior, scalars["csd_t_min"],
                                           scalars["csd_t_max"], settings)
     weight = scalars["csd_weight"]
