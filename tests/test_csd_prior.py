@@ -326,3 +326,20 @@ def test_blurred_oracle_targets_are_a_gaussian_convolution():
   np.testing.assert_allclose(soft.render(1, view_w2c, k, RES), want, atol=2e-3)
   with pytest.raises(UserError):
     prior_interface.GroundTruthRenderer(frames, faces, colors, w2c, blur_px=-1.0)
+
+
+def test_per_frame_camera_alignment_is_read_at_the_frame():
+  frames, faces, colors = _box_mesh()
+  w2c = np.stack([np.eye(4)] * 2)
+  w2c[:, 2, 3] = 3.0
+  gt = prior_interface.GroundTruthRenderer(frames, faces, colors, w2c)
+  per_frame = np.stack([np.eye(4)] * 2)
+  per_frame[1, :3, 3] = [0.2, 0.0, 0.0]
+  gt.set_camera_alignment(per_frame)
+  view = np.stack([np.eye(4)])
+  view[0, 2, 3] = 2.0
+  np.testing.assert_allclose(gt.ground_truth_cameras(0, view)[0], view[0] @ w2c[0], atol=1e-12)
+  np.testing.assert_allclose(gt.ground_truth_cameras(1, view)[0],
+                             view[0] @ np.linalg.inv(per_frame[1]) @ w2c[1], atol=1e-12)
+  with pytest.raises(UserError):
+    gt.set_camera_alignment(np.stack([np.eye(4)] * 3))

@@ -46,6 +46,8 @@ MVDream-threestudio) unless noted:
 | oracle_blur_px | 0.0 | oracle prior: Gaussian blur (std, pixels) of the targets |
 | oracle_align | True | oracle prior: register the model to the ground truth (one similarity in |
 | | | video-camera space, refitted every round; `csd/oracle_alignment.py`) |
+| oracle_align_frames | 0 | > 0: refine that similarity per frame at this many anchor frames (each |
+| | | frame's own root-pose error, e.g. a yaw the video cannot see) |
 | weights | "" | folder of converted MVDream parameters (`animdreamer convert-mvdream`) |
 | prompt | "" | text prompt (mvdream prior) |
 | negative_prompt | MVDream-threestudio's | unconditional text of CFG |
@@ -104,6 +106,7 @@ def csd_config() -> ml_collections.ConfigDict:
       oracle_lighting="video",
       oracle_blur_px=0.0,
       oracle_align=True,
+      oracle_align_frames=0,
       weights="",
       prompt="",
       negative_prompt=DEFAULT_NEGATIVE_PROMPT,

@@ -98,7 +98,8 @@ def mixed_step_fn(config: ml_collections.ConfigDict, trainer, recon_step: Callab
     from animdreamer_jax.csd import oracle_alignment  # pylint: disable=g-import-not-at-top
 
     def realign(state):
-      matrix, info = oracle_alignment.fit_camera_alignment(trainer, state)
+      matrix, info = oracle_alignment.fit_camera_alignment(
+          trainer, state, per_frame_anchors=int(config.csd.oracle_align_frames))
       if matrix is not None:
         renderer.set_camera_alignment(matrix)
       # For pictures and logs: the registration in use and how it was found.

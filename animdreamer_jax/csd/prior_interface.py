@@ -211,7 +211,8 @@ class GroundTruthRenderer:
       # rotates against the ground truth's: w2c = C S^-1 W_t (rotations), so
       # the model-space view C sees that light as C L = w2c W_t^T S L.
       video_rotation = self.world_to_video_camera[int(frame), :3, :3]
-      align = self.camera_alignment[:3, :3] / np.cbrt(np.linalg.det(self.camera_alignment[:3, :3]))
+      align = self.frame_alignment(frame)[:3, :3]
+      align = align / np.cbrt(np.linalg.det(align))
       light = rotation @ (video_rotation.T @ (align @ syn.LIGHT_DIRECTION_CAM))
     image = syn.shade(raster, self.faces, v_cam, normals, self.colors, self.background,
                       light_direction=light)
@@ -226,9 +227,9 @@ class GroundTruthRenderer:
     """Sets the model-to-ground-truth similarity in video-camera space (None: identity).
 
     A monocular reconstruction is free in scale and depth: a smaller object
-    nearer the camera makes the same video. `similarity` (4, 4), scale s
-    times a rotation plus a translation, maps the model's video-camera-space
-    points onto the ground truth's (`csd.oracle_alignment` fits it); the
+    nearer the camera makes the same video. `similarity` (4, 4) or per
+    frame (T, 4, 4), scale s times a rotation plus a translation, maps the
+    model's video-camera-space points onto the ground truth's (`csd.oracle_alignment` fits it); the
     oracle then renders the ground truth from where the CSD camera sits
     relative to the MODEL, so both views show the object alike. The host
     callback reads it at call time, so refitting needs no re-tracing.
@@ -236,9 +237,17 @@ class GroundTruthRenderer:
     if similarity is None:
       similarity = np.eye(4)
     similarity = np.asarray(similarity, np.float64)
-    if similarity.shape != (4, 4) or not np.all(np.isfinite(similarity)):
-      raise UserError(f"oracle prior: camera alignment must be a finite (4, 4), got {similarity.shape}")
+    if (similarity.shape not in ((4, 4), (self.num_frames, 4, 4))
+        or not np.all(np.isfinite(similarity))):
+      raise UserError(f"oracle prior: camera alignment must be a finite (4, 4) or "
+                      f"({self.num_frames}, 4, 4), got {similarity.shape}")
     self.camera_alignment = similarity
+
+  def frame_alignment(self, frame: int) -> np.ndarray:
+    """(4, 4) the camera alignment used at `frame` (one for all, or per frame)."""
+    if self.camera_alignment.ndim == 3:
+      return self.camera_alignment[int(frame)]
+    return self.camera_alignment
 
   def ground_truth_cameras(self, frame: int, csd_from_video: np.ndarray) -> np.ndarray:
     """World-to-CSD-camera (N, 4, 4) rigid transforms for the ground-truth mesh.
@@ -255,7 +264,7 @@ class GroundTruthRenderer:
     """
     csd_from_video = np.asarray(csd_from_video, np.float64)
     video_cam = self.world_to_video_camera[int(frame)]
-    m = csd_from_video @ np.linalg.inv(getattr(self, "camera_alignment", np.eye(4))) @ video_cam
+    m = csd_from_video @ np.linalg.inv(self.frame_alignment(frame)) @ video_cam
     scale = np.cbrt(np.linalg.det(m[:, :3, :3]))[:, None, None]
     out = m.copy()
     out[:, :3, :] = m[:, :3, :] / scale
