@@ -23,15 +23,21 @@ wall times are pessimistic (CPU seconds = user + system of the whole run):
   Quaternius Fox Walk, arc 60 deg      0.0141  80.1   0.0149 / 77.7        10.9 min  852   3.2 GB
   Quaternius Deer Walk, arc 60 deg     fails: "training produced no surface"
   Khronos Fox Run, arc 60 deg          fails: "training produced no surface"
-  with --config.optim.root_pose_warmup_fraction=0.1 (root pose held for round 1):
+  with --config.optim.root_pose_warmup_fraction=0.1 (root pose held for round 1),
+  measured 2026-11-25 (commit 726e84d; 1-2 other jobs on the CPU for the last four rows):
   Quaternius Deer Walk, arc 60 deg     0.0251  56.4   0.0245 / 58.2        10.9 min  874   3.2 GB
   Khronos Fox Run, arc 60 deg          0.0200  63.6   0.0195 / 65.4        11.8 min  922   3.6 GB
+  Quaternius Fox Walk, arc 60 deg      0.0165  72.2   0.0159 / 73.5        14.8 min  838   3.3 GB
+  Khronos Fox Run, orbit               0.0161  72.5   0.0145 / 75.9        14.1 min  877   3.3 GB
+  Quaternius Fox Walk, orbit           0.0174  72.1   0.0180 / 68.0        13.1 min  855   3.3 GB
+  Quaternius Deer Walk, orbit          0.0213  61.6   0.0186 / 69.5        14.3 min  848   3.3 GB
 
 The two arc failures: the SDF's zero level leaves the box in the first round
 while the flow loss corrects the noisy root poses (a positive-SDF fog then
 renders the animal; see README "Known limitations"); holding the root pose for
-the first round avoids it. Not yet the default: the orbit rows were measured
-without it.
+the first round avoids it, but costs the runs that work without it (Deer orbit
+F@2% 81.0 -> 61.6, Quaternius Fox arc 80.1 -> 72.2), so it stays off by
+default: pass the flag for narrow-arc videos.
 """
 
 from animdreamer_jax.train import config as config_lib
