@@ -40,6 +40,9 @@ MVDream-threestudio) unless noted:
 | fixed_frame | -1 | >= 0: always use this video frame (lab4d `gen3d_frameid`) |
 | encoder_sample | True | VAE posterior sample (MVDream) rather than its mean |
 | background | 1.0 | grey level of the background (white, lab4d `w_bg`) |
+| importance_samples | 0 | extra importance samples per ray in CSD renders (a coarse pass without gradient) |
+| beta_scale | 1.0 | CSD renders use the density's beta times this (< 1: sharper views, tied to the |
+| | | zero level the mesh is cut at) |
 | oracle_supersample | 2 | oracle prior: anti-aliased targets (render s x larger, box-average) |
 | oracle_lighting | "video" | oracle prior: "video" keeps the light where the video camera had it |
 | | | (the shading the model learnt from the video); "view": light moves with each view |
@@ -102,6 +105,8 @@ def csd_config() -> ml_collections.ConfigDict:
       fixed_frame=-1,
       encoder_sample=True,
       background=1.0,
+      importance_samples=0,
+      beta_scale=1.0,
       oracle_supersample=2,
       oracle_lighting="video",
       oracle_blur_px=0.0,

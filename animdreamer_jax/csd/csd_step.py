@@ -101,6 +101,11 @@ class CsdSettings:
   # CSD never writes into bands the reconstruction steps cannot see.
   alpha: Optional[float] = None
   follow_alpha: bool = True
+  # Extra importance samples per ray (coarse pass without gradient) and a
+  # factor on the density's beta in CSD renders: a sharper render ties the
+  # CSD views to the SDF's zero level (the mesh) rather than to a soft halo.
+  importance_samples: int = 0
+  beta_scale: float = 1.0
   fixed_frame: int = -1
   num_views: int = cameras_lib.NUM_VIEWS
   # > 0: the object size (framing, near/far) is this fixed length instead of
@@ -124,6 +129,10 @@ class CsdSettings:
                       f"{list(config_lib.REDUCTIONS)}")
     if self.resolution < 2:
       raise UserError(f"config.csd.resolution: {self.resolution} must be >= 2")
+    if self.importance_samples < 0:
+      raise UserError(f"config.csd.importance_samples: {self.importance_samples} must be >= 0")
+    if not self.beta_scale > 0:
+      raise UserError(f"config.csd.beta_scale: {self.beta_scale} must be > 0")
     if self.num_samples < 2:
       raise UserError(f"config.csd.num_samples: {self.num_samples} must be >= 2")
     if self.patches > 1 and (self.resolution * self.resolution) % self.patches:
@@ -158,6 +167,7 @@ class CsdSettings:
         patches=int(csd.patches), remat=bool(csd.remat), background=float(csd.background),
         encoder_sample=bool(csd.encoder_sample),
         alpha=None if alpha >= 1.0 or alpha < 0 else alpha, follow_alpha=alpha < 0,
+        importance_samples=int(csd.importance_samples), beta_scale=float(csd.beta_scale),
         fixed_frame=int(csd.fixed_frame), object_size=float(csd.object_size),
         look_at=str(csd.look_at))
 
@@ -312,6 +322,9 @@ def make_view_renderer(model, settings: CsdSettings, *, warp=warp_render.Skinnin
   evaluated (features, visibility, cycle terms are not computed / dead code
   under jit).
   """
+  if settings.beta_scale != 1.0:
+    base_density, scale = density_fn, settings.beta_scale
+    density_fn = lambda sdf, beta: base_density(sdf, beta * scale)  # noqa: E731
   def render_view(params, w2c, intrinsics, near_far, frame, uv, alpha):
     def canonical_fn(x, appearance, alpha):
       out = model.apply(params, x, alpha=alpha, appearance=appearance, method="canonical")
@@ -319,7 +332,8 @@ def make_view_renderer(model, settings: CsdSettings, *, warp=warp_render.Skinnin
     out = warp_render.render_rays(
         model, params, uv, frame, None, num_samples=settings.num_samples, near_far=near_far,
         alpha=alpha, density_fn=density_fn, warp=warp, canonical_fn=canonical_fn,
-        obj2cam=w2c, intrinsics=intrinsics, eikonal_rays=0, gauss_mask=False)
+        obj2cam=w2c, intrinsics=intrinsics, eikonal_rays=0, gauss_mask=False,
+        importance_samples=settings.importance_samples)
     return compositing.over_background(out["rgb"], out["opacity"], settings.background)
 
   def render(params, cameras, uv, alpha=None):
