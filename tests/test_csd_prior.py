@@ -343,3 +343,34 @@ def test_per_frame_camera_alignment_is_read_at_the_frame():
                              view[0] @ np.linalg.inv(per_frame[1]) @ w2c[1], atol=1e-12)
   with pytest.raises(UserError):
     gt.set_camera_alignment(np.stack([np.eye(4)] * 3))
+
+
+def test_pooled_oracle_compares_block_means():
+  """Slow reference: the x0-form CSD gradient of a pooled oracle is, per pixel, the
+  block mean of (render - target) spread over the block (the pooling's transpose)."""
+  rng = np.random.default_rng(1)
+  f, res = 3, 6
+  images = jnp.asarray(rng.uniform(size=(4, res, res, 3)), jnp.float32)
+  target = rng.uniform(size=(4, res, res, 3))
+  encode = prior_interface.pooled_pixel_encoder(f)
+
+  def eps_fn(pp, noisy, t, text, cams):
+    clean = encode(None, jnp.asarray(target, jnp.float32), None)
+    return prior_interface.oracle_eps(noisy, t, clean, ABAR)
+
+  prior = prior_interface.function_prior(eps_fn, encode_fn=encode, conditional=False)
+  settings = csd_step.CsdSettings(resolution=res, mode="recon", reduction="mean", rescale=0.0,
+                                  encoder_sample=False)
+  grad, _ = csd_step.image_gradient(prior, None, images, _cameras(), None,
+                                    jax.random.PRNGKey(0), 0.5, 0.5, settings)
+  diff = 2.0 * (np.asarray(images, np.float64) - target)  # [-1, 1] encoding
+  want = np.zeros_like(diff)
+  for i in range(0, res, f):
+    for j in range(0, res, f):
+      block = diff[:, i:i + f, j:j + f].mean(axis=(1, 2), keepdims=True)
+      want[:, i:i + f, j:j + f] = 2.0 * block / f**2 / (4 * (res // f) ** 2 * 3)
+  np.testing.assert_allclose(np.asarray(grad), want, rtol=1e-3, atol=1e-7)
+  with pytest.raises(UserError):
+    prior_interface.pooled_pixel_encoder(0)
+  with pytest.raises(UserError):
+    prior_interface.pooled_pixel_encoder(4)(None, images, None)

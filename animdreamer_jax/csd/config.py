@@ -46,6 +46,8 @@ MVDream-threestudio) unless noted:
 | oracle_supersample | 2 | oracle prior: anti-aliased targets (render s x larger, box-average) |
 | oracle_lighting | "video" | oracle prior: "video" keeps the light where the video camera had it |
 | | | (the shading the model learnt from the video); "view": light moves with each view |
+| oracle_downsample | 1 | oracle prior: compare renders and targets average-pooled by this factor |
+| | | (a coarser 'latent', like the SD VAE's 8x; resolution must be a multiple) |
 | oracle_blur_px | 0.0 | oracle prior: Gaussian blur (std, pixels) of the targets |
 | oracle_align | True | oracle prior: register the model to the ground truth (one similarity in |
 | | | video-camera space, refitted every round; `csd/oracle_alignment.py`) |
@@ -110,6 +112,7 @@ def csd_config() -> ml_collections.ConfigDict:
       oracle_supersample=2,
       oracle_lighting="video",
       oracle_blur_px=0.0,
+      oracle_downsample=1,
       oracle_align=True,
       oracle_align_frames=0,
       weights="",

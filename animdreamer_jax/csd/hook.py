@@ -43,7 +43,8 @@ def build_prior(config: ml_collections.ConfigDict, video
     background = float(csd.background)
     prior = prior_interface.oracle_prior_from_video(
         video, int(csd.resolution), background, supersample=int(csd.oracle_supersample),
-        lighting=str(csd.oracle_lighting), blur_px=float(csd.oracle_blur_px))
+        lighting=str(csd.oracle_lighting), blur_px=float(csd.oracle_blur_px),
+        downsample=int(csd.oracle_downsample))
     return prior, None, None
   if name == "mvdream":
     dtype = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}.get(str(csd.dtype))
