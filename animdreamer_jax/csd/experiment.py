@@ -87,7 +87,8 @@ def save_csd_views(trainer, state, path: pathlib.Path, frame: int = 0, seed: int
     colors = np.asarray(gt.meshes.vertex_colors, np.float64) / 255.0
   renderer = prior_interface.GroundTruthRenderer(
       gt.meshes.vertices, gt.meshes.faces, colors, gt.w2c, rest_vertices=gt.rest_vertices,
-      background=settings.background)
+      background=settings.background, supersample=int(config.csd.oracle_supersample),
+      lighting=str(config.csd.oracle_lighting), blur_px=float(config.csd.oracle_blur_px))
   alignment = getattr(trainer, "csd_alignment", None)  # the oracle's last registration
   if alignment:
     renderer.set_camera_alignment(np.asarray(alignment["matrix"]))
