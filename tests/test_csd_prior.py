@@ -33,12 +33,13 @@ def _box_mesh(half=(0.3, 0.15, 0.2)):
   return frames, faces, colors
 
 
-def _renderer(video_w2c=None):
+def _renderer(video_w2c=None, **options):
+  """The box's GroundTruthRenderer (video camera 3 units away by default)."""
   frames, faces, colors = _box_mesh()
   if video_w2c is None:
     video_w2c = np.stack([np.eye(4)] * 2)
     video_w2c[:, 2, 3] = 3.0
-  return prior_interface.GroundTruthRenderer(frames, faces, colors, video_w2c)
+  return prior_interface.GroundTruthRenderer(frames, faces, colors, video_w2c, **options)
 
 
 def _cameras(frame=1, root_pose=None, key=0):
@@ -205,12 +206,8 @@ def test_mvdream_adapter_with_tiny_random_weights():
 def test_supersampled_oracle_render_averages_shifted_pixel_centres():
   """Slow reference: the mean of s^2 point-sampled renders whose pixel centres
   are moved to the sub-pixel centres u + (a + 0.5) / s (principal point shifted)."""
-  frames, faces, colors = _box_mesh()
-  w2c = np.stack([np.eye(4)] * 2)
-  w2c[:, 2, 3] = 3.0
   s = 3
-  sharp = prior_interface.GroundTruthRenderer(frames, faces, colors, w2c)
-  smooth = prior_interface.GroundTruthRenderer(frames, faces, colors, w2c, supersample=s)
+  sharp, smooth = _renderer(), _renderer(supersample=s)
   cams = _cameras(frame=1)
   view_w2c, k = np.asarray(cams.w2c[1], np.float64), np.asarray(cams.intrinsics[1], np.float64)
   want = np.zeros((RES, RES, 3))
@@ -224,7 +221,7 @@ def test_supersampled_oracle_render_averages_shifted_pixel_centres():
   edge = np.abs(got - sharp.render(1, view_w2c, k, RES)).max()
   assert edge > 0.05
   with pytest.raises(UserError):
-    prior_interface.GroundTruthRenderer(frames, faces, colors, w2c, supersample=0)
+    _renderer(supersample=0)
 
 
 def test_camera_alignment_renders_the_ground_truth_where_the_model_is():
@@ -306,12 +303,8 @@ def test_video_lighting_keeps_the_shading_the_video_saw():
 def test_blurred_oracle_targets_are_a_gaussian_convolution():
   """Slow reference: direct 2-D convolution with a normalised Gaussian, edge pixels
   replicated."""
-  frames, faces, colors = _box_mesh()
-  w2c = np.stack([np.eye(4)] * 2)
-  w2c[:, 2, 3] = 3.0
   sigma = 1.3
-  sharp = prior_interface.GroundTruthRenderer(frames, faces, colors, w2c)
-  soft = prior_interface.GroundTruthRenderer(frames, faces, colors, w2c, blur_px=sigma)
+  sharp, soft = _renderer(), _renderer(blur_px=sigma)
   cams = _cameras(frame=1)
   view_w2c, k = np.asarray(cams.w2c[2], np.float64), np.asarray(cams.intrinsics[2], np.float64)
   image = sharp.render(1, view_w2c, k, RES).astype(np.float64)
@@ -325,14 +318,12 @@ def test_blurred_oracle_targets_are_a_gaussian_convolution():
       want += kernel[dy, dx] * padded[dy:dy + RES, dx:dx + RES]
   np.testing.assert_allclose(soft.render(1, view_w2c, k, RES), want, atol=2e-3)
   with pytest.raises(UserError):
-    prior_interface.GroundTruthRenderer(frames, faces, colors, w2c, blur_px=-1.0)
+    _renderer(blur_px=-1.0)
 
 
 def test_per_frame_camera_alignment_is_read_at_the_frame():
-  frames, faces, colors = _box_mesh()
-  w2c = np.stack([np.eye(4)] * 2)
-  w2c[:, 2, 3] = 3.0
-  gt = prior_interface.GroundTruthRenderer(frames, faces, colors, w2c)
+  gt = _renderer()
+  w2c = gt.world_to_video_camera
   per_frame = np.stack([np.eye(4)] * 2)
   per_frame[1, :3, 3] = [0.2, 0.0, 0.0]
   gt.set_camera_alignment(per_frame)
