@@ -593,7 +593,7 @@ def draw_cameras(model, params, key: jax.Array, aabb: jnp.ndarray, num_frames: i
 def render_settings(config: ml_collections.ConfigDict) -> dict:
   """density_fn and warp from config.render (the reconstruction's choices)."""
   from animdreamer_jax.train import step as step_lib  # pylint: disable=g-import-not-at-top
-  return step_lib._render_kwargs(config)  # pylint: disable=protected-access
+  return step_lib.render_kwargs(config)
 
 
 def make_csd_train_step(config: ml_collections.ConfigDict, model, params_template: Any,
@@ -625,11 +625,8 @@ def make_csd_train_step(config: ml_collections.ConfigDict, model, params_templat
     key = jax.random.fold_in(jax.random.fold_in(state.key, state.step), CSD_KEY_TAG)
     k_cam, k_prior = jax.random.split(key)
     cameras = draw_cameras(model, state.params, k_cam, state.aux["aabb"], num_frames, settings)
-    if settings.follow_alpha and "alpha" in scalars:
-      alpha = scalars["alpha"]
-      step_render = lambda p, c, uv: render(p, c, uv, alpha=alpha)  # noqa: E731
-    else:
-      step_render = render
+    alpha = scalars.get("alpha") if settings.follow_alpha else None
+    step_render = functools.partial(render, alpha=alpha)
     grads, images, metrics = csd_gradient(step_render, state.params, mask, prior, prior_params, cameras,
                                           text, k_prior, scalars["csd_t_min"],
                                           scalars["csd_t_max"], settings)

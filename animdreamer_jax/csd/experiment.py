@@ -67,6 +67,7 @@ def save_csd_views(trainer, state, path: pathlib.Path, frame: int = 0, seed: int
   """PNG: the 4 CSD views of `frame` (top) and the oracle's ground truth (bottom)."""
   import jax  # pylint: disable=g-import-not-at-top
   from animdreamer_jax.csd import csd_step  # pylint: disable=g-import-not-at-top
+  from animdreamer_jax.csd import hook  # pylint: disable=g-import-not-at-top
   from animdreamer_jax.csd import prior_interface  # pylint: disable=g-import-not-at-top
   from animdreamer_jax.train import extract_outputs  # pylint: disable=g-import-not-at-top
   config = trainer.config
@@ -81,14 +82,8 @@ def save_csd_views(trainer, state, path: pathlib.Path, frame: int = 0, seed: int
   uv = csd_step.image_pixels(settings.resolution, settings.num_views)
   images = np.asarray(jax.jit(render)(params, cams, uv)).reshape(
       settings.num_views, settings.resolution, settings.resolution, 3)
-  gt = trainer.video.gt
-  colors = None
-  if gt.meshes.vertex_colors is not None:
-    colors = np.asarray(gt.meshes.vertex_colors, np.float64) / 255.0
-  renderer = prior_interface.GroundTruthRenderer(
-      gt.meshes.vertices, gt.meshes.faces, colors, gt.w2c, rest_vertices=gt.rest_vertices,
-      background=settings.background, supersample=int(config.csd.oracle_supersample),
-      lighting=str(config.csd.oracle_lighting), blur_px=float(config.csd.oracle_blur_px))
+  renderer = prior_interface.ground_truth_renderer(trainer.video,
+                                                   **hook.oracle_render_options(config.csd))
   alignment = getattr(trainer, "csd_alignment", None)  # the oracle's last registration
   if alignment:
     renderer.set_camera_alignment(np.asarray(alignment["matrix"]))

@@ -29,6 +29,12 @@ def csd_enabled(config: ml_collections.ConfigDict) -> bool:
   return "csd" in config and csd_step.prior_name(config.csd) != "none"
 
 
+def oracle_render_options(csd: ml_collections.ConfigDict) -> dict:
+  """The GroundTruthRenderer options of a csd config section."""
+  return dict(background=float(csd.background), supersample=int(csd.oracle_supersample),
+              lighting=str(csd.oracle_lighting), blur_px=float(csd.oracle_blur_px))
+
+
 def build_prior(config: ml_collections.ConfigDict, video
                 ) -> tuple[prior_interface.DiffusionPrior, Any, Optional[tuple]]:
   """(prior, prior_params, text states) for config.csd.prior.
@@ -40,11 +46,9 @@ def build_prior(config: ml_collections.ConfigDict, video
   csd = config.csd
   name = csd_step.prior_name(csd)
   if name == "oracle":
-    background = float(csd.background)
     prior = prior_interface.oracle_prior_from_video(
-        video, int(csd.resolution), background, supersample=int(csd.oracle_supersample),
-        lighting=str(csd.oracle_lighting), blur_px=float(csd.oracle_blur_px),
-        downsample=int(csd.oracle_downsample))
+        video, int(csd.resolution), downsample=int(csd.oracle_downsample),
+        **oracle_render_options(csd))
     return prior, None, None
   if name == "mvdream":
     dtype = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}.get(str(csd.dtype))

@@ -119,25 +119,31 @@ def fit_camera_alignment(trainer, state, num_frames: int = 8, mc_resolution: int
                                                 largest=True)
   if rest_f.shape[0] == 0:
     return None, {"reason": "no surface"}
-  frames = np.unique(np.linspace(0, video.num_frames - 1, num_frames).round().astype(int))
-  posed, roots = extract_outputs.posed_sequence(trainer.model, params, config, rest_v,
-                                                video.num_frames, frames=frames)
-  pred_cam = extract_outputs.to_camera(posed.astype(np.float64), roots.astype(np.float64))
   gt = video.gt
-  gt_cam = extract_outputs.to_camera(np.asarray(gt.meshes.vertices, np.float64)[frames],
-                                     np.asarray(gt.w2c, np.float64)[frames])
-  matrix, info = fit_similarity(pred_cam, rest_f, gt_cam, np.asarray(gt.meshes.faces), num_samples)
+  gt_faces = np.asarray(gt.meshes.faces)
+
+  def evenly_spaced(count):
+    return np.unique(np.linspace(0, video.num_frames - 1, count).round().astype(int))
+
+  def camera_meshes(frames):
+    """(model, ground truth) meshes of `frames` in each frame's video camera."""
+    posed, roots = extract_outputs.posed_sequence(trainer.model, params, config, rest_v,
+                                                  video.num_frames, frames=frames)
+    pred = extract_outputs.to_camera(posed.astype(np.float64), roots.astype(np.float64))
+    truth = extract_outputs.to_camera(np.asarray(gt.meshes.vertices, np.float64)[frames],
+                                      np.asarray(gt.w2c, np.float64)[frames])
+    return pred, truth
+
+  frames = evenly_spaced(num_frames)
+  pred_cam, gt_cam = camera_meshes(frames)
+  matrix, info = fit_similarity(pred_cam, rest_f, gt_cam, gt_faces, num_samples)
   info["frames"] = frames.tolist()
   if not np.isfinite(matrix).all() or info["rotation_deg"] > MAX_ROTATION_DEG:
     return None, {**info, "reason": "registration rotated too far"}
   if per_frame_anchors > 0:
-    anchors = np.unique(np.linspace(0, video.num_frames - 1, per_frame_anchors).round().astype(int))
-    posed, roots = extract_outputs.posed_sequence(trainer.model, params, config, rest_v,
-                                                  video.num_frames, frames=anchors)
-    pred_cam = extract_outputs.to_camera(posed.astype(np.float64), roots.astype(np.float64))
-    gt_cam = extract_outputs.to_camera(np.asarray(gt.meshes.vertices, np.float64)[anchors],
-                                       np.asarray(gt.w2c, np.float64)[anchors])
-    matrix, refine_info = refine_per_frame(pred_cam, rest_f, gt_cam, np.asarray(gt.meshes.faces),
-                                           matrix, anchors, video.num_frames)
+    anchors = evenly_spaced(per_frame_anchors)
+    pred_cam, gt_cam = camera_meshes(anchors)
+    matrix, refine_info = refine_per_frame(pred_cam, rest_f, gt_cam, gt_faces, matrix, anchors,
+                                           video.num_frames)
     info["per_frame"] = {"anchors": anchors.tolist(), **refine_info}
   return matrix, info

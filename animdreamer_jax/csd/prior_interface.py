@@ -354,6 +354,14 @@ def oracle_prior_from_video(video, resolution: int, background=1.0,
   """Oracle prior from a `data.video.Video` with ground truth (UserError without);
   `supersample`, `lighting`, `blur_px`: its renders (see GroundTruthRenderer);
   `downsample`: see `oracle_prior`."""
+  renderer = ground_truth_renderer(video, background=background, supersample=supersample,
+                                  lighting=lighting, blur_px=blur_px)
+  return oracle_prior(renderer, resolution, downsample=downsample)
+
+
+def ground_truth_renderer(video, background=1.0, supersample: int = 1, lighting: str = "video",
+                          blur_px: float = 0.0) -> GroundTruthRenderer:
+  """GroundTruthRenderer of a `data.video.Video`'s ground truth (UserError without)."""
   gt = getattr(video, "gt", None)
   if gt is None:
     raise UserError("csd.prior=oracle: the video has no ground truth (gt/ folder); "
@@ -362,10 +370,9 @@ def oracle_prior_from_video(video, resolution: int, background=1.0,
   colors = None
   if getattr(seq, "vertex_colors", None) is not None:
     colors = np.asarray(seq.vertex_colors, np.float64) / 255.0
-  renderer = GroundTruthRenderer(seq.vertices, seq.faces, colors, gt.w2c,
-                                 rest_vertices=gt.rest_vertices, background=background,
-                                 supersample=supersample, lighting=lighting, blur_px=blur_px)
-  return oracle_prior(renderer, resolution, downsample=downsample)
+  return GroundTruthRenderer(seq.vertices, seq.faces, colors, gt.w2c,
+                             rest_vertices=gt.rest_vertices, background=background,
+                             supersample=supersample, lighting=lighting, blur_px=blur_px)
 
 
 # ----------------------------------------------------------------------------

@@ -166,7 +166,7 @@ def enabled_losses(config: ml_collections.ConfigDict) -> tuple[str, ...]:
 # Losses.
 
 
-def _render_kwargs(config: ml_collections.ConfigDict) -> dict:
+def render_kwargs(config: ml_collections.ConfigDict) -> dict:
   density = config.render.density
   if density not in DENSITY_FNS:
     raise UserError(f"config.render.density: unknown density {density!r}; use one of {sorted(DENSITY_FNS)}")
@@ -199,7 +199,7 @@ def compute_losses(model, params, batch: batching.Batch, data: TrainData, aux: d
       eikonal_rays=eik_rays, gauss_mask="gauss_mask" in names,
       match_features=batch.feature if "feat_reproj" in names else None,
       match_key=key_match, match_candidates=int(config.render.match_candidates),
-      **_render_kwargs(config))
+      **render_kwargs(config))
   fg = batch.mask
   train_res = train_resolution(config, data)
   terms: dict[str, jnp.ndarray] = {}
@@ -365,7 +365,7 @@ def make_render_fn(config: ml_collections.ConfigDict, model, data: TrainData,
   chunk = int(config.render.eval_chunk)
   pad = (-uv_all.shape[0]) % chunk
   uv_all = np.concatenate([uv_all, np.zeros((pad, 2), np.float32)])
-  kwargs = _render_kwargs(config)
+  kwargs = render_kwargs(config)
 
   @jax.jit
   def render_chunk(params, near_far, intrinsics, frame, uv):
