@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from animdreamer_jax.csd import oracle_alignment
+from animdreamer_jax.errors import UserError
 from animdreamer_jax.train import extract_outputs
 
 
@@ -78,3 +80,59 @@ def test_refine_per_frame_recovers_each_frames_own_error():
   for frame, anchor in ((0, 0), (1, 0), (2, 1), (3, 1), (4, 1)):
     np.testing.assert_allclose(matrices[frame], wants[anchor], atol=2e-2)
   assert abs(info["rotation_deg"][0] - 12.0) < 1.0 and abs(info["rotation_deg"][1] - 9.0) < 1.0
+
+
+def _similarity(scale, yaw, shift):
+  m = np.eye(4)
+  m[:3, :3] = scale * _rot_y(yaw)
+  m[:3, 3] = shift
+  return m
+
+
+def test_object_space_registration_ignores_root_pose_errors(monkeypatch):
+  """A model whose object frame is the ground-truth world through A^-1 (shape right) but
+  whose root poses carry per-frame yaw errors: the object-frame fit recovers A, and the
+  oracle then sees the ground truth through C A^-1 from every CSD view C, whatever the
+  frame's root pose (the camera-space targets would turn with each error)."""
+  import types  # pylint: disable=g-import-not-at-top
+  from animdreamer_jax.csd import prior_interface  # pylint: disable=g-import-not-at-top
+  verts, faces = _l_shape()
+  num_frames = 4
+  world = np.stack([verts @ _rot_y(10 * t).T + [0.03 * t, 0, 0] for t in range(num_frames)])
+  w2c = np.stack([_similarity(1.0, 15 * t, [0.0, 0.0, 2.5]) for t in range(num_frames)])
+  true = _similarity(1.15, 6.0, [0.05, -0.02, 0.1])  # model object frame -> GT world
+  inv = np.linalg.inv(true)
+  posed = world @ inv[:3, :3].T + inv[:3, 3]
+  errors = [_similarity(1.0, yaw, [0.0, 0.0, 0.0]) for yaw in (8.0, -12.0, 5.0, 15.0)]
+  roots = np.stack([w2c[t] @ true @ errors[t] for t in range(num_frames)])
+  monkeypatch.setattr(extract_outputs, "extract_mesh", lambda *a, **k: (verts, faces))
+  monkeypatch.setattr(extract_outputs, "posed_sequence",
+                      lambda model, params, config, rest, n, frames=None: (
+                          posed[np.asarray(frames)], roots[np.asarray(frames)]))
+  trainer = types.SimpleNamespace(
+      config=types.SimpleNamespace(train=types.SimpleNamespace(mc_extend=0.5)),
+      video=types.SimpleNamespace(num_frames=num_frames, gt=types.SimpleNamespace(
+          meshes=types.SimpleNamespace(vertices=world, faces=faces), w2c=w2c)),
+      model=None, sdf_fn=lambda params: None, root_poses_fn=lambda params: roots)
+  state = types.SimpleNamespace(params=None, aux={"aabb": np.array([[-1.0] * 3, [1.0] * 3])})
+  matrix, info = oracle_alignment.fit_camera_alignment(trainer, state, num_frames=4,
+                                                       num_samples=3000, space="object")
+  assert matrix.shape == (num_frames, 4, 4) and info["space"] == "object"
+  np.testing.assert_allclose(np.asarray(info["object_to_world"]), true, atol=1e-2)
+  renderer = prior_interface.GroundTruthRenderer(world, faces, None, w2c)
+  renderer.set_camera_alignment(matrix)
+  view = _similarity(1.0, 70.0, [0.0, 0.1, 2.0])[None]  # a CSD camera in object space
+  for t in range(num_frames):
+    got = renderer.ground_truth_cameras(t, view @ np.linalg.inv(roots[t]))[0]
+    np.testing.assert_allclose(got, _rigid(view[0] @ np.linalg.inv(true)), atol=2e-2)
+  with pytest.raises(UserError, match="oracle_align_space"):
+    oracle_alignment.fit_camera_alignment(trainer, state, space="world")
+  with pytest.raises(UserError, match="oracle_align_frames"):
+    oracle_alignment.fit_camera_alignment(trainer, state, space="object", per_frame_anchors=4)
+
+
+def _rigid(m):
+  """A similarity divided by its scale (the same image through the same intrinsics)."""
+  out = m.copy()
+  out[:3, :] = m[:3, :] / np.cbrt(np.linalg.det(m[:3, :3]))
+  return out

@@ -132,6 +132,31 @@ def test_oracle_csd_gradient_is_a_photometric_loss_gradient(mode):
                              rtol=1e-6)
 
 
+def test_oracle_on_a_pixel_subset_is_the_full_view_oracle_at_those_pixels():
+  """The oracle is pixel-separable: eps of a (V, 1, P, 3) strip equals the full views'
+  eps gathered at `cameras.pixels`; a pooled oracle is not."""
+  renderer = _renderer()
+  prior = prior_interface.oracle_prior(renderer, RES)
+  assert prior.pixel_separable
+  assert not prior_interface.oracle_prior(renderer, RES, downsample=2).pixel_separable
+  assert not prior_interface.function_prior(lambda *a: a[1]).pixel_separable
+  cams = _cameras(frame=1)
+  rng = np.random.default_rng(6)
+  noisy = jnp.asarray(rng.normal(size=(4, RES, RES, 3)), jnp.float32)
+  t = jnp.full((4,), 400, jnp.int32)
+  full = np.asarray(jax.jit(lambda c: prior.eps_fn(None, noisy, t, None, c))(cams))
+  pixels = np.stack([rng.integers(0, RES, (4, 7)), rng.integers(0, RES, (4, 7))], -1)
+  strip = prior_interface.gather_pixels(noisy, jnp.asarray(pixels))
+  assert strip.shape == (4, 1, 7, 3)
+  for v in range(4):  # the gather against plain indexing
+    np.testing.assert_array_equal(np.asarray(strip)[v, 0], np.asarray(noisy)[v, pixels[v, :, 1],
+                                                                          pixels[v, :, 0]])
+  sub = np.asarray(jax.jit(lambda c, x: prior.eps_fn(None, x, t, None, c))(
+      cams._replace(pixels=jnp.asarray(pixels, jnp.int32)), strip))
+  want = np.stack([full[v, pixels[v, :, 1], pixels[v, :, 0]] for v in range(4)])[:, None]
+  np.testing.assert_allclose(sub, want, atol=1e-5)
+
+
 def test_oracle_from_video_needs_ground_truth():
   class NoGt:
     gt = None
@@ -226,8 +251,11 @@ def test_supersampled_oracle_render_averages_shifted_pixel_centres():
 
 def test_camera_alignment_renders_the_ground_truth_where_the_model_is():
   """A model that is the ground truth scaled/moved in video-camera space (the monocular
-  scale-depth freedom, S^-1) must get oracle targets that look like its own renders."""
+  scale-depth freedom, S^-1) must get oracle targets that look like its own renders.
+  Black boxes (shade 0 whatever the light), so this compares geometry alone; the light
+  under a registration has its own test."""
   frames, faces, colors = _box_mesh()
+  colors = np.zeros_like(colors)
   w2c = np.stack([np.eye(4)] * 2)
   w2c[:, 2, 3] = 3.0
   angle = np.deg2rad(20.0)
@@ -298,6 +326,33 @@ def test_video_lighting_keeps_the_shading_the_video_saw():
                              video_shade, atol=1e-6)
   with pytest.raises(UserError):
     _quad_renderer("sun")
+
+
+def test_video_lighting_ignores_the_registration():
+  """The model's colours are the video's pixels (the video's shading baked in), so a
+  ground-truth point must show the shade the video gave it whatever similarity
+  registers the model. A registration turning and scaling the model by 30 degrees
+  and 1 / 1.3 about the camera; the view looks at the model's copy of the quad, so
+  it sees the ground truth head-on from the video camera: the hand-computed video
+  shade (the light turned with the registration would give another)."""
+  from animdreamer_jax.data import synthetic as syn  # pylint: disable=g-import-not-at-top
+  renderer = _quad_renderer("video")
+  n_world = np.array([0.0, 0.0, -1.0])
+  shade = lambda light: 0.5 * (syn.AMBIENT + syn.DIFFUSE * max(n_world @ light, 0.0))
+  a = np.deg2rad(30.0)
+  turn = np.array([[np.cos(a), 0, np.sin(a)], [0, 1, 0], [-np.sin(a), 0, np.cos(a)]])
+  sim = np.eye(4)
+  sim[:3, :3] = 1.3 * turn
+  renderer.set_camera_alignment(sim)
+  view = np.eye(4)
+  view[:3, :3] = turn  # from the camera centre towards S^-1 (0, 0, 3)
+  w2c = renderer.ground_truth_cameras(1, view[None])[0]
+  np.testing.assert_allclose(w2c, renderer.world_to_video_camera[1], atol=1e-12)
+  k = np.array([RES * 1.2, RES * 1.2, RES / 2, RES / 2])
+  centre = (slice(RES // 2 - 2, RES // 2 + 2),) * 2
+  np.testing.assert_allclose(renderer.render(1, w2c, k, RES)[centre],
+                             shade(syn.LIGHT_DIRECTION_CAM), atol=1e-6)
+  assert abs(shade(turn @ syn.LIGHT_DIRECTION_CAM) - shade(syn.LIGHT_DIRECTION_CAM)) > 0.02
 
 
 def test_blurred_oracle_targets_are_a_gaussian_convolution():

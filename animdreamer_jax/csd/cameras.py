@@ -32,7 +32,7 @@ once); `from_mvdream` inverts it given the distance it dropped.
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import NamedTuple, Optional
 
 import jax
 import jax.numpy as jnp
@@ -57,6 +57,10 @@ class CsdCameras(NamedTuple):
       place the views in the video's world.
     elevation: () degrees; azimuth: (V,) degrees; fov: () degrees;
     distance: () camera distance from the look-at point.
+    pixels: None (every pixel of the R x R views is rendered), or (V, P, 2)
+      int32 pixel indices (u, v) of the P pixels rendered per view: a random
+      subset for priors that judge each pixel on its own (the pixel-space
+      oracle), so a CPU can afford full-resolution views.
   """
   w2c: jnp.ndarray
   intrinsics: jnp.ndarray
@@ -68,6 +72,7 @@ class CsdCameras(NamedTuple):
   azimuth: jnp.ndarray
   fov: jnp.ndarray
   distance: jnp.ndarray
+  pixels: Optional[jnp.ndarray] = None
 
 
 def look_at_w2c(eye: jnp.ndarray, target: jnp.ndarray,
@@ -216,6 +221,7 @@ def sample_cameras(key: jax.Array, *, resolution: int, object_center: jnp.ndarra
 
 def repeat_views(cameras: CsdCameras, times: int) -> CsdCameras:
   """Cameras of a batch stacked `times` (e.g. cond + uncond halves of CFG)."""
-  per_view = ("w2c", "intrinsics", "near_far", "mvdream", "azimuth")
+  per_view = ("w2c", "intrinsics", "near_far", "mvdream", "azimuth", "pixels")
   return cameras._replace(**{
-      name: jnp.concatenate([getattr(cameras, name)] * times, axis=0) for name in per_view})
+      name: jnp.concatenate([getattr(cameras, name)] * times, axis=0) for name in per_view
+      if getattr(cameras, name) is not None})

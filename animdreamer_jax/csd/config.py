@@ -33,6 +33,9 @@ MVDream-threestudio) unless noted:
 | look_at | "aabb" | aim at the canonical box centre, or "origin" of the object frame |
 | param_groups | "canonical" | "canonical" (SDF, colour, visibility), "fg" (+ warp, skinning, |
 | | | bones, appearance), or comma-separated parameter-path prefixes |
+| pixels_per_view | 0 | > 0: render only this many random pixels of each view (pixel-separable |
+| | | priors: the oracle with oracle_downsample=1); an unbiased estimate of the |
+| | | full views' gradient, so CPU runs can afford the video's resolution |
 | patches | 0 | > 1: patch-wise back-propagation in this many pixel chunks per view |
 | remat | False | jax.checkpoint the renderer per view |
 | alpha | -1.0 | coarse-to-fine fraction on CSD steps: < 0 follows the reconstruction's (CSD |
@@ -52,7 +55,10 @@ MVDream-threestudio) unless noted:
 | oracle_align | True | oracle prior: register the model to the ground truth (one similarity in |
 | | | video-camera space, refitted every round; `csd/oracle_alignment.py`) |
 | oracle_align_frames | 0 | > 0: refine that similarity per frame at this many anchor frames (each |
-| | | frame's own root-pose error, e.g. a yaw the video cannot see) |
+| | | frame's own root-pose error, e.g. a yaw the video cannot see); camera space only |
+| oracle_align_space | "camera" | "camera": the similarity is fitted in video-camera space; "object": |
+| | | in the model's object frame onto the ground-truth world (the metrics' frame), |
+| | | so root-pose errors never enter the targets |
 | weights | "" | folder of converted MVDream parameters (`animdreamer convert-mvdream`) |
 | prompt | "" | text prompt (mvdream prior) |
 | negative_prompt | MVDream-threestudio's | unconditional text of CFG |
@@ -101,6 +107,7 @@ def csd_config() -> ml_collections.ConfigDict:
       object_size=0.0,
       look_at="aabb",
       param_groups="canonical",
+      pixels_per_view=0,
       patches=0,
       remat=False,
       alpha=-1.0,
@@ -115,6 +122,7 @@ def csd_config() -> ml_collections.ConfigDict:
       oracle_downsample=1,
       oracle_align=True,
       oracle_align_frames=0,
+      oracle_align_space="camera",
       weights="",
       prompt="",
       negative_prompt=DEFAULT_NEGATIVE_PROMPT,

@@ -116,6 +116,11 @@ class CsdSettings:
   # Near/far enclose the object's bounding sphere times this (posed limbs may
   # leave the canonical box).
   radius_margin: float = 1.25
+  # > 0: render only this many random pixels of each view (pixel-separable
+  # priors, e.g. the pixel-space oracle): an unbiased estimate of the full
+  # view's gradient at a fraction of the cost, so views can be rendered at
+  # the video's resolution on a CPU.
+  pixels_per_view: int = 0
 
   def __post_init__(self):
     if self.mode not in config_lib.MODES:
@@ -135,9 +140,12 @@ class CsdSettings:
       raise UserError(f"config.csd.beta_scale: {self.beta_scale} must be > 0")
     if self.num_samples < 2:
       raise UserError(f"config.csd.num_samples: {self.num_samples} must be >= 2")
-    if self.patches > 1 and (self.resolution * self.resolution) % self.patches:
-      raise UserError(f"config.csd.patches: {self.patches} must divide resolution^2 = "
-                      f"{self.resolution * self.resolution}")
+    if not 0 <= self.pixels_per_view <= self.resolution * self.resolution:
+      raise UserError(f"config.csd.pixels_per_view: {self.pixels_per_view} must be in [0, "
+                      f"resolution^2 = {self.resolution * self.resolution}] (0: every pixel)")
+    if self.patches > 1 and self.pixels_rendered % self.patches:
+      raise UserError(f"config.csd.patches: {self.patches} must divide the pixels rendered per "
+                      f"view, {self.pixels_rendered}")
     for name in ("elevation_range", "fov_range", "distance_range"):
       lo, hi = getattr(self, name)
       if not lo <= hi:
@@ -148,6 +156,11 @@ class CsdSettings:
       raise UserError(f"config.csd.object_size: {self.object_size} must be >= 0 (0: from the box)")
     if not (0 < self.fov_range[0] and self.fov_range[1] < 180):
       raise UserError(f"config.csd.fov_range: {self.fov_range} must lie in (0, 180)")
+
+  @property
+  def pixels_rendered(self) -> int:
+    """Pixels rendered per view: pixels_per_view, or all R^2."""
+    return self.pixels_per_view or self.resolution * self.resolution
 
   @classmethod
   def from_config(cls, csd: ml_collections.ConfigDict, render_samples: int = 64) -> "CsdSettings":
@@ -169,7 +182,7 @@ class CsdSettings:
         alpha=None if alpha >= 1.0 or alpha < 0 else alpha, follow_alpha=alpha < 0,
         importance_samples=int(csd.importance_samples), beta_scale=float(csd.beta_scale),
         fixed_frame=int(csd.fixed_frame), object_size=float(csd.object_size),
-        look_at=str(csd.look_at))
+        look_at=str(csd.look_at), pixels_per_view=int(csd.pixels_per_view))
 
 
 # ----------------------------------------------------------------------------
@@ -356,6 +369,25 @@ def image_pixels(resolution: int, num_views: int) -> jnp.ndarray:
   return jnp.asarray(np.broadcast_to(uv, (num_views,) + uv.shape))
 
 
+def sample_pixels(key: jax.Array, resolution: int, num_views: int, count: int) -> jnp.ndarray:
+  """(V, count, 2) int32 pixel indices (u, v): `count` distinct pixels per view, uniform."""
+  keys = jax.random.split(key, num_views)
+  flat = jax.vmap(lambda k: jax.random.choice(k, resolution * resolution, (count,),
+                                              replace=False))(keys)
+  return jnp.stack([flat % resolution, flat // resolution], -1).astype(jnp.int32)
+
+
+def view_pixels(cameras: cameras_lib.CsdCameras, resolution: int
+                ) -> tuple[jnp.ndarray, tuple[int, ...]]:
+  """(uv (V, N, 2) float32 pixels to render, image shape): the full R x R views, or the
+  (V, 1, P, 3) strip of `cameras.pixels`."""
+  num_views = cameras.w2c.shape[0]
+  if cameras.pixels is None:
+    return image_pixels(resolution, num_views), (num_views, resolution, resolution, 3)
+  count = cameras.pixels.shape[1]
+  return jnp.asarray(cameras.pixels, jnp.float32), (num_views, 1, count, 3)
+
+
 # ----------------------------------------------------------------------------
 # The image-space gradient from the prior.
 
@@ -445,6 +477,11 @@ def image_gradient(prior: prior_interface.DiffusionPrior, prior_params: Any, ima
   sample from `key`, then pulls `latent_gradient` / reduction back through
   the encoder's vjp.
 
+  With a pixel subset (`cameras.pixels`, P of the R x R pixels per view,
+  images a (V, 1, P, 3) strip) the "sum" reduction is scaled by R^2 / P, so
+  the gradient is an unbiased estimate of the full views' ("mean" is the
+  subset's own mean, unbiased as it is).
+
   Args:
     prior: the DiffusionPrior.
     prior_params: its parameters.
@@ -467,7 +504,12 @@ def image_gradient(prior: prior_interface.DiffusionPrior, prior_params: Any, ima
   t = sample_timestep(k_t, t_min, t_max, prior.num_timesteps)
   noise = jax.random.normal(k_noise, latents.shape, latents.dtype)
   grad = latent_gradient(prior, prior_params, latents, noise, t, cameras, text, settings)
-  norm = float(latents.shape[0]) if settings.reduction == "sum" else float(latents.size)
+  if settings.reduction == "sum":
+    norm = float(latents.shape[0])
+    if cameras.pixels is not None:  # the subset stands for all R^2 pixels of each view
+      norm *= cameras.pixels.shape[1] / float(settings.resolution * settings.resolution)
+  else:
+    norm = float(latents.size)
   (image_grad,) = encoder_vjp(grad / norm)
   metrics = {"csd_loss": 0.5 * jnp.sum(grad * grad) / norm, "csd_t": t,
              "csd_grad_latent_rms": jnp.sqrt(jnp.mean(grad * grad))}
@@ -491,12 +533,14 @@ def pullback(render: RenderFn, params: Any, cameras: cameras_lib.CsdCameras,
     resolution: R.
     patches: > 1: render without gradient first, then vjp patch by patch.
 
+  With `cameras.pixels` only those pixels are rendered: images are then the
+  (V, 1, P, 3) strip.
+
   Returns:
-    (parameter gradient, images (V, R, R, 3), metrics).
+    (parameter gradient, images (V, R, R, 3) or (V, 1, P, 3), metrics).
   """
   num_views = cameras.w2c.shape[0]
-  uv = image_pixels(resolution, num_views)
-  shape = (num_views, resolution, resolution, 3)
+  uv, shape = view_pixels(cameras, resolution)
   if patches <= 1:
     colours, render_vjp = jax.vjp(lambda p: render(p, cameras, uv), params)
     images = colours.reshape(shape)
@@ -504,7 +548,7 @@ def pullback(render: RenderFn, params: Any, cameras: cameras_lib.CsdCameras,
     (grads,) = render_vjp(image_grad.reshape(colours.shape))
     return grads, images, metrics
 
-  per_patch = resolution * resolution // patches
+  per_patch = uv.shape[1] // patches
   uv_patches = uv.reshape(num_views, patches, per_patch, 2).swapaxes(0, 1)  # (P, V, n, 2)
   # The no-gradient render also goes patch by patch (one patch's samples live at a time).
   frozen = jax.lax.stop_gradient(params)
@@ -618,6 +662,10 @@ def make_csd_train_step(config: ml_collections.ConfigDict, model, params_templat
   if tx is None:
     from animdreamer_jax.train import step as step_lib  # pylint: disable=g-import-not-at-top
     tx = step_lib.make_optimizer(config, params_template)
+  if settings.pixels_per_view and not prior.pixel_separable:
+    raise UserError(f"config.csd.pixels_per_view: the {prior.name} prior judges whole images "
+                    "(a UNet or pooled latents); random pixel subsets need a pixel-separable "
+                    "prior (the oracle with oracle_downsample=1); use 0")
   mask = param_group_mask(params_template, config.csd.param_groups)
   render = make_view_renderer(model, settings, **render_settings(config))
 
@@ -625,6 +673,10 @@ def make_csd_train_step(config: ml_collections.ConfigDict, model, params_templat
     key = jax.random.fold_in(jax.random.fold_in(state.key, state.step), CSD_KEY_TAG)
     k_cam, k_prior = jax.random.split(key)
     cameras = draw_cameras(model, state.params, k_cam, state.aux["aabb"], num_frames, settings)
+    if settings.pixels_per_view:
+      cameras = cameras._replace(pixels=sample_pixels(
+          jax.random.fold_in(key, 1), settings.resolution, settings.num_views,
+          settings.pixels_per_view))
     alpha = scalars.get("alpha") if settings.follow_alpha else None
     step_render = functools.partial(render, alpha=alpha)
     grads, images, metrics = csd_gradient(step_render, state.params, mask, prior, prior_params, cameras,

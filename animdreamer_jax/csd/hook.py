@@ -104,7 +104,8 @@ def mixed_step_fn(config: ml_collections.ConfigDict, trainer, recon_step: Callab
 
     def realign(state):
       matrix, info = oracle_alignment.fit_camera_alignment(
-          trainer, state, per_frame_anchors=int(config.csd.oracle_align_frames))
+          trainer, state, per_frame_anchors=int(config.csd.oracle_align_frames),
+          space=str(config.csd.oracle_align_space))
       if matrix is not None:
         renderer.set_camera_alignment(matrix)
       # For pictures and logs: the registration in use and how it was found.

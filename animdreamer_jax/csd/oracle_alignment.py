@@ -16,6 +16,14 @@ ICP with scale). The evaluation aligns the same way, so the oracle sees the
 model as the metrics do. Optionally (`csd.oracle_align_frames`) it then
 refines that similarity frame by frame: each frame's root pose keeps its own
 error (mostly a yaw the video cannot see), which a side view shows plainly.
+
+`space="object"` (`csd.oracle_align_space`) fits the similarity in the
+model's OBJECT frame instead, onto the ground truth's world frame: the frame
+the extraction's metrics compare per-frame meshes in (mesh_frame "object").
+The root poses then never enter the targets: the CSD views sit around the
+model's frame-t object, and the ground truth is seen from the same place
+relative to the same registration in every frame, so a root-pose error (the
+video barely sees a yaw) does not turn the targets against the model.
 """
 
 from __future__ import annotations
@@ -93,9 +101,30 @@ def refine_per_frame(pred_cam: np.ndarray, pred_faces: np.ndarray, gt_cam: np.nd
   return np.stack(refined)[nearest], {"rotation_deg": rotations, "shift": shifts}
 
 
+SPACES = ("camera", "object")
+
+
+def camera_alignment_from_object(object_to_world: np.ndarray, world_to_camera: np.ndarray,
+                                 object_to_camera: np.ndarray) -> np.ndarray:
+  """Per-frame video-camera-space similarities (T, 4, 4) of an object-frame registration.
+
+  The oracle renders the ground truth through `S_t^-1 W_t` from the model's
+  video camera (`GroundTruthRenderer.ground_truth_cameras`); a registration
+  A (model object frame -> ground-truth world) gives the same views with
+  S_t = W_t A root_t^-1.
+
+  Args:
+    object_to_world: (4, 4) A.
+    world_to_camera: (T, 4, 4) the video's noise-free cameras W_t.
+    object_to_camera: (T, 4, 4) the model's root poses root_t.
+  """
+  return (np.asarray(world_to_camera, np.float64) @ np.asarray(object_to_world, np.float64)
+          @ np.linalg.inv(np.asarray(object_to_camera, np.float64)))
+
+
 def fit_camera_alignment(trainer, state, num_frames: int = 8, mc_resolution: int = 48,
-                         num_samples: int = 2000, per_frame_anchors: int = 0
-                         ) -> tuple[Optional[np.ndarray], dict]:
+                         num_samples: int = 2000, per_frame_anchors: int = 0,
+                         space: str = "camera") -> tuple[Optional[np.ndarray], dict]:
   """The model -> ground-truth similarity in video-camera space, or None if unusable.
 
   Args:
@@ -106,12 +135,25 @@ def fit_camera_alignment(trainer, state, num_frames: int = 8, mc_resolution: int
     num_samples: surface samples per frame and side.
     per_frame_anchors: > 0: also refine it per frame at this many evenly
       spaced frames (`refine_per_frame`); the result is then (T, 4, 4).
+      Camera space only.
+    space: "camera": one similarity in video-camera space; "object": one
+      similarity from the model's object frame onto the ground-truth world,
+      returned as the per-frame camera-space similarities it implies
+      (`camera_alignment_from_object`, (T, 4, 4)).
 
   Returns:
     (matrix (4, 4) or (T, 4, 4), or None; info): None when the model has no
     surface yet or the registration rotates by more than MAX_ROTATION_DEG.
   """
   from animdreamer_jax.train import extract_outputs  # pylint: disable=g-import-not-at-top
+  from animdreamer_jax.errors import UserError  # pylint: disable=g-import-not-at-top
+  if space not in SPACES:
+    raise UserError(f"config.csd.oracle_align_space: {space!r} unknown; use one of "
+                    f"{', '.join(SPACES)}")
+  if space == "object" and per_frame_anchors > 0:
+    raise UserError("config.csd.oracle_align_frames: per-frame refinement is for "
+                    "oracle_align_space=camera (an object-frame registration has no per-frame "
+                    "root-pose error to refine); use 0")
   config, video = trainer.config, trainer.video
   params = state.params
   box = extract_outputs.extend_aabb(np.asarray(state.aux["aabb"]), config.train.mc_extend)
@@ -135,11 +177,22 @@ def fit_camera_alignment(trainer, state, num_frames: int = 8, mc_resolution: int
     return pred, truth
 
   frames = evenly_spaced(num_frames)
-  pred_cam, gt_cam = camera_meshes(frames)
-  matrix, info = fit_similarity(pred_cam, rest_f, gt_cam, gt_faces, num_samples)
+  if space == "object":
+    posed, _ = extract_outputs.posed_sequence(trainer.model, params, config, rest_v,
+                                              video.num_frames, frames=frames)
+    truth = np.asarray(gt.meshes.vertices, np.float64)[frames]
+    matrix, info = fit_similarity(posed.astype(np.float64), rest_f, truth, gt_faces, num_samples)
+  else:
+    pred_cam, gt_cam = camera_meshes(frames)
+    matrix, info = fit_similarity(pred_cam, rest_f, gt_cam, gt_faces, num_samples)
   info["frames"] = frames.tolist()
+  info["space"] = space
   if not np.isfinite(matrix).all() or info["rotation_deg"] > MAX_ROTATION_DEG:
     return None, {**info, "reason": "registration rotated too far"}
+  if space == "object":
+    info["object_to_world"] = matrix.tolist()
+    roots = np.asarray(trainer.root_poses_fn(params), np.float64)
+    return camera_alignment_from_object(matrix, gt.w2c, roots), info
   if per_frame_anchors > 0:
     anchors = evenly_spaced(per_frame_anchors)
     pred_cam, gt_cam = camera_meshes(anchors)

@@ -61,6 +61,11 @@ class DiffusionPrior:
     conditional: eps depends on the text (False: no CFG batch).
     renderer: the oracle's GroundTruthRenderer (host state such as its camera
       alignment, refitted between rounds); None for other priors.
+    pixel_separable: encode_fn and eps_fn act on each pixel on its own (no
+      convolution, pooling or attention across pixels), so the prior can judge
+      a random subset of a view's pixels (`cameras.pixels`, laid out as a
+      (V, 1, P, 3) strip): the subset's gradient is an unbiased estimate of the
+      full view's (csd.pixels_per_view). True for the pixel-space oracle.
   """
   name: str
   eps_fn: EpsFn
@@ -69,10 +74,19 @@ class DiffusionPrior:
   image_size: Optional[int] = None
   conditional: bool = True
   renderer: Optional[Any] = None
+  pixel_separable: bool = False
 
   @property
   def num_timesteps(self) -> int:
     return int(np.shape(self.alphas_cumprod)[0])
+
+
+def gather_pixels(images: jnp.ndarray, pixels: jnp.ndarray) -> jnp.ndarray:
+  """The (V, 1, P, C) strip of `pixels` (V, P, 2) (u = column, v = row) of images (V, H, W, C)."""
+  u = jnp.asarray(pixels[..., 0], jnp.int32)
+  v = jnp.asarray(pixels[..., 1], jnp.int32)
+  views = jnp.arange(images.shape[0])[:, None]
+  return images[views, v, u][:, None]
 
 
 def pixel_encode(prior_params: Any, images: jnp.ndarray, key: Optional[jax.Array]) -> jnp.ndarray:
@@ -107,13 +121,18 @@ def pooled_pixel_encoder(factor: int) -> EncodeFn:
 def function_prior(eps_fn: EpsFn, *, encode_fn: EncodeFn = pixel_encode,
                    alphas_cumprod: Optional[np.ndarray] = None,
                    image_size: Optional[int] = None, conditional: bool = True,
-                   name: str = "function") -> DiffusionPrior:
-  """Wraps a user eps function (default: pixel space, the SD/MVDream schedule)."""
+                   name: str = "function", pixel_separable: bool = False) -> DiffusionPrior:
+  """Wraps a user eps function (default: pixel space, the SD/MVDream schedule).
+
+  pixel_separable: declare it only if eps_fn and encode_fn treat each pixel
+  on its own (see DiffusionPrior); it allows csd.pixels_per_view.
+  """
   if alphas_cumprod is None:
     alphas_cumprod = schedule_lib.make_alphas_cumprod()
   return DiffusionPrior(name=name, eps_fn=eps_fn, encode_fn=encode_fn,
                         alphas_cumprod=np.asarray(alphas_cumprod, np.float32),
-                        image_size=image_size, conditional=conditional)
+                        image_size=image_size, conditional=conditional,
+                        pixel_separable=bool(pixel_separable))
 
 
 # ----------------------------------------------------------------------------
@@ -229,14 +248,12 @@ class GroundTruthRenderer:
     normals = syn.vertex_normals(verts, self.faces, self.weld) @ rotation.T
     light = None
     if self.lighting == "video":
-      # The light fixed in the video camera, seen from this camera. The model
-      # learnt its colours in ITS video-camera space, which the alignment S
-      # rotates against the ground truth's: w2c = C S^-1 W_t (rotations), so
-      # the model-space view C sees that light as C L = w2c W_t^T S L.
+      # The light where the video's camera had it at frame t (world direction
+      # W_t^T L), seen from this camera. The model's colours are the video's
+      # pixels, i.e. this shading baked in, whatever similarity registers the
+      # model: a ground-truth point then shows the shade the video gave it.
       video_rotation = self.world_to_video_camera[int(frame), :3, :3]
-      align = self.frame_alignment(frame)[:3, :3]
-      align = align / np.cbrt(np.linalg.det(align))
-      light = rotation @ (video_rotation.T @ (align @ syn.LIGHT_DIRECTION_CAM))
+      light = rotation @ (video_rotation.T @ syn.LIGHT_DIRECTION_CAM)
     image = syn.shade(raster, self.faces, v_cam, normals, self.colors, self.background,
                       light_direction=light)
     if s > 1:
@@ -340,12 +357,15 @@ def oracle_prior(renderer: GroundTruthRenderer, resolution: int,
 
   def eps_fn(prior_params, noisy, t, text_embedding, cameras):
     del prior_params, text_embedding
-    clean = encode(None, renderer.render_in_jax(cameras, resolution), None)
+    truth = renderer.render_in_jax(cameras, resolution)
+    if cameras.pixels is not None:  # a pixel subset (pixel_separable): the same pixels
+      truth = gather_pixels(truth, cameras.pixels)
+    clean = encode(None, truth, None)
     return oracle_eps(noisy, t, clean, alphas_cumprod)
 
   return DiffusionPrior(name="oracle", eps_fn=eps_fn, encode_fn=encode,
                         alphas_cumprod=alphas_cumprod, image_size=None, conditional=False,
-                        renderer=renderer)
+                        renderer=renderer, pixel_separable=int(downsample) == 1)
 
 
 def oracle_prior_from_video(video, resolution: int, background=1.0,
