@@ -264,7 +264,7 @@ def test_camera_alignment_renders_the_ground_truth_where_the_model_is():
                                 [-np.sin(angle), 0, np.cos(angle)]])
   sim[:3, 3] = [0.1, -0.05, -1.1]  # model -> GT: the model sits nearer, smaller
   gt = prior_interface.GroundTruthRenderer(frames, faces, colors, w2c)
-  gt.set_camera_alignment(sim)
+  gt.set_alignment(sim)
   # The model in its own object frame = its video-camera space (root pose = identity).
   cam_gt = np.einsum("ij,tvj->tvi", w2c[0][:3, :3], frames) + w2c[0][:3, 3]
   model_v = np.einsum("ij,tvj->tvi", np.linalg.inv(sim)[:3, :3], cam_gt) + np.linalg.inv(sim)[:3, 3]
@@ -278,11 +278,11 @@ def test_camera_alignment_renders_the_ground_truth_where_the_model_is():
   assert np.mean(np.abs(got - want) > 1e-3) < 0.02  # a few silhouette-edge ties at most
   assert np.all(np.any(want < 0.99, axis=(1, 2, 3)))  # the box is in every view
   # Without the alignment the targets are elsewhere.
-  gt.set_camera_alignment(None)
+  gt.set_alignment(None)
   wrong = np.asarray(jax.jit(lambda c: gt.render_in_jax(c, RES))(cams))
   assert np.mean(np.abs(wrong - want) > 1e-3) > 0.1
   with pytest.raises(UserError):
-    gt.set_camera_alignment(np.full((4, 4), np.nan))
+    gt.set_alignment(np.full((4, 4), np.nan))
 
 
 def _quad_renderer(lighting):
@@ -343,7 +343,7 @@ def test_video_lighting_ignores_the_registration():
   turn = np.array([[np.cos(a), 0, np.sin(a)], [0, 1, 0], [-np.sin(a), 0, np.cos(a)]])
   sim = np.eye(4)
   sim[:3, :3] = 1.3 * turn
-  renderer.set_camera_alignment(sim)
+  renderer.set_alignment(sim)
   view = np.eye(4)
   view[:3, :3] = turn  # from the camera centre towards S^-1 (0, 0, 3)
   w2c = renderer.ground_truth_cameras(1, view[None])[0]
@@ -376,19 +376,48 @@ def test_blurred_oracle_targets_are_a_gaussian_convolution():
     _renderer(blur_px=-1.0)
 
 
+def test_object_space_alignment_places_the_views_in_the_world():
+  """Object space: a CSD camera C of the model's object frame sees the ground-truth
+  world through C A^-1 (A: object -> world), whatever the root pose; identity A =
+  the object frame is the world. Only one (4, 4) registration is accepted."""
+  frames, faces, colors = _box_mesh()
+  w2c = np.stack([np.eye(4)] * 2)
+  w2c[:, 2, 3] = 3.0
+  gt = prior_interface.GroundTruthRenderer(frames, faces, colors, w2c, alignment_space="object")
+  root = np.eye(4)
+  root[:3, :3] = np.array([[0.0, 0.0, 1.0], [0.0, 1.0, 0.0], [-1.0, 0.0, 0.0]])
+  root[:3, 3] = [0.3, 0.0, 2.0]  # any root pose: it must not matter
+  cams = _cameras(frame=1, root_pose=jnp.asarray(root, jnp.float32))
+  np.testing.assert_allclose(gt.world_cameras(cams), np.asarray(cams.w2c), atol=1e-5)
+  a = np.eye(4)
+  a[:3, :3] = 2.0 * np.eye(3)
+  a[:3, 3] = [0.1, 0.2, 0.0]
+  gt.set_alignment(a)
+  want = np.asarray(cams.w2c, np.float64) @ np.linalg.inv(a)
+  want[:, :3, :] *= 2.0  # divided by its scale 1/2
+  np.testing.assert_allclose(gt.world_cameras(cams), want, atol=1e-5)
+  images = np.asarray(jax.jit(lambda c: gt.render_in_jax(c, RES))(cams))
+  direct = gt.render_views(1, want, np.asarray(cams.intrinsics), RES)
+  assert np.mean(np.abs(images - direct) > 1e-4) < 0.01
+  with pytest.raises(UserError, match="object-space"):
+    gt.set_alignment(np.stack([np.eye(4)] * 2))
+  with pytest.raises(UserError, match="alignment space"):
+    prior_interface.GroundTruthRenderer(frames, faces, colors, w2c, alignment_space="world")
+
+
 def test_per_frame_camera_alignment_is_read_at_the_frame():
   gt = _renderer()
   w2c = gt.world_to_video_camera
   per_frame = np.stack([np.eye(4)] * 2)
   per_frame[1, :3, 3] = [0.2, 0.0, 0.0]
-  gt.set_camera_alignment(per_frame)
+  gt.set_alignment(per_frame)
   view = np.stack([np.eye(4)])
   view[0, 2, 3] = 2.0
   np.testing.assert_allclose(gt.ground_truth_cameras(0, view)[0], view[0] @ w2c[0], atol=1e-12)
   np.testing.assert_allclose(gt.ground_truth_cameras(1, view)[0],
                              view[0] @ np.linalg.inv(per_frame[1]) @ w2c[1], atol=1e-12)
   with pytest.raises(UserError):
-    gt.set_camera_alignment(np.stack([np.eye(4)] * 3))
+    gt.set_alignment(np.stack([np.eye(4)] * 3))
 
 
 def test_pooled_oracle_compares_block_means():

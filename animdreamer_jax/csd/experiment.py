@@ -86,7 +86,7 @@ def save_csd_views(trainer, state, path: pathlib.Path, frame: int = 0, seed: int
                                                    **hook.oracle_render_options(config.csd))
   alignment = getattr(trainer, "csd_alignment", None)  # the oracle's last registration
   if alignment:
-    renderer.set_camera_alignment(np.asarray(alignment["matrix"]))
+    renderer.set_alignment(np.asarray(alignment["matrix"]))
   w2c = np.asarray(renderer.world_cameras(cams))
   truth = renderer.render_views(frame, w2c, np.asarray(cams.intrinsics), settings.resolution)
   grid = np.concatenate([np.concatenate(list(images), 1), np.concatenate(list(truth), 1)], 0)

@@ -32,7 +32,8 @@ def csd_enabled(config: ml_collections.ConfigDict) -> bool:
 def oracle_render_options(csd: ml_collections.ConfigDict) -> dict:
   """The GroundTruthRenderer options of a csd config section."""
   return dict(background=float(csd.background), supersample=int(csd.oracle_supersample),
-              lighting=str(csd.oracle_lighting), blur_px=float(csd.oracle_blur_px))
+              lighting=str(csd.oracle_lighting), blur_px=float(csd.oracle_blur_px),
+              alignment_space=str(csd.oracle_align_space))
 
 
 def build_prior(config: ml_collections.ConfigDict, video
@@ -107,9 +108,9 @@ def mixed_step_fn(config: ml_collections.ConfigDict, trainer, recon_step: Callab
           trainer, state, per_frame_anchors=int(config.csd.oracle_align_frames),
           space=str(config.csd.oracle_align_space))
       if matrix is not None:
-        renderer.set_camera_alignment(matrix)
+        renderer.set_alignment(matrix)
       # For pictures and logs: the registration in use and how it was found.
-      trainer.csd_alignment = {**info, "matrix": renderer.camera_alignment.tolist()}
+      trainer.csd_alignment = {**info, "matrix": renderer.alignment.tolist()}
   return MixedStep(config, recon_step, csd_fn, trainer.steps_total, realign=realign,
                    realign_every=int(config.train.iters_per_round))
 

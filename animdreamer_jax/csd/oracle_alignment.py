@@ -104,28 +104,10 @@ def refine_per_frame(pred_cam: np.ndarray, pred_faces: np.ndarray, gt_cam: np.nd
 SPACES = ("camera", "object")
 
 
-def camera_alignment_from_object(object_to_world: np.ndarray, world_to_camera: np.ndarray,
-                                 object_to_camera: np.ndarray) -> np.ndarray:
-  """Per-frame video-camera-space similarities (T, 4, 4) of an object-frame registration.
-
-  The oracle renders the ground truth through `S_t^-1 W_t` from the model's
-  video camera (`GroundTruthRenderer.ground_truth_cameras`); a registration
-  A (model object frame -> ground-truth world) gives the same views with
-  S_t = W_t A root_t^-1.
-
-  Args:
-    object_to_world: (4, 4) A.
-    world_to_camera: (T, 4, 4) the video's noise-free cameras W_t.
-    object_to_camera: (T, 4, 4) the model's root poses root_t.
-  """
-  return (np.asarray(world_to_camera, np.float64) @ np.asarray(object_to_world, np.float64)
-          @ np.linalg.inv(np.asarray(object_to_camera, np.float64)))
-
-
 def fit_camera_alignment(trainer, state, num_frames: int = 8, mc_resolution: int = 48,
                          num_samples: int = 2000, per_frame_anchors: int = 0,
                          space: str = "camera") -> tuple[Optional[np.ndarray], dict]:
-  """The model -> ground-truth similarity in video-camera space, or None if unusable.
+  """The model -> ground-truth similarity (video-camera or object space), or None if unusable.
 
   Args:
     trainer: train.loop.Trainer (its video must have ground truth).
@@ -137,13 +119,14 @@ def fit_camera_alignment(trainer, state, num_frames: int = 8, mc_resolution: int
       spaced frames (`refine_per_frame`); the result is then (T, 4, 4).
       Camera space only.
     space: "camera": one similarity in video-camera space; "object": one
-      similarity from the model's object frame onto the ground-truth world,
-      returned as the per-frame camera-space similarities it implies
-      (`camera_alignment_from_object`, (T, 4, 4)).
+      similarity from the model's object frame onto the ground-truth world
+      (for a GroundTruthRenderer with alignment_space "object").
 
   Returns:
     (matrix (4, 4) or (T, 4, 4), or None; info): None when the model has no
     surface yet or the registration rotates by more than MAX_ROTATION_DEG.
+    Both spaces allow only small rotations: the model's object frame is the
+    world frame of the video's cameras, which are the ground truth's plus noise.
   """
   from animdreamer_jax.train import extract_outputs  # pylint: disable=g-import-not-at-top
   from animdreamer_jax.errors import UserError  # pylint: disable=g-import-not-at-top
@@ -189,10 +172,7 @@ def fit_camera_alignment(trainer, state, num_frames: int = 8, mc_resolution: int
   info["space"] = space
   if not np.isfinite(matrix).all() or info["rotation_deg"] > MAX_ROTATION_DEG:
     return None, {**info, "reason": "registration rotated too far"}
-  if space == "object":
-    info["object_to_world"] = matrix.tolist()
-    roots = np.asarray(trainer.root_poses_fn(params), np.float64)
-    return camera_alignment_from_object(matrix, gt.w2c, roots), info
+
   if per_frame_anchors > 0:
     anchors = evenly_spaced(per_frame_anchors)
     pred_cam, gt_cam = camera_meshes(anchors)

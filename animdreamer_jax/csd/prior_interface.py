@@ -163,6 +163,8 @@ def oracle_eps(noisy: jnp.ndarray, t: jnp.ndarray, clean: jnp.ndarray,
 
 # Where the oracle's light is (GroundTruthRenderer.lighting).
 LIGHTINGS = ("video", "view")
+# Where its model-to-ground-truth registration lives (GroundTruthRenderer.alignment_space).
+ALIGNMENT_SPACES = ("camera", "object")
 
 
 class GroundTruthRenderer:
@@ -191,12 +193,15 @@ class GroundTruthRenderer:
     blur_px: Gaussian blur (standard deviation, output pixels) of the
       targets; 0: none. Matches the sharp mesh renders to the softness of
       a volume render when that is wanted.
+    alignment_space: where the model-to-ground-truth registration lives
+      (`set_alignment`): "camera" (video-camera space) or "object" (the
+      model's object frame onto the ground-truth world).
   """
 
   def __init__(self, vertices: np.ndarray, faces: np.ndarray, colors: Optional[np.ndarray],
                world_to_video_camera: np.ndarray, rest_vertices: Optional[np.ndarray] = None,
                background=1.0, supersample: int = 1, lighting: str = "video",
-               blur_px: float = 0.0):
+               blur_px: float = 0.0, alignment_space: str = "camera"):
     from animdreamer_jax.data import synthetic  # pylint: disable=g-import-not-at-top
     self.vertices = np.asarray(vertices, np.float64)
     self.faces = np.asarray(faces, np.int64)
@@ -223,7 +228,11 @@ class GroundTruthRenderer:
     if not float(blur_px) >= 0.0:
       raise UserError(f"oracle prior: blur_px must be >= 0, got {blur_px}")
     self.blur_px = float(blur_px)
-    self.camera_alignment = np.eye(4)
+    if alignment_space not in ALIGNMENT_SPACES:
+      raise UserError(f"oracle prior: alignment space {alignment_space!r} unknown; use one of "
+                      f"{', '.join(ALIGNMENT_SPACES)}")
+    self.alignment_space = alignment_space
+    self.alignment = np.eye(4)
     self._synthetic = synthetic
 
   @property
@@ -263,48 +272,62 @@ class GroundTruthRenderer:
       image = cv2.GaussianBlur(image, (0, 0), self.blur_px, borderType=cv2.BORDER_REPLICATE)
     return image.astype(np.float32)
 
-  def set_camera_alignment(self, similarity: Optional[np.ndarray]) -> None:
-    """Sets the model-to-ground-truth similarity in video-camera space (None: identity).
+  def set_alignment(self, similarity: Optional[np.ndarray]) -> None:
+    """Sets the model-to-ground-truth registration (None: identity).
 
     A monocular reconstruction is free in scale and depth: a smaller object
-    nearer the camera makes the same video. `similarity` (4, 4) or per
-    frame (T, 4, 4), scale s times a rotation plus a translation, maps the
-    model's video-camera-space points onto the ground truth's (`csd.oracle_alignment` fits it); the
-    oracle then renders the ground truth from where the CSD camera sits
-    relative to the MODEL, so both views show the object alike. The host
-    callback reads it at call time, so refitting needs no re-tracing.
+    nearer the camera makes the same video. The registration (scale s times a
+    rotation plus a translation, `csd.oracle_alignment` fits it) lets the
+    oracle render the ground truth from where the CSD camera sits relative to
+    the MODEL, so both views show the object alike. Its meaning follows
+    `alignment_space`:
+    - "camera": (4, 4) or per frame (T, 4, 4), maps the model's
+      video-camera-space points onto the ground truth's;
+    - "object": (4, 4), maps the model's object frame onto the ground-truth
+      world (identity: the model's object frame IS the world frame its
+      cameras were given in); root poses never enter the targets.
+    The host callback reads it at call time, so refitting needs no re-tracing.
     """
     if similarity is None:
       similarity = np.eye(4)
     similarity = np.asarray(similarity, np.float64)
-    if (similarity.shape not in ((4, 4), (self.num_frames, 4, 4))
-        or not np.all(np.isfinite(similarity))):
-      raise UserError(f"oracle prior: camera alignment must be a finite (4, 4) or "
-                      f"({self.num_frames}, 4, 4), got {similarity.shape}")
-    self.camera_alignment = similarity
+    shapes = ((4, 4),) if self.alignment_space == "object" else ((4, 4), (self.num_frames, 4, 4))
+    if similarity.shape not in shapes or not np.all(np.isfinite(similarity)):
+      raise UserError(f"oracle prior: the {self.alignment_space}-space alignment must be a "
+                      f"finite {' or '.join(str(s) for s in shapes)}, got {similarity.shape}")
+    self.alignment = similarity
 
   def frame_alignment(self, frame: int) -> np.ndarray:
-    """(4, 4) the camera alignment used at `frame` (one for all, or per frame)."""
-    if self.camera_alignment.ndim == 3:
-      return self.camera_alignment[int(frame)]
-    return self.camera_alignment
+    """(4, 4) the alignment used at `frame` (one for all, or per frame)."""
+    if self.alignment.ndim == 3:
+      return self.alignment[int(frame)]
+    return self.alignment
 
-  def ground_truth_cameras(self, frame: int, csd_from_video: np.ndarray) -> np.ndarray:
+  def ground_truth_cameras(self, frame: int, csd_from_video: np.ndarray,
+                           root_pose: Optional[np.ndarray] = None) -> np.ndarray:
     """World-to-CSD-camera (N, 4, 4) rigid transforms for the ground-truth mesh.
 
     Args:
       frame: video frame t.
       csd_from_video: (N, 4, 4) CSD camera from the model's video-camera space
         at frame t (the CSD w2c times the inverse root pose).
+      root_pose: (4, 4) the model's object-to-video-camera transform at frame
+        t (needed in object space).
 
-    A model that fits the video maps its frame-t object point X_o to the video
-    camera as root_pose X_o = S^-1 W_t X_w (S: the camera alignment), so a CSD
-    camera C sees the world through C root_pose^-1 S^-1 W_t; that similarity
-    divided by its scale is rigid and renders the same image.
+    Camera space: a model that fits the video maps its frame-t object point
+    X_o to the video camera as root_pose X_o = S^-1 W_t X_w (S: the
+    alignment), so a CSD camera C sees the world through C root_pose^-1 S^-1
+    W_t. Object space: X_w = A X_o, so C sees the world through C A^-1. Either
+    similarity divided by its scale is rigid and renders the same image.
     """
     csd_from_video = np.asarray(csd_from_video, np.float64)
-    video_cam = self.world_to_video_camera[int(frame)]
-    m = csd_from_video @ np.linalg.inv(self.frame_alignment(frame)) @ video_cam
+    if self.alignment_space == "object":
+      if root_pose is None:
+        raise ValueError("object-space alignment needs the root pose")
+      m = csd_from_video @ np.asarray(root_pose, np.float64) @ np.linalg.inv(self.alignment)
+    else:
+      video_cam = self.world_to_video_camera[int(frame)]
+      m = csd_from_video @ np.linalg.inv(self.frame_alignment(frame)) @ video_cam
     scale = np.cbrt(np.linalg.det(m[:, :3, :3]))[:, None, None]
     out = m.copy()
     out[:, :3, :] = m[:, :3, :] / scale
@@ -312,9 +335,9 @@ class GroundTruthRenderer:
 
   def world_cameras(self, cameras: cameras_lib.CsdCameras) -> np.ndarray:
     """World-to-CSD-camera (N, 4, 4) on the host (see `ground_truth_cameras`)."""
-    csd_from_video = np.asarray(cameras.w2c, np.float64) @ np.linalg.inv(
-        np.asarray(cameras.root_pose, np.float64))
-    return self.ground_truth_cameras(int(np.asarray(cameras.frame)), csd_from_video)
+    root = np.asarray(cameras.root_pose, np.float64)
+    csd_from_video = np.asarray(cameras.w2c, np.float64) @ np.linalg.inv(root)
+    return self.ground_truth_cameras(int(np.asarray(cameras.frame)), csd_from_video, root)
 
   def render_views(self, frame, w2c, intrinsics, resolution: int) -> np.ndarray:
     """(N, R, R, 3) float32 for world-to-camera (N, 4, 4) and intrinsics (N, 4)."""
@@ -325,16 +348,17 @@ class GroundTruthRenderer:
   def render_in_jax(self, cameras: cameras_lib.CsdCameras, resolution: int) -> jnp.ndarray:
     """Ground-truth views (N, R, R, 3) in [0, 1] from inside jit (a host callback)."""
     num_views = cameras.w2c.shape[0]
-    csd_from_video = jax.lax.stop_gradient(cameras.w2c @ jnp.linalg.inv(cameras.root_pose))
+    root = jax.lax.stop_gradient(cameras.root_pose)
+    csd_from_video = jax.lax.stop_gradient(cameras.w2c @ jnp.linalg.inv(root))
     intrinsics = jax.lax.stop_gradient(cameras.intrinsics)
     out = jax.ShapeDtypeStruct((num_views, resolution, resolution, 3), jnp.float32)
 
-    def host(frame, csd_from_video, intrinsics):
+    def host(frame, csd_from_video, root, intrinsics):
       frame = int(np.asarray(frame))
-      return self.render_views(frame, self.ground_truth_cameras(frame, csd_from_video),
+      return self.render_views(frame, self.ground_truth_cameras(frame, csd_from_video, root),
                                intrinsics, resolution)
 
-    return jax.pure_callback(host, out, cameras.frame, csd_from_video, intrinsics,
+    return jax.pure_callback(host, out, cameras.frame, csd_from_video, root, intrinsics,
                              vmap_method="sequential")
 
 
@@ -370,17 +394,20 @@ def oracle_prior(renderer: GroundTruthRenderer, resolution: int,
 
 def oracle_prior_from_video(video, resolution: int, background=1.0,
                             supersample: int = 1, lighting: str = "video",
-                            blur_px: float = 0.0, downsample: int = 1) -> DiffusionPrior:
+                            blur_px: float = 0.0, downsample: int = 1,
+                            alignment_space: str = "camera") -> DiffusionPrior:
   """Oracle prior from a `data.video.Video` with ground truth (UserError without);
-  `supersample`, `lighting`, `blur_px`: its renders (see GroundTruthRenderer);
-  `downsample`: see `oracle_prior`."""
+  `supersample`, `lighting`, `blur_px`, `alignment_space`: its renders (see
+  GroundTruthRenderer); `downsample`: see `oracle_prior`."""
   renderer = ground_truth_renderer(video, background=background, supersample=supersample,
-                                  lighting=lighting, blur_px=blur_px)
+                                  lighting=lighting, blur_px=blur_px,
+                                  alignment_space=alignment_space)
   return oracle_prior(renderer, resolution, downsample=downsample)
 
 
 def ground_truth_renderer(video, background=1.0, supersample: int = 1, lighting: str = "video",
-                          blur_px: float = 0.0) -> GroundTruthRenderer:
+                          blur_px: float = 0.0, alignment_space: str = "camera"
+                          ) -> GroundTruthRenderer:
   """GroundTruthRenderer of a `data.video.Video`'s ground truth (UserError without)."""
   gt = getattr(video, "gt", None)
   if gt is None:
@@ -392,7 +419,8 @@ def ground_truth_renderer(video, background=1.0, supersample: int = 1, lighting:
     colors = np.asarray(seq.vertex_colors, np.float64) / 255.0
   return GroundTruthRenderer(seq.vertices, seq.faces, colors, gt.w2c,
                              rest_vertices=gt.rest_vertices, background=background,
-                             supersample=supersample, lighting=lighting, blur_px=blur_px)
+                             supersample=supersample, lighting=lighting, blur_px=blur_px,
+                             alignment_space=alignment_space)
 
 
 # ----------------------------------------------------------------------------
