@@ -184,6 +184,7 @@ def train(trainer: Trainer, resume: bool, progress: bool = True) -> tuple[state_
   start = time.time()
   step = int(state.step)
   loss_ema = None
+  last_csd = None  # the latest CSD step's metrics (CSD steps rarely fall on a log step)
   try:
     while step < trainer.steps_total:
       if step % iters == 0 or not cache:
@@ -207,8 +208,13 @@ def train(trainer: Trainer, resume: bool, progress: bool = True) -> tuple[state_
         nonfinite_in_row = 0
         loss = float(m["loss"])
         loss_ema = loss if loss_ema is None else 0.9 * loss_ema + 0.1 * loss
+      if "csd_loss" in m:
+        last_csd = m
       if step % cfg.log_every == 0 or step == trainer.steps_total:
         _log_scalars(writer, {**m, "rollbacks": rollbacks, **scalars}, step)
+        if last_csd is not None:
+          _log_scalars(writer, last_csd, step, prefix="csd/")
+          last_csd = None
       if pbar is not None:
         pbar.update(1)
         if step % 5 == 0 and loss_ema is not None:
