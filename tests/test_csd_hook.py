@@ -112,3 +112,34 @@ def test_mixed_step_refits_the_oracle_alignment_once_per_round_before_csd():
     state, _ = mixed(state, None, {"lr": 1.0})
   # CSD steps 0, 2, ..., 12; refits at the first CSD step and then >= 5 steps later.
   assert seen == [0, 6, 12]
+
+
+def test_experiment_summary_rows_and_seed_means(tmp_path):
+  """The experiment's table: one row per run, the mean over seeds per prior, n/a for a run
+  without metrics; a finished run folder is read back instead of retrained."""
+  import json  # pylint: disable=g-import-not-at-top
+  from animdreamer_jax.csd import experiment  # pylint: disable=g-import-not-at-top
+
+  def result(chamfer, unseen, seconds):
+    part = lambda c: {"chamfer": c, "fscore@2%": 100 - 1000 * c}
+    return {"metrics": {"mean": {"all": part(chamfer), "unseen": part(unseen), "seen": part(chamfer)}},
+            "train_seconds": seconds, "steps": 10}
+
+  results = {"none_s0": result(0.02, 0.03, 100.0), "none_s1": result(0.03, 0.05, 110.0),
+             "oracle_s0": result(0.01, 0.02, 90.0), "oracle_s1": {"train_seconds": 5.0}}
+  groups = {"none": ["none_s0", "none_s1"], "oracle": ["oracle_s0", "oracle_s1"]}
+  table, text = experiment.summarise(results, groups)
+  mean = table["none (mean of 2)"]
+  assert mean["all/chamfer"] == pytest.approx(0.025) and mean["unseen/chamfer"] == pytest.approx(0.04)
+  assert mean["train_seconds"] == pytest.approx(105.0)
+  assert not any(k.startswith("oracle (mean") for k in table)  # one finished oracle run only
+  assert "| oracle_s1 | n/a |" in text and "| none (mean of 2) | 0.025 |" in text
+  assert experiment.run_name("oracle", 3, True) == "oracle_s3"
+  assert experiment.run_name("oracle", 3, False) == "oracle"
+  run = tmp_path / "none_s0"
+  assert experiment.finished_run(run) is None
+  run.mkdir()
+  (run / "metrics.json").write_text(json.dumps(results["none_s0"]["metrics"]))
+  experiment.save_train_info(run, results["none_s0"])
+  back = experiment.finished_run(run)
+  assert back["metrics"] == results["none_s0"]["metrics"] and back["train_seconds"] == 100.0

@@ -1,15 +1,20 @@
 r"""Extraction with and without CSD on one video, same config and steps; scores side by side.
 
   python3 -m animdreamer_jax.csd.experiment --video DIR --out RUNS \
-      --config configs/extract_demo_cpu.py [--config.csd.weight=...] [--runs none,oracle]
+      --config configs/extract_bench_cpu_csd_oracle.py [--config.csd.weight=...] \
+      [--runs none,oracle] [--seeds 0,1]
 
-For each prior in --runs it trains into RUNS/<prior>/ with the extraction
+For each prior in --runs (and each training seed in --seeds) it trains into
+RUNS/<prior>/ (RUNS/<prior>_s<seed>/ with several seeds) with the extraction
 trainer (train/loop.py), CSD mixed in through `csd.hook.install`, and writes
 RUNS/summary.json (+ .md): Chamfer and F-score@2% overall and on the seen /
 never-seen ground-truth surface (animdreamer_jax.eval, via the trainer's
-metrics.json), plus RUNS/<prior>/csd_views.png: the 4 CSD views of a frame next
-to the oracle's ground-truth renders. Until the trainer's config carries a
-`csd` section itself, this adds `csd_config()` to the loaded config.
+metrics.json), one row per run and, with several seeds, the mean over seeds
+of each prior (the seed changes initialisation, batches and CSD views; one
+seed's difference can be noise). Oracle runs also leave
+RUNS/<run>/csd_views.png: the 4 CSD views of a frame next to the oracle's
+ground-truth renders. Finished runs (their metrics.json present) are read
+back, not retrained, so an interrupted experiment resumes where it stopped.
 """
 
 from __future__ import annotations
@@ -95,22 +100,53 @@ def save_csd_views(trainer, state, path: pathlib.Path, frame: int = 0, seed: int
   extract_outputs.save_png(path, (np.clip(grid, 0, 1) * 255 + 0.5).astype(np.uint8))
 
 
-def summarise(results: dict) -> tuple[dict, str]:
-  """{prior: {part/metric: value}} and a markdown table."""
+def run_name(prior: str, seed: int, several_seeds: bool) -> str:
+  """RUNS/<run>: the prior's name, with "_s<seed>" when several seeds are trained."""
+  return f"{prior}_s{seed}" if several_seeds else prior
+
+
+def summarise(results: dict, groups: dict | None = None) -> tuple[dict, str]:
+  """{run: {part/metric: value}} and a markdown table.
+
+  Args:
+    results: {run name: run_one's result (its "metrics" and "train_seconds")}.
+    groups: {label: [run names]}: adds a row "<label> (mean of n)" with the
+      mean of each score over those runs (runs without metrics are skipped).
+  """
+  keys = [f"{part}/{name}" for part, name in HEADLINE]
   table = {}
-  for prior, result in results.items():
+  for run, result in results.items():
     metrics = result.get("metrics") or {}
     mean = metrics.get("mean", {})
-    table[prior] = {f"{part}/{name}": mean.get(part, {}).get(name) for part, name in HEADLINE}
-    table[prior]["train_seconds"] = result.get("train_seconds")
-    table[prior]["steps"] = result.get("steps")
+    table[run] = {f"{part}/{name}": mean.get(part, {}).get(name) for part, name in HEADLINE}
+    table[run]["train_seconds"] = result.get("train_seconds")
+    table[run]["steps"] = result.get("steps")
+  for label, runs in (groups or {}).items():
+    rows = [table[r] for r in runs if r in table and table[r][keys[0]] is not None]
+    if len(rows) < 2:
+      continue
+    table[f"{label} (mean of {len(rows)})"] = {
+        k: float(np.mean([row[k] for row in rows if row[k] is not None]))
+        for k in keys + ["train_seconds"]}
   header = "| run | " + " | ".join(f"{p} {m}" for p, m in HEADLINE) + " | train s |"
   lines = [header, "|" + " --- |" * (len(HEADLINE) + 2)]
-  for prior, row in table.items():
-    cells = [("n/a" if row[f"{p}/{m}"] is None else f"{row[f'{p}/{m}']:.4g}") for p, m in HEADLINE]
-    secs = row["train_seconds"]
-    lines.append(f"| {prior} | " + " | ".join(cells) + f" | {secs:.0f} |")
+  for run, row in table.items():
+    cells = [("n/a" if row.get(k) is None else f"{row[k]:.4g}") for k in keys]
+    secs = row.get("train_seconds")
+    lines.append(f"| {run} | " + " | ".join(cells) + " | "
+                 + ("n/a" if secs is None else f"{secs:.0f}") + " |")
   return table, "\n".join(lines) + "\n"
+
+
+def finished_run(workdir: pathlib.Path) -> dict | None:
+  """A run folder's result if it finished (metrics.json written), else None."""
+  path = workdir / "metrics.json"
+  if not path.is_file():
+    return None
+  run = {}
+  if (workdir / "train_info.json").is_file():
+    run = json.loads((workdir / "train_info.json").read_text())
+  return {**run, "metrics": json.loads(path.read_text())}
 
 
 def main(argv=None) -> int:
@@ -122,23 +158,48 @@ def main(argv=None) -> int:
   parser.add_argument("--out", required=True)
   parser.add_argument("--config", required=True)
   parser.add_argument("--runs", default="none,oracle", help="comma-separated csd priors to train")
+  parser.add_argument("--seeds", default="",
+                      help="comma-separated training seeds (config.train.seed; default: the config's)")
   args = parser.parse_args(rest)
   out = pathlib.Path(args.out)
-  results = {}
+  results, groups = {}, {}
   try:
-    for prior in [r.strip() for r in args.runs.split(",") if r.strip()]:
-      config = load_config(args.config, list(overrides) + [("csd.prior", prior)])
-      print(f"== {prior}: {out / prior}", flush=True)
-      results[prior] = run_one(config, pathlib.Path(args.video), out / prior)
-      table, text = summarise(results)
-      out.mkdir(parents=True, exist_ok=True)
-      (out / "summary.json").write_text(json.dumps(table, indent=2) + "\n")
-      (out / "summary.md").write_text(text)
-      print(text, flush=True)
+    priors = [r.strip() for r in args.runs.split(",") if r.strip()]
+    try:
+      seeds = [int(x) for x in args.seeds.split(",") if x.strip()]
+    except ValueError:
+      raise UserError(f"--seeds: {args.seeds!r} is not a comma-separated list of integers")
+    several = len(seeds) > 1
+    for prior in priors:
+      for seed in seeds or [None]:
+        extra = [("csd.prior", prior)] + ([] if seed is None else [("train.seed", str(seed))])
+        config = load_config(args.config, list(overrides) + extra)
+        name = run_name(prior, int(config.train.seed), several)
+        groups.setdefault(prior, []).append(name)
+        workdir = out / name
+        done = finished_run(workdir)
+        if done is not None:
+          print(f"== {name}: {workdir} (finished earlier; read back)", flush=True)
+          results[name] = done
+        else:
+          print(f"== {name}: {workdir}", flush=True)
+          results[name] = run_one(config, pathlib.Path(args.video), workdir)
+          save_train_info(workdir, results[name])
+        table, text = summarise(results, groups if several else None)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "summary.json").write_text(json.dumps(table, indent=2) + "\n")
+        (out / "summary.md").write_text(text)
+        print(text, flush=True)
   except UserError as e:
     print(f"error: {e}", file=sys.stderr)
     return 2
   return 0
+
+
+def save_train_info(workdir: pathlib.Path, result: dict) -> None:
+  """train_info.json: the run's steps and training time (read back by `finished_run`)."""
+  info = {k: result.get(k) for k in ("steps", "train_seconds", "rollbacks")}
+  (workdir / "train_info.json").write_text(json.dumps(info, indent=2) + "\n")
 
 
 if __name__ == "__main__":
