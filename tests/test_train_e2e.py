@@ -185,6 +185,24 @@ def test_extract_end_to_end_and_resume(tiny_video, tmp_path, compile_cache):
   assert (workdir / "config.json").read_text() == saved
 
 
+def test_extract_with_oracle_csd_on_pixel_subsets(tiny_video, tmp_path, compile_cache):
+  """The extraction trainer with oracle CSD mixed in (every 2nd step, random pixel subsets of
+  full-resolution views, object-frame targets, warp and bones included): it trains, the
+  CSD steps' metrics reach TensorBoard under csd/, and the run ends with its outputs."""
+  config = tiny_config(compile_cache)
+  config.csd.update(prior="oracle", every_k=2, resolution=RES, pixels_per_view=24,
+                    num_samples=8, reduction="mean", weight=0.1, object_size=1.0,
+                    oracle_supersample=1, oracle_align=False, oracle_align_space="object",
+                    param_groups="fg")
+  workdir = tmp_path / "run"
+  result = extract_cmd.run_extraction(config, tiny_video, workdir, progress=False)
+  assert result["steps"] == 6 and result["rollbacks"] == 0
+  metrics = json.loads((workdir / "metrics.json").read_text())
+  assert np.isfinite(metrics["mean"]["all"]["chamfer"])
+  events = b"".join(f.read_bytes() for f in (workdir / "tensorboard").iterdir())
+  assert b"csd/csd_loss" in events and b"csd/csd_frame" in events
+
+
 def test_bad_inputs_write_nothing(tiny_video, tmp_path, repo_root):
   workdir = tmp_path / "run"
   with pytest.raises(UserError, match="config.train.num_roundz: unknown config key"):
