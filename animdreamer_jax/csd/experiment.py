@@ -13,8 +13,10 @@ metrics.json), one row per run and, with several seeds, the mean over seeds
 of each prior (the seed changes initialisation, batches and CSD views; one
 seed's difference can be noise). Oracle runs also leave
 RUNS/<run>/csd_views.png: the 4 CSD views of a frame next to the oracle's
-ground-truth renders. Finished runs (their metrics.json present) are read
-back, not retrained, so an interrupted experiment resumes where it stopped.
+ground-truth renders, and RUNS/compare.png shows the ground truth and every
+run's mesh from the video's camera and from the never-seen side. Finished
+runs (their metrics.json present) are read back, not retrained, so an
+interrupted experiment resumes where it stopped.
 """
 
 from __future__ import annotations
@@ -98,6 +100,61 @@ def save_csd_views(trainer, state, path: pathlib.Path, frame: int = 0, seed: int
   zoom = max(1, 512 // grid.shape[1])  # nearest-neighbour blow-up for people
   grid = np.repeat(np.repeat(grid, zoom, 0), zoom, 1)
   extract_outputs.save_png(path, (np.clip(grid, 0, 1) * 255 + 0.5).astype(np.uint8))
+
+
+def opposite_camera(w2c: np.ndarray, centre: np.ndarray) -> np.ndarray:
+  """The camera (4, 4) turned 180 degrees about the world +Y axis through `centre`: the
+  side a camera arc never saw."""
+  turn = np.diag([-1.0, 1.0, -1.0, 1.0])  # rotation by 180 degrees about +Y
+  to_centre, back = np.eye(4), np.eye(4)
+  to_centre[:3, 3], back[:3, 3] = -centre, centre
+  return np.asarray(w2c, np.float64) @ back @ turn @ to_centre
+
+
+def save_comparison(video, runs: dict, path: pathlib.Path, frame: int | None = None,
+                    size: int = 192) -> None:
+  """PNG: the ground truth and each run's mesh at one frame, seen from the video's camera
+  (left) and from the opposite, never-seen side (right); one row per mesh, the runs'
+  meshes placed by the evaluation's alignment (metrics.json), grey shading.
+
+  Args:
+    video: a `data.video.Video` with ground truth.
+    runs: {label: run folder with meshes.npz and metrics.json}.
+    path: the PNG.
+    frame: the frame shown (default: the middle one).
+    size: pixels per panel.
+  """
+  from animdreamer_jax import assets  # pylint: disable=g-import-not-at-top
+  from animdreamer_jax.train import extract_outputs  # pylint: disable=g-import-not-at-top
+  gt = video.gt
+  frame = video.num_frames // 2 if frame is None else int(frame)
+  truth = np.asarray(gt.meshes.vertices[frame], np.float64)
+  cams = [np.asarray(gt.w2c[frame], np.float64)]
+  cams.append(opposite_camera(cams[0], 0.5 * (truth.min(0) + truth.max(0))))
+  k = np.asarray(gt.intrinsics[frame], np.float64) * size / max(video.height, video.width)
+  meshes = [("ground truth", truth, np.asarray(gt.meshes.faces))]
+  for label, workdir in runs.items():
+    workdir = pathlib.Path(workdir)
+    if not (workdir / "meshes.npz").is_file() or not (workdir / "metrics.json").is_file():
+      continue
+    seq = assets.load_sequence_npz(workdir / "meshes.npz")
+    align = np.asarray(json.loads((workdir / "metrics.json").read_text())["alignment"]["matrix"],
+                       np.float64)
+    verts = np.asarray(seq.vertices[frame], np.float64) @ align[:3, :3].T + align[:3, 3]
+    meshes.append((label, verts, np.asarray(seq.faces)))
+  rows = []
+  for _, verts, faces in meshes:
+    panels = []
+    for w2c in cams:
+      cam = verts @ w2c[:3, :3].T + w2c[:3, 3]
+      image, _ = extract_outputs.shade_mesh(cam, faces, k, size, size, np.ones(3))
+      panels.append(image)
+    rows.append(np.concatenate(panels, 1))
+  grid = np.concatenate(rows, 0)
+  extract_outputs.save_png(path, (np.clip(grid, 0, 1) * 255 + 0.5).astype(np.uint8))
+  (path.with_suffix(".txt")).write_text(
+      f"frame {frame}; rows: " + ", ".join(label for label, _, _ in meshes)
+      + "; left: the video's camera, right: the never-seen side\n")
 
 
 def run_name(prior: str, seed: int, several_seeds: bool) -> str:
@@ -190,6 +247,11 @@ def main(argv=None) -> int:
         (out / "summary.json").write_text(json.dumps(table, indent=2) + "\n")
         (out / "summary.md").write_text(text)
         print(text, flush=True)
+    from animdreamer_jax.data import video as video_lib  # pylint: disable=g-import-not-at-top
+    video = video_lib.load_video(args.video)
+    if video.gt is not None:
+      save_comparison(video, {name: out / name for name in results}, out / "compare.png")
+      print(f"meshes side by side: {out / 'compare.png'}", flush=True)
   except UserError as e:
     print(f"error: {e}", file=sys.stderr)
     return 2
