@@ -28,6 +28,12 @@ Memory options: `patches > 1` renders without gradient (patch by patch,
 live at a time, as AnimatableDreamer does above 88 px (it uses 8 patches);
 `remat=True` renders the views one by one under `jax.checkpoint`.
 
+Cost option (pixel-separable priors only, the pixel-space oracle):
+`pixels_per_view = P > 0` renders P random pixels of each R x R view
+(`cameras.pixels`, a (V, 1, P, 3) strip through the prior); with the "sum"
+reduction scaled by R^2 / P the gradient is an unbiased estimate of the full
+views', so a CPU run can afford views at the video's resolution.
+
 Parameter groups: only leaves selected by `param_group_mask` (optax-style
 boolean tree; presets "canonical" = lab4d's CSD default, "fg" = also the
 warp, skinning, bones and appearance) receive CSD gradient. Frozen leaves
