@@ -134,6 +134,8 @@ def test_experiment_summary_rows_and_seed_means(tmp_path):
   assert mean["train_seconds"] == pytest.approx(105.0)
   assert not any(k.startswith("oracle (mean") for k in table)  # one finished oracle run only
   assert "| oracle_s1 | n/a |" in text and "| none (mean of 2) | 0.025 |" in text
+  _, text = experiment.summarise({"none": {"error": "run: training produced no surface"}})
+  assert "| none | failed: run: training produced no surface |" in text
   assert experiment.run_name("oracle", 3, True) == "oracle_s3"
   assert experiment.run_name("oracle", 3, False) == "oracle"
   run = tmp_path / "none_s0"

@@ -47,8 +47,16 @@ def load_config(path: str, overrides):
   return config_lib.apply_overrides(config, overrides)
 
 
+class TrainingFailed(UserError):
+  """A run that trained but left nothing to score (e.g. no surface): reported, not fatal."""
+
+
 def run_one(config, video_dir: pathlib.Path, workdir: pathlib.Path, progress: bool = True) -> dict:
-  """Trains (resuming if RUN has a checkpoint) and writes the trainer's outputs."""
+  """Trains (resuming if RUN has a checkpoint) and writes the trainer's outputs.
+
+  Raises:
+    TrainingFailed: training diverged or produced no surface (the next arm still runs).
+  """
   from animdreamer_jax.csd import hook  # pylint: disable=g-import-not-at-top
   from animdreamer_jax.data import video as video_lib  # pylint: disable=g-import-not-at-top
   from animdreamer_jax.train import config as config_lib  # pylint: disable=g-import-not-at-top
@@ -62,9 +70,12 @@ def run_one(config, video_dir: pathlib.Path, workdir: pathlib.Path, progress: bo
   workdir.mkdir(parents=True, exist_ok=True)
   config_lib.save_config(config, workdir / "config.json")
   start = time.time()
-  state, info = loop.train(trainer, resume=False, progress=progress)
-  info["train_seconds"] = time.time() - start
-  outputs = extract_outputs.write_outputs(trainer, state, workdir, progress=progress)
+  try:
+    state, info = loop.train(trainer, resume=False, progress=progress)
+    info["train_seconds"] = time.time() - start
+    outputs = extract_outputs.write_outputs(trainer, state, workdir, progress=progress)
+  except (loop.TrainingDiverged, extract_outputs.NoSurface) as e:
+    raise TrainingFailed(str(e)) from e
   if installed and str(config.csd.prior) == "oracle":
     save_csd_views(trainer, state, workdir / "csd_views.png")
   return {**info, **outputs, "csd": installed}
@@ -178,6 +189,8 @@ def summarise(results: dict, groups: dict | None = None) -> tuple[dict, str]:
     table[run] = {f"{part}/{name}": mean.get(part, {}).get(name) for part, name in HEADLINE}
     table[run]["train_seconds"] = result.get("train_seconds")
     table[run]["steps"] = result.get("steps")
+    if result.get("error"):
+      table[run]["error"] = result["error"]
   for label, runs in (groups or {}).items():
     rows = [table[r] for r in runs if r in table and table[r][keys[0]] is not None]
     if len(rows) < 2:
@@ -188,6 +201,9 @@ def summarise(results: dict, groups: dict | None = None) -> tuple[dict, str]:
   header = "| run | " + " | ".join(f"{p} {m}" for p, m in HEADLINE) + " | train s |"
   lines = [header, "|" + " --- |" * (len(HEADLINE) + 2)]
   for run, row in table.items():
+    if row.get("error"):
+      lines.append(f"| {run} | failed: {row['error']} |")
+      continue
     cells = [("n/a" if row.get(k) is None else f"{row[k]:.4g}") for k in keys]
     secs = row.get("train_seconds")
     lines.append(f"| {run} | " + " | ".join(cells) + " | "
@@ -219,7 +235,7 @@ def main(argv=None) -> int:
                       help="comma-separated training seeds (config.train.seed; default: the config's)")
   args = parser.parse_args(rest)
   out = pathlib.Path(args.out)
-  results, groups = {}, {}
+  results, groups, failed = {}, {}, []
   try:
     priors = [r.strip() for r in args.runs.split(",") if r.strip()]
     try:
@@ -240,8 +256,13 @@ def main(argv=None) -> int:
           results[name] = done
         else:
           print(f"== {name}: {workdir}", flush=True)
-          results[name] = run_one(config, pathlib.Path(args.video), workdir)
-          save_train_info(workdir, results[name])
+          try:
+            results[name] = run_one(config, pathlib.Path(args.video), workdir)
+            save_train_info(workdir, results[name])
+          except TrainingFailed as e:  # an outcome to report (e.g. no surface), not bad input
+            print(f"{name} failed: {e}", file=sys.stderr, flush=True)
+            results[name] = {"error": str(e)}
+            failed.append(name)
         table, text = summarise(results, groups if several else None)
         out.mkdir(parents=True, exist_ok=True)
         (out / "summary.json").write_text(json.dumps(table, indent=2) + "\n")
@@ -255,6 +276,10 @@ def main(argv=None) -> int:
   except UserError as e:
     print(f"error: {e}", file=sys.stderr)
     return 2
+  if failed:
+    print(f"error: {len(failed)} run(s) failed: {', '.join(failed)} (see summary.md)",
+          file=sys.stderr)
+    return 1
   return 0
 
 

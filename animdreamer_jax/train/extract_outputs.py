@@ -41,6 +41,10 @@ from animdreamer_jax.render import warp_render
 SdfFn = Callable[[jnp.ndarray], jnp.ndarray]
 
 
+class NoSurface(UserError):
+  """The trained canonical SDF has no zero crossing in its box: nothing to mesh."""
+
+
 def grid_points(aabb: np.ndarray, resolution: int) -> np.ndarray:
   """(R^3, 3) float32 points of a regular grid over aabb = [[min xyz], [max xyz]], 'ij' order."""
   axes = [np.linspace(aabb[0, i], aabb[1, i], resolution, dtype=np.float32) for i in range(3)]
@@ -299,7 +303,7 @@ def write_outputs(trainer, state, workdir: pathlib.Path, progress: bool = True) 
   rest_v, rest_f = extract_mesh(trainer.sdf_fn(params), box, int(cfg.mc_resolution),
                                 level=float(cfg.mc_level), largest=True)
   if rest_f.shape[0] == 0:
-    raise UserError(f"{workdir}: training produced no surface (the canonical SDF has no zero "
+    raise NoSurface(f"{workdir}: training produced no surface (the canonical SDF has no zero "
                     "crossing in the bounding box); try more rounds or check the video's masks")
   log(f"rest mesh: {rest_v.shape[0]} vertices, {rest_f.shape[0]} faces ({time.time() - t0:.1f} s)")
   posed_obj, obj2cam = posed_sequence(model, params, config, rest_v, video.num_frames)
