@@ -145,3 +145,15 @@ def test_experiment_summary_rows_and_seed_means(tmp_path):
   experiment.save_train_info(run, results["none_s0"])
   back = experiment.finished_run(run)
   assert back["metrics"] == results["none_s0"]["metrics"] and back["train_seconds"] == 100.0
+
+
+def test_photometric_scores_against_hand_computed_values():
+  from animdreamer_jax.csd import experiment  # pylint: disable=g-import-not-at-top
+  truth = np.ones((1, 2, 2, 3))
+  images = truth.copy()
+  images[0, 0, 0] = 0.0  # one pixel black: MSE = 3 / 12
+  mask = np.array([[[True, False], [False, False]]])
+  opacity = np.array([[[0.9, 0.7], [0.1, 0.2]]])  # predicted: 2 pixels, 1 shared
+  scores = experiment.photometric_scores(images, opacity, truth, mask)
+  assert scores["psnr"] == pytest.approx(-10 * math.log10(0.25))
+  assert scores["iou"] == pytest.approx(0.5)

@@ -194,13 +194,19 @@ def test_extract_with_oracle_csd_on_pixel_subsets(tiny_video, tmp_path, compile_
                     num_samples=8, reduction="mean", weight=0.1, object_size=1.0,
                     oracle_supersample=1, oracle_align=False, oracle_align_space="object",
                     param_groups="fg")
+  from animdreamer_jax.csd import experiment  # pylint: disable=g-import-not-at-top
   workdir = tmp_path / "run"
-  result = extract_cmd.run_extraction(config, tiny_video, workdir, progress=False)
-  assert result["steps"] == 6 and result["rollbacks"] == 0
+  result = experiment.run_one(config, tiny_video, workdir, progress=False)
+  assert result["steps"] == 6 and result["rollbacks"] == 0 and result["csd"]
   metrics = json.loads((workdir / "metrics.json").read_text())
   assert np.isfinite(metrics["mean"]["all"]["chamfer"])
   events = b"".join(f.read_bytes() for f in (workdir / "tensorboard").iterdir())
   assert b"csd/csd_loss" in events and b"csd/csd_frame" in events
+  # The experiment's pictures and novel-view scores (model vs ground truth, 4 views).
+  views = json.loads((workdir / "novel_views.json").read_text())
+  assert np.isfinite(views["psnr"]) and 0.0 <= views["iou"] <= 1.0
+  for name in ("csd_views.png", "novel_views.png"):
+    assert (workdir / name).is_file(), name
 
 
 def test_bad_inputs_write_nothing(tiny_video, tmp_path, repo_root):

@@ -22,6 +22,7 @@ interrupted experiment resumes where it stopped.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import pathlib
 import sys
@@ -33,6 +34,9 @@ from animdreamer_jax.errors import UserError
 
 HEADLINE = (("all", "chamfer"), ("all", "fscore@2%"), ("unseen", "chamfer"),
             ("unseen", "fscore@2%"), ("seen", "chamfer"), ("seen", "fscore@2%"))
+# Novel-view scores (`novel_views`): PSNR / silhouette IoU over 4 views around the
+# animal, and of the view opposite the video's camera alone.
+NOVEL = ("psnr", "iou", "psnr_opposite", "iou_opposite")
 
 
 def load_config(path: str, overrides):
@@ -78,7 +82,110 @@ def run_one(config, video_dir: pathlib.Path, workdir: pathlib.Path, progress: bo
     raise TrainingFailed(str(e)) from e
   if installed and str(config.csd.prior) == "oracle":
     save_csd_views(trainer, state, workdir / "csd_views.png")
+  metrics = outputs.get("metrics")
+  if metrics and metrics.get("alignment", {}).get("matrix") is not None:
+    scores, picture = novel_views(trainer, state, np.asarray(metrics["alignment"]["matrix"]))
+    extract_outputs.save_json(workdir / "novel_views.json", scores)
+    zoom = max(1, 512 // picture.shape[1])
+    extract_outputs.save_png(workdir / "novel_views.png", (np.repeat(np.repeat(
+        picture, zoom, 0), zoom, 1) * 255 + 0.5).astype(np.uint8))
+    outputs["novel_views"] = scores
   return {**info, **outputs, "csd": installed}
+
+
+def photometric_scores(images: np.ndarray, opacity: np.ndarray, truth: np.ndarray,
+                       truth_mask: np.ndarray) -> dict:
+  """PSNR (dB, images in [0, 1]) and silhouette IoU (opacity > 0.5 vs the true mask).
+
+  Args:
+    images, truth: (N, H, W, 3) renders and ground truth over the same background.
+    opacity: (N, H, W) the renders' opacity; truth_mask: (N, H, W) bool.
+  """
+  mse = float(np.mean((np.asarray(images, np.float64) - np.asarray(truth, np.float64)) ** 2))
+  pred = np.asarray(opacity) > 0.5
+  union = np.logical_or(pred, truth_mask).sum()
+  iou = float(np.logical_and(pred, truth_mask).sum() / union) if union else 1.0
+  return {"psnr": float(-10.0 * np.log10(max(mse, 1e-12))), "iou": iou}
+
+
+def novel_views(trainer, state, object_to_world: np.ndarray, frames=None, resolution: int = 64,
+                elevation: float = 15.0, fov: float = 40.0
+                ) -> tuple[dict, np.ndarray]:
+  """The model against the ground truth from 4 views around the animal at a few frames.
+
+  The views orbit the ground-truth mesh of frame t at one elevation, azimuths 0, 90,
+  180 and 270 degrees from the video's camera (180: the side a camera arc never saw),
+  framing its bounding sphere; the model is seen from the same places through the
+  evaluation's registration `object_to_world` (model object frame -> world, the one
+  metrics.json reports), so runs with and without CSD are judged alike. The ground
+  truth is lit as the video lit it (the model's colours are the video's pixels).
+
+  Returns:
+    ({"psnr", "iou", "psnr_opposite", "iou_opposite"}, picture (2 R x 4 R x 3 per frame
+    row pair: model above, ground truth below)).
+  """
+  import jax  # pylint: disable=g-import-not-at-top
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  from animdreamer_jax.csd import cameras as cameras_lib  # pylint: disable=g-import-not-at-top
+  from animdreamer_jax.csd import csd_step  # pylint: disable=g-import-not-at-top
+  from animdreamer_jax.csd import prior_interface  # pylint: disable=g-import-not-at-top
+  config, video = trainer.config, trainer.video
+  frames = (np.linspace(0, video.num_frames - 1, 4).round().astype(int) if frames is None
+            else np.asarray(frames))
+  align = np.asarray(object_to_world, np.float64)
+  scale = float(np.cbrt(np.linalg.det(align[:3, :3])))
+  settings = csd_step.CsdSettings(resolution=resolution,
+                                  num_samples=int(config.render.num_samples),
+                                  importance_samples=int(config.render.eval_importance_samples))
+  renders = {}
+  for background in (1.0, 0.0):
+    render = csd_step.make_view_renderer(
+        trainer.model, dataclasses.replace(settings, background=background),
+        **csd_step.render_settings(config))
+    renders[background] = jax.jit(render)
+  renderer = prior_interface.ground_truth_renderer(video, supersample=2, lighting="video")
+  uv = csd_step.image_pixels(resolution, 4)
+  intrinsics = np.asarray(cameras_lib.pinhole_intrinsics(resolution, fov), np.float64)
+  scores, rows = [], []
+  for t in frames:
+    verts = np.asarray(video.gt.meshes.vertices[t], np.float64)
+    centre = 0.5 * (verts.min(0) + verts.max(0))
+    radius = float(np.linalg.norm(verts - centre, axis=1).max())
+    video_w2c = np.asarray(video.gt.w2c[t], np.float64)
+    eye = -video_w2c[:3, :3].T @ video_w2c[:3, 3] - centre
+    azimuth0 = np.degrees(np.arctan2(eye[0], eye[2]))
+    distance = 1.15 * radius / np.sin(np.radians(fov / 2))
+    world = np.asarray(cameras_lib.orbit_w2c(
+        jnp.float32(elevation), jnp.asarray(azimuth0 + np.arange(4) * 90.0, jnp.float32),
+        jnp.float32(distance), jnp.asarray(centre, jnp.float32)), np.float64)
+    model_w2c = world @ align
+    model_w2c[:, :3, :] /= scale  # a similarity divided by its scale: the same image
+    near_far = np.tile([[max(distance - 1.3 * radius, 1e-2), distance + 1.3 * radius]],
+                       (4, 1)) / scale
+    cams = cameras_lib.CsdCameras(
+        w2c=jnp.asarray(model_w2c, jnp.float32),
+        intrinsics=jnp.asarray(np.tile(intrinsics, (4, 1)), jnp.float32),
+        near_far=jnp.asarray(near_far, jnp.float32), mvdream=jnp.zeros((4, 16)),
+        frame=jnp.int32(t), root_pose=jnp.eye(4), elevation=jnp.float32(elevation),
+        azimuth=jnp.zeros(4), fov=jnp.float32(fov), distance=jnp.float32(distance))
+    shape = (4, resolution, resolution, 3)
+    white = np.asarray(renders[1.0](state.params, cams, uv)).reshape(shape)
+    black = np.asarray(renders[0.0](state.params, cams, uv)).reshape(shape)
+    opacity = 1.0 - (white - black).mean(-1)
+    truth = renderer.render_views(int(t), world, np.tile(intrinsics, (4, 1)), resolution)
+    renderer.background = np.zeros(3)
+    truth_black = renderer.render_views(int(t), world, np.tile(intrinsics, (4, 1)), resolution)
+    renderer.background = np.ones(3)
+    mask = (truth - truth_black).mean(-1) < 0.5
+    scores.append((photometric_scores(white, opacity, truth, mask),
+                   photometric_scores(white[2:3], opacity[2:3], truth[2:3], mask[2:3])))
+    rows += [np.concatenate(list(white), 1), np.concatenate(list(truth), 1)]
+  out = {"psnr": float(np.mean([a["psnr"] for a, _ in scores])),
+         "iou": float(np.mean([a["iou"] for a, _ in scores])),
+         "psnr_opposite": float(np.mean([b["psnr"] for _, b in scores])),
+         "iou_opposite": float(np.mean([b["iou"] for _, b in scores])),
+         "frames": [int(t) for t in frames], "resolution": resolution}
+  return out, np.clip(np.concatenate(rows, 0), 0, 1)
 
 
 def save_csd_views(trainer, state, path: pathlib.Path, frame: int = 0, seed: int = 0) -> None:
@@ -90,7 +197,6 @@ def save_csd_views(trainer, state, path: pathlib.Path, frame: int = 0, seed: int
   from animdreamer_jax.train import extract_outputs  # pylint: disable=g-import-not-at-top
   config = trainer.config
   settings = csd_step.CsdSettings.from_config(config.csd, int(config.render.num_samples))
-  import dataclasses  # pylint: disable=g-import-not-at-top
   settings = dataclasses.replace(settings, fixed_frame=frame, elevation_range=(15.0, 15.0))
   render = csd_step.make_view_renderer(trainer.model, settings,
                                        **csd_step.render_settings(config))
@@ -181,12 +287,15 @@ def summarise(results: dict, groups: dict | None = None) -> tuple[dict, str]:
     groups: {label: [run names]}: adds a row "<label> (mean of n)" with the
       mean of each score over those runs (runs without metrics are skipped).
   """
-  keys = [f"{part}/{name}" for part, name in HEADLINE]
+  keys = [f"{part}/{name}" for part, name in HEADLINE] + [f"novel/{name}" for name in NOVEL]
   table = {}
   for run, result in results.items():
     metrics = result.get("metrics") or {}
     mean = metrics.get("mean", {})
     table[run] = {f"{part}/{name}": mean.get(part, {}).get(name) for part, name in HEADLINE}
+    views = result.get("novel_views") or {}
+    for name in NOVEL:
+      table[run][f"novel/{name}"] = views.get(name)
     table[run]["train_seconds"] = result.get("train_seconds")
     table[run]["steps"] = result.get("steps")
     if result.get("error"):
@@ -196,10 +305,12 @@ def summarise(results: dict, groups: dict | None = None) -> tuple[dict, str]:
     if len(rows) < 2:
       continue
     table[f"{label} (mean of {len(rows)})"] = {
-        k: float(np.mean([row[k] for row in rows if row[k] is not None]))
-        for k in keys + ["train_seconds"]}
-  header = "| run | " + " | ".join(f"{p} {m}" for p, m in HEADLINE) + " | train s |"
-  lines = [header, "|" + " --- |" * (len(HEADLINE) + 2)]
+        k: (float(np.mean(values)) if values else None)
+        for k in keys + ["train_seconds"]
+        for values in [[row[k] for row in rows if row.get(k) is not None]]}
+  header = ("| run | " + " | ".join(f"{p} {m}" for p, m in HEADLINE) + " | "
+            + " | ".join(f"novel {m}" for m in NOVEL) + " | train s |")
+  lines = [header, "|" + " --- |" * (len(keys) + 2)]
   for run, row in table.items():
     if row.get("error"):
       lines.append(f"| {run} | failed: {row['error']} |")
@@ -219,6 +330,9 @@ def finished_run(workdir: pathlib.Path) -> dict | None:
   run = {}
   if (workdir / "train_info.json").is_file():
     run = json.loads((workdir / "train_info.json").read_text())
+  views = workdir / "novel_views.json"
+  if views.is_file():
+    run["novel_views"] = json.loads(views.read_text())
   return {**run, "metrics": json.loads(path.read_text())}
 
 
