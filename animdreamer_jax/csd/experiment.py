@@ -35,8 +35,10 @@ from animdreamer_jax.errors import UserError
 HEADLINE = (("all", "chamfer"), ("all", "fscore@2%"), ("unseen", "chamfer"),
             ("unseen", "fscore@2%"), ("seen", "chamfer"), ("seen", "fscore@2%"))
 # Novel-view scores (`novel_views`): PSNR / silhouette IoU over 4 views around the
-# animal, and of the view opposite the video's camera alone.
-NOVEL = ("psnr", "iou", "psnr_opposite", "iou_opposite")
+# animal (and "_opposite": of the view opposite the video's camera alone), with the
+# model placed by the evaluation's registration or ("world_") by none.
+NOVEL_SCORES = ("psnr", "iou", "psnr_opposite", "iou_opposite")
+NOVEL = ("psnr", "iou", "world_psnr", "world_iou")
 
 
 def load_config(path: str, overrides):
@@ -84,11 +86,16 @@ def run_one(config, video_dir: pathlib.Path, workdir: pathlib.Path, progress: bo
     save_csd_views(trainer, state, workdir / "csd_views.png")
   metrics = outputs.get("metrics")
   if metrics and metrics.get("alignment", {}).get("matrix") is not None:
+    # Two registrations of the model: the evaluation's (its mesh fitted to the ground
+    # truth) and none ("world": the frame the video's cameras were given in).
     scores, picture = novel_views(trainer, state, np.asarray(metrics["alignment"]["matrix"]))
+    world, world_picture = novel_views(trainer, state, np.eye(4))
+    scores.update({f"world_{k}": v for k, v in world.items() if k in NOVEL_SCORES})
     extract_outputs.save_json(workdir / "novel_views.json", scores)
-    zoom = max(1, 512 // picture.shape[1])
-    extract_outputs.save_png(workdir / "novel_views.png", (np.repeat(np.repeat(
-        picture, zoom, 0), zoom, 1) * 255 + 0.5).astype(np.uint8))
+    for name, image in (("novel_views.png", picture), ("novel_views_world.png", world_picture)):
+      zoom = max(1, 512 // image.shape[1])
+      extract_outputs.save_png(workdir / name, (np.repeat(np.repeat(image, zoom, 0), zoom, 1)
+                                                * 255 + 0.5).astype(np.uint8))
     outputs["novel_views"] = scores
   return {**info, **outputs, "csd": installed}
 
