@@ -52,13 +52,14 @@ MVDream-threestudio) unless noted:
 | oracle_downsample | 1 | oracle prior: compare renders and targets average-pooled by this factor |
 | | | (a coarser 'latent', like the SD VAE's 8x; resolution must be a multiple) |
 | oracle_blur_px | 0.0 | oracle prior: Gaussian blur (std, pixels) of the targets |
-| oracle_align | True | oracle prior: register the model to the ground truth (one similarity in |
-| | | video-camera space, refitted every round; `csd/oracle_alignment.py`) |
+| oracle_align | True | oracle prior: register the model to the ground truth (one similarity, |
+| | | refitted every round; `csd/oracle_alignment.py`); False: identity |
 | oracle_align_frames | 0 | > 0: refine that similarity per frame at this many anchor frames (each |
 | | | frame's own root-pose error, e.g. a yaw the video cannot see); camera space only |
-| oracle_align_space | "camera" | "camera": the similarity is fitted in video-camera space; "object": |
-| | | in the model's object frame onto the ground-truth world (the metrics' frame), |
-| | | so root-pose errors never enter the targets |
+| oracle_align_space | "object" | "object": the registration maps the model's object frame onto the |
+| | | ground-truth world (the metrics' frame; identity when oracle_align is off), so |
+| | | root-pose errors never enter the targets; "camera": fitted in video-camera |
+| | | space (measured worse: README "Known limitations") |
 | weights | "" | folder of converted MVDream parameters (`animdreamer convert-mvdream`) |
 | prompt | "" | text prompt (mvdream prior) |
 | negative_prompt | MVDream-threestudio's | unconditional text of CFG |
@@ -122,7 +123,7 @@ def csd_config() -> ml_collections.ConfigDict:
       oracle_downsample=1,
       oracle_align=True,
       oracle_align_frames=0,
-      oracle_align_space="camera",
+      oracle_align_space="object",
       weights="",
       prompt="",
       negative_prompt=DEFAULT_NEGATIVE_PROMPT,

@@ -100,6 +100,11 @@ def mixed_step_fn(config: ml_collections.ConfigDict, trainer, recon_step: Callab
                                         text=text)
   realign = None
   renderer = getattr(prior, "renderer", None)
+  if (renderer is not None and int(config.csd.oracle_align_frames) > 0
+      and str(config.csd.oracle_align_space) != "camera"):
+    raise UserError("config.csd.oracle_align_frames: per-frame refinement needs "
+                    "csd.oracle_align_space=camera (an object-frame registration has no "
+                    "per-frame root-pose error to refine); use 0")
   if renderer is not None and bool(config.csd.oracle_align):
     from animdreamer_jax.csd import oracle_alignment  # pylint: disable=g-import-not-at-top
 
