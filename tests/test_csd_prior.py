@@ -220,6 +220,11 @@ def test_mvdream_adapter_with_tiny_random_weights():
   np.testing.assert_allclose(np.asarray(cond), np.asarray(eps_c), rtol=1e-4, atol=1e-5)
   np.testing.assert_allclose(np.asarray(guided), np.asarray(eps_u + 7.0 * (eps_c - eps_u)),
                              rtol=1e-4, atol=1e-4)
+  # Fused attention (the GPU setting) is the same maths with other rounding.
+  fused = prior_interface.mvdream_prior(unet_config, vae_config, image_size=image_size,
+                                        fused_attention=True)
+  _, cond_fused = csd_step.guided_eps(fused, params, noisy, t, text, cams, 7.0)
+  np.testing.assert_allclose(np.asarray(cond_fused), np.asarray(eps_c), rtol=1e-4, atol=1e-5)
   settings = dataclasses.replace(csd_step.CsdSettings(), resolution=16)
   grad, metrics = csd_step.image_gradient(prior, params, images, cams, text, jax.random.PRNGKey(4),
                                           0.02, 0.98, settings)

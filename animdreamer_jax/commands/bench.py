@@ -2,6 +2,7 @@
 
   animdreamer bench step [...]   jitted render+loss+grad step: achieved FLOP/s / dense matmul FLOP/s
   animdreamer bench unet [...]   MVDream UNet forward+VJP: JAX vs the PyTorch diffusers reference
+  animdreamer bench csd [...]    one CSD train step (render, VAE, MVDream with CFG, pull-back, AdamW)
 
 `animdreamer bench <which> --help` lists each benchmark's own flags.
 """
@@ -16,6 +17,7 @@ from animdreamer_jax.errors import UserError
 BENCHMARKS = {
     "step": "animdreamer_jax.train.bench_step",
     "unet": "animdreamer_jax.prior.bench_unet",
+    "csd": "animdreamer_jax.csd.bench_csd",
 }
 
 

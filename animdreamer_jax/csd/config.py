@@ -64,6 +64,7 @@ MVDream-threestudio) unless noted:
 | prompt | "" | text prompt (mvdream prior) |
 | negative_prompt | MVDream-threestudio's | unconditional text of CFG |
 | dtype | "float32" | activation dtype of the MVDream UNet ("bfloat16" on GPU) |
+| fused_attention | False | MVDream UNet attention by `jax.nn.dot_product_attention` (True on GPU) |
 """
 
 from __future__ import annotations
@@ -128,4 +129,5 @@ def csd_config() -> ml_collections.ConfigDict:
       prompt="",
       negative_prompt=DEFAULT_NEGATIVE_PROMPT,
       dtype="float32",
+      fused_attention=False,
   ))

@@ -57,7 +57,8 @@ def build_prior(config: ml_collections.ConfigDict, video
       raise UserError(f"config.csd.dtype: {csd.dtype!r} unknown; use float32 or bfloat16")
     prior, params, text = prior_interface.load_mvdream(
         str(csd.weights), str(csd.prompt), str(csd.negative_prompt),
-        image_size=int(csd.encode_resolution), dtype=dtype)
+        image_size=int(csd.encode_resolution), dtype=dtype,
+        fused_attention=bool(csd.fused_attention))
     return prior, params, text
   raise UserError(f"config.csd.prior: {name!r} unknown; use one of none, oracle, mvdream")
 

@@ -70,7 +70,8 @@ def _prior(kind: str, resolution: int, encode_resolution: int):
   return prior, params, text
 
 
-def _analysis(compiled) -> dict[str, Any]:
+def memory_figures(compiled) -> dict[str, Any]:
+  """XLA's buffer sizes of a compiled executable (bytes, and peak / temp / arguments in GiB)."""
   analysis = compiled.memory_analysis()
   fields = ("argument_size_in_bytes", "output_size_in_bytes", "alias_size_in_bytes",
             "temp_size_in_bytes", "generated_code_size_in_bytes")
@@ -99,11 +100,33 @@ def prior_memory(*, resolution: int = 200, prior_kind: str = "mvdream",
   key = jax.ShapeDtypeStruct((2,), jnp.uint32)
   start = time.time()
   compiled = jax.jit(gradient).lower(images, prior_params, text, cams, key).compile()
-  out = _analysis(compiled)
+  out = memory_figures(compiled)
   out.update(part="prior", prior=prior_kind, resolution=resolution,
              encode_resolution=encode_resolution, backend=jax.default_backend(),
              compile_seconds=time.time() - start)
   return out
+
+
+def gradient_function(model, params: Any, prior: prior_interface.DiffusionPrior,
+                      settings: csd_step.CsdSettings, num_frames: int, groups: str = "canonical"):
+  """gradient(params, prior_params, text, key) -> (CSD gradient, csd_loss) with cameras drawn inside.
+
+  Everything of the CSD train step but the optimiser update: a random frame
+  and its root pose, 4 views around a unit box, render, prior, pull-back.
+  `params` (arrays or ShapeDtypeStructs) only fixes the parameter-group mask.
+  """
+  render = csd_step.make_view_renderer(model, settings)
+  mask = csd_step.param_group_mask(params, groups)
+  aabb = jnp.array([[-0.5] * 3, [0.5] * 3], jnp.float32)
+
+  def gradient(params, prior_params, text, key):
+    k_cam, k_prior = jax.random.split(key)
+    cams = csd_step.draw_cameras(model, params, k_cam, aabb, num_frames, settings)
+    grads, _, metrics = csd_step.csd_gradient(render, params, mask, prior, prior_params, cams,
+                                              text, k_prior, 0.02, 0.98, settings)
+    return grads, metrics["csd_loss"]
+
+  return gradient
 
 
 def step_memory(strategy: str = "patches", *, resolution: int = 200, num_samples: int = 64,
@@ -125,23 +148,13 @@ def step_memory(strategy: str = "patches", *, resolution: int = 200, num_samples
                                   patches=patches if num_patches is None else 0, remat=remat)
   model, params = _model(model_preset, num_frames)
   prior, prior_params, text = _prior(prior_kind, resolution, encode_resolution)
-  render = csd_step.make_view_renderer(model, settings)
-  mask = csd_step.param_group_mask(params, groups)
-  aabb = jnp.array([[-0.5] * 3, [0.5] * 3], jnp.float32)
-
-  def gradient(params, prior_params, text, key):
-    k_cam, k_prior = jax.random.split(key)
-    cams = csd_step.draw_cameras(model, params, k_cam, aabb, num_frames, settings)
-    grads, _, metrics = csd_step.csd_gradient(render, params, mask, prior, prior_params, cams,
-                                              text, k_prior, 0.02, 0.98, settings)
-    return grads, metrics["csd_loss"]
-
+  gradient = gradient_function(model, params, prior, settings, num_frames, groups)
   key = jax.ShapeDtypeStruct((2,), jnp.uint32)
   start = time.time()
   lowered = jax.jit(gradient).lower(params, prior_params, text, key)
   compiled = lowered.compile()
   seconds = time.time() - start
-  out = _analysis(compiled)
+  out = memory_figures(compiled)
   out.update(
       part="step", strategy=strategy,
       resolution=resolution, num_samples=num_samples,

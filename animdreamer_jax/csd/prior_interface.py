@@ -436,7 +436,7 @@ def resize_images(images: jnp.ndarray, size: int) -> jnp.ndarray:
 
 
 def mvdream_prior(unet_config, vae_config, *, image_size: int = 256, num_views: int = 4,
-                  dtype: Any = jnp.float32, remat: bool = False,
+                  dtype: Any = jnp.float32, remat: bool = False, fused_attention: bool = False,
                   alphas_cumprod: Optional[np.ndarray] = None) -> DiffusionPrior:
   """MVDream (multi-view UNet + SD VAE encoder); prior_params = {"unet": ..., "vae": ...}.
 
@@ -447,13 +447,15 @@ def mvdream_prior(unet_config, vae_config, *, image_size: int = 256, num_views: 
     num_views: views per object (static).
     dtype: UNet/VAE activation dtype.
     remat: checkpoint the UNet blocks (no effect on its forward-only use here).
+    fused_attention: `jax.nn.dot_product_attention` in the UNet (flash kernels on GPU).
     alphas_cumprod: default: the LDM linear schedule.
   """
   from animdreamer_jax.prior import unet as unet_lib  # pylint: disable=g-import-not-at-top
   from animdreamer_jax.prior import vae as vae_lib  # pylint: disable=g-import-not-at-top
   if alphas_cumprod is None:
     alphas_cumprod = schedule_lib.make_alphas_cumprod()
-  unet = unet_lib.MultiViewUNet(unet_config, dtype=dtype, remat=remat)
+  unet = unet_lib.MultiViewUNet(unet_config, dtype=dtype, remat=remat,
+                                fused_attention=fused_attention)
 
   def eps_fn(prior_params, noisy, t, text_embedding, cameras):
     return unet.apply({"params": prior_params["unet"]}, noisy, t, text_embedding,
@@ -479,7 +481,7 @@ def encode_prompts(text_params: Any, text_config, prompt: str, negative_prompt: 
 
 
 def load_mvdream(weights_dir: str, prompt: str, negative_prompt: str, *, image_size: int = 256,
-                 dtype: Any = jnp.float32
+                 dtype: Any = jnp.float32, fused_attention: bool = False
                  ) -> tuple[DiffusionPrior, dict, tuple[jnp.ndarray, jnp.ndarray]]:
   """(prior, prior_params, (cond, uncond) text states) from a converted MVDream folder.
 
@@ -506,7 +508,8 @@ def load_mvdream(weights_dir: str, prompt: str, negative_prompt: str, *, image_s
   vae_config = vae_lib.VaeConfig.from_dict(config["vae"], where=f"{weights_dir}/config.json vae")
   text_config = text_encoder.TextEncoderConfig.from_dict(
       config["text_encoder"], where=f"{weights_dir}/config.json text_encoder")
-  prior = mvdream_prior(unet_config, vae_config, image_size=image_size, dtype=dtype)
+  prior = mvdream_prior(unet_config, vae_config, image_size=image_size, dtype=dtype,
+                        fused_attention=fused_attention)
   params = {"unet": jax.tree_util.tree_map(jnp.asarray, loaded["unet"]),
             "vae": jax.tree_util.tree_map(jnp.asarray, loaded["vae"])}
   text = encode_prompts(loaded["text_encoder"], text_config, prompt, negative_prompt)
