@@ -31,3 +31,22 @@ def test_tiny_step_runs_and_reports_ratios_and_memory(repo_root, tmp_path):
   assert np.isfinite(r["loss"])
   for name in ("step_flops", "step_s_best", "ratio_f32_matmul", "xla_peak_bytes"):
     assert r[name] > 0, name
+
+
+def test_host_random_params_follow_the_shapes_and_fan_in():
+  import jax  # pylint: disable=g-import-not-at-top
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  from animdreamer_jax.csd import bench_csd  # pylint: disable=g-import-not-at-top
+  spec = jax.ShapeDtypeStruct
+  shapes = {"conv": {"kernel": spec((3, 3, 64, 32), jnp.float32), "bias": spec((32,), jnp.float32)},
+            "norm": {"scale": spec((64,), jnp.float32), "bias": spec((64,), jnp.float32)},
+            "dense": {"kernel": spec((512, 256), jnp.bfloat16)}}
+  params = bench_csd.host_random_params(shapes, seed=0)
+  assert jax.tree_util.tree_map(lambda a: (a.shape, a.dtype), params) == \
+      jax.tree_util.tree_map(lambda s: (s.shape, s.dtype), shapes)
+  np.testing.assert_array_equal(params["norm"]["scale"], 1.0)
+  np.testing.assert_array_equal(params["norm"]["bias"], 0.0)
+  np.testing.assert_array_equal(params["conv"]["bias"], 0.0)
+  for kernel, fan_in in ((params["conv"]["kernel"], 3 * 3 * 64), (params["dense"]["kernel"], 512)):
+    std = float(np.std(np.asarray(kernel, np.float32)))
+    assert abs(std * np.sqrt(fan_in) - 1.0) < 0.03
