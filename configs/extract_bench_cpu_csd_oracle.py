@@ -35,14 +35,21 @@ in brackets; "none" = the same config with csd.prior=none, i.e. the benchmark):
   Quaternius Fox Walk, arc 60, s1    0.0140 / 78.0 (0.0140 / 77.9)   0.0155 / 76.4 (0.0151 / 77.7)   530 / 514
   Quaternius Deer Walk, arc 60, s0*  0.0242 / 60.7 (0.0238 / 61.0)   0.0214 / 63.3 (0.0234 / 57.4)   502 / 536
   Quaternius Fox Walk, fixed, s0     no surface (exit 2)             0.0216 / 66.2 (0.0214 / 66.6)   - / 674
-  (*) both arms with --config.optim.root_pose_warmup_fraction=0.1
+  Quaternius Fox Walk, fixed, s0*    0.0324 / 38.2 (0.0356 / 30.2)   0.0156 / 76.7 (0.0161 / 76.1)   1076 / 1116
+  (*) both arms with --config.optim.root_pose_warmup_fraction=0.1; the last row
+  measured 2026-12-04 at commit 6e7bc4d with the two arms side by side
+  (`--runs none` and `--runs oracle` as two processes, then `--runs none,oracle`
+  reads both back); fixed video: `--camera fixed --rot-noise-deg 10`, 48.6% of
+  the faces seen
 
 Peak RSS about 3.3 GB; the whole two-arm experiment takes 20-25 min wall.
 On the 60-degree arcs the never-seen side is not worse than the seen side
 without CSD, so there is little there to fill in at this scale; CSD pulls both
 Fox seeds to ~0.015 (the seed-to-seed spread without it is 0.014-0.019) and
 improves the Deer. With a fixed camera (one side never seen at all) the
-reconstruction without CSD collapses and CSD gives a surface.
+reconstruction without CSD collapses, or, with the root pose held for the first
+round, is a relief of the visible side; CSD gives the whole animal and halves
+the error on the never-seen side.
 """
 
 import pathlib
