@@ -36,9 +36,10 @@ in brackets; "none" = the same config with csd.prior=none, i.e. the benchmark):
   Quaternius Deer Walk, arc 60, s0*  0.0242 / 60.7 (0.0238 / 61.0)   0.0214 / 63.3 (0.0234 / 57.4)   502 / 536
   Quaternius Fox Walk, fixed, s0     no surface (exit 2)             0.0216 / 66.2 (0.0214 / 66.6)   - / 674
   Quaternius Fox Walk, fixed, s0*    0.0324 / 38.2 (0.0356 / 30.2)   0.0156 / 76.7 (0.0161 / 76.1)   1076 / 1116
-  (*) both arms with --config.optim.root_pose_warmup_fraction=0.1; the last row
+  Quaternius Deer Walk, fixed, s0*   0.0230 / 63.1 (0.0232 / 63.7)   0.0207 / 66.1 (0.0216 / 63.8)   905 / 949
+  (*) both arms with --config.optim.root_pose_warmup_fraction=0.1; the last rows
   measured 2026-12-04 at commit a533f40 (later commits leave training
-  unchanged) with the two arms side by side (`--runs none` and `--runs oracle`
+  unchanged), each pair's two arms side by side (`--runs none` and `--runs oracle`
   as two processes, then `--runs none,oracle` reads both back); fixed video:
   `--camera fixed --rot-noise-deg 10`, 48.6% of the faces seen
 
@@ -48,8 +49,9 @@ without CSD, so there is little there to fill in at this scale; CSD pulls both
 Fox seeds to ~0.015 (the seed-to-seed spread without it is 0.014-0.019) and
 improves the Deer. With a fixed camera (one side never seen at all) the
 reconstruction without CSD collapses, or, with the root pose held for the first
-round, is a relief of the visible side; CSD gives the whole animal and halves
-the error on the never-seen side.
+round, is a relief of the visible side (Fox); CSD gives the whole animal and
+halves the error on the never-seen side. The Deer's deeper body is bounded by
+its silhouettes without CSD, and CSD gains less there.
 """
 
 import pathlib
