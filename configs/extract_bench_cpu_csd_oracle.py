@@ -38,10 +38,10 @@ in brackets; "none" = the same config with csd.prior=none, i.e. the benchmark):
   Quaternius Fox Walk, fixed, s0*    0.0324 / 38.2 (0.0356 / 30.2)   0.0156 / 76.7 (0.0161 / 76.1)   1076 / 1116
   Quaternius Deer Walk, fixed, s0*   0.0230 / 63.1 (0.0232 / 63.7)   0.0207 / 66.1 (0.0216 / 63.8)   905 / 949
   (*) both arms with --config.optim.root_pose_warmup_fraction=0.1; the last rows
-  measured 2026-12-04 at commit a533f40 (later commits leave training
-  unchanged), each pair's two arms side by side (`--runs none` and `--runs oracle`
-  as two processes, then `--runs none,oracle` reads both back); fixed video:
-  `--camera fixed --rot-noise-deg 10`, 48.6% of the faces seen
+  measured 2026-12-04 (training code as at commit a533f40), each pair's two
+  arms side by side (`--runs none` and `--runs oracle` as two processes, then
+  `--runs none,oracle` reads both back); fixed videos: `--camera fixed
+  --rot-noise-deg 10`, 48.6% (Fox) and 45.9% (Deer) of the faces seen
 
 Peak RSS about 3.3 GB; the whole two-arm experiment takes 20-25 min wall.
 On the 60-degree arcs the never-seen side is not worse than the seen side
