@@ -79,20 +79,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def _prior(kind: str, encode_resolution: int, dtype, fused: bool):
   """(prior, random prior params, random (cond, uncond) text states)."""
-  from animdreamer_jax.prior import unet as unet_lib  # pylint: disable=g-import-not-at-top
-  from animdreamer_jax.prior import vae as vae_lib  # pylint: disable=g-import-not-at-top
-  tiny = kind == "mvdream-tiny"
-  unet_config = unet_lib.UNetConfig.tiny() if tiny else unet_lib.UNetConfig()
-  vae_config = vae_lib.VaeConfig.tiny() if tiny else vae_lib.VaeConfig()
-  prior = prior_interface.mvdream_prior(unet_config, vae_config, image_size=encode_resolution,
-                                        dtype=dtype, fused_attention=fused)
-  shapes = {"unet": unet_lib.unet_param_shapes(unet_config),
-            "vae": jax.eval_shape(lambda: vae_lib.init_vae_params(
-                vae_config, jax.random.PRNGKey(0), image_size=16))}
-  params = host_random_params(shapes, seed=0)
-  text = tuple(jax.random.normal(k, (77, unet_config.context_dim), jnp.float32)
-               for k in jax.random.split(jax.random.PRNGKey(1)))
-  return prior, params, text
+  prior, shapes, text_shapes = memory_lib.prior_and_shapes(
+      kind, 0, encode_resolution, dtype=dtype, fused_attention=fused)
+  text = tuple(jax.random.normal(k, s.shape, s.dtype)
+               for k, s in zip(jax.random.split(jax.random.PRNGKey(1)), text_shapes))
+  return prior, host_random_params(shapes, seed=0), text
 
 
 def host_random_params(shapes: Any, seed: int = 0) -> Any:

@@ -50,8 +50,12 @@ def _model(preset: str, num_frames: int):
   return model, params
 
 
-def _prior(kind: str, resolution: int, encode_resolution: int):
-  """(prior, abstract prior params, abstract text) for "mvdream", "mvdream-tiny" or "oracle"."""
+def prior_and_shapes(kind: str, resolution: int, encode_resolution: int, *, dtype=jnp.float32,
+                     fused_attention: bool = False):
+  """(prior, abstract prior params, abstract text) for "mvdream", "mvdream-tiny" or "oracle".
+
+  dtype / fused_attention: the MVDream UNet's activation dtype and attention kernel.
+  """
   if kind == "oracle":
     # Shapes only: the host renderer is never called when compiling.
     renderer = prior_interface.GroundTruthRenderer(
@@ -62,7 +66,8 @@ def _prior(kind: str, resolution: int, encode_resolution: int):
   tiny = kind == "mvdream-tiny"
   unet_config = unet_lib.UNetConfig.tiny() if tiny else unet_lib.UNetConfig()
   vae_config = vae_lib.VaeConfig.tiny() if tiny else vae_lib.VaeConfig()
-  prior = prior_interface.mvdream_prior(unet_config, vae_config, image_size=encode_resolution)
+  prior = prior_interface.mvdream_prior(unet_config, vae_config, image_size=encode_resolution,
+                                        dtype=dtype, fused_attention=fused_attention)
   params = {"unet": unet_lib.unet_param_shapes(unet_config),
             "vae": jax.eval_shape(lambda: vae_lib.init_vae_params(vae_config, jax.random.PRNGKey(0),
                                                                   image_size=16))}
@@ -86,7 +91,7 @@ def memory_figures(compiled) -> dict[str, Any]:
 def prior_memory(*, resolution: int = 200, prior_kind: str = "mvdream",
                  encode_resolution: int = 256) -> dict[str, Any]:
   """Memory of the prior part alone: resize + VAE encoder vjp + UNet with CFG (4 views)."""
-  prior, prior_params, text = _prior(prior_kind, resolution, encode_resolution)
+  prior, prior_params, text = prior_and_shapes(prior_kind, resolution, encode_resolution)
   settings = csd_step.CsdSettings(resolution=resolution)
   cams = jax.eval_shape(lambda k: cameras_lib.sample_cameras(
       k, resolution=resolution, object_center=jnp.zeros(3), object_size=1.0, object_radius=1.0,
@@ -147,7 +152,7 @@ def step_memory(strategy: str = "patches", *, resolution: int = 200, num_samples
   settings = csd_step.CsdSettings(resolution=resolution, num_samples=num_samples,
                                   patches=patches if num_patches is None else 0, remat=remat)
   model, params = _model(model_preset, num_frames)
-  prior, prior_params, text = _prior(prior_kind, resolution, encode_resolution)
+  prior, prior_params, text = prior_and_shapes(prior_kind, resolution, encode_resolution)
   gradient = gradient_function(model, params, prior, settings, num_frames, groups)
   key = jax.ShapeDtypeStruct((2,), jnp.uint32)
   start = time.time()
