@@ -112,20 +112,6 @@ def _peak_device_bytes() -> int | None:
   return None if not stats else int(stats.get("peak_bytes_in_use", 0)) or None
 
 
-def _matmul_peak(size: int, dtype, repeats: int = 5) -> float:
-  """Best FLOP/s of a dense (size x size) @ (size x size) matmul in `dtype`."""
-  a, b = (jax.random.normal(k, (size, size), jnp.float32).astype(dtype)
-          for k in jax.random.split(jax.random.PRNGKey(1)))
-  mm = jax.jit(jnp.matmul)
-  jax.block_until_ready(mm(a, b))
-  times = []
-  for _ in range(repeats):
-    start = time.perf_counter()
-    jax.block_until_ready(mm(a, b))
-    times.append(time.perf_counter() - start)
-  return 2.0 * size**3 / min(times)
-
-
 def benchmark(args: argparse.Namespace) -> dict[str, Any]:
   """Builds, compiles, runs and times the step; returns the figures."""
   backend = jax.default_backend()
@@ -175,14 +161,15 @@ def benchmark(args: argparse.Namespace) -> dict[str, Any]:
     raise UserError("bench csd: the CSD loss is not finite")
   peak_device = _peak_device_bytes()
   size = args.matmul_size or (8192 if backend == "gpu" else 1024)
-  mm_f32, mm_dtype = _matmul_peak(size, jnp.float32), _matmul_peak(size, dtype)
+  mm_f32 = bench_step.matmul_flops_per_second(size)[0]
+  mm_dtype = bench_step.matmul_flops_per_second(size, dtype=dtype)[0]
   best, median = min(times), statistics.median(times)
   return {
       "backend": backend, "device": str(jax.devices()[0].device_kind), "model": args.model,
       "prior": args.prior, "resolution": args.resolution, "samples": args.samples,
       "patches": args.patches, "encode_resolution": args.encode_resolution, "dtype": args.dtype,
       "fused_attention": fused, "groups": args.groups,
-      "samples_per_step": 4 * args.resolution**2 * args.samples,
+      "samples_per_step": settings.num_views * settings.pixels_rendered * args.samples,
       "model_params": am.count_params(params),
       "prior_params": int(sum(np.prod(a.shape) for a in jax.tree_util.tree_leaves(prior_params))),
       "compile_s": compile_s, "step_s_best": best, "step_s_median": median,
@@ -211,7 +198,6 @@ def run(args: argparse.Namespace) -> int:
                  else f"{r['device_peak_bytes'] / gib:.2f} GiB")
   print(f"  device                  {r['device']} (fused attention: {r['fused_attention']})")
   print(f"  parameters              model {r['model_params']:,}, prior {r['prior_params']:,}")
-  print(f"  compile                 {r['compile_s']:.1f} s")
   print(f"  step time best/median   {r['step_s_best'] * 1e3:.1f} / {r['step_s_median'] * 1e3:.1f} ms")
   print(f"  dense matmul {r['matmul_size']}^3     float32 {r['matmul_f32_flops_per_s'] / 1e12:.2f} "
         f"TFLOP/s, {r['dtype']} {r['matmul_dtype_flops_per_s'] / 1e12:.2f} TFLOP/s")

@@ -145,19 +145,20 @@ def _time_calls(fn, repeats: int) -> list[float]:
   return times
 
 
-def _matmul_setup(size: int):
-  """A jitted dense fp32 (size x size) @ (size x size) matmul and its operands, warmed up."""
+def _matmul_setup(size: int, dtype=jnp.float32):
+  """A jitted dense (size x size) @ (size x size) matmul in `dtype` and its operands, warmed up."""
   ka, kb = jax.random.split(jax.random.PRNGKey(1))
-  a = jax.random.normal(ka, (size, size), jnp.float32)
-  b = jax.random.normal(kb, (size, size), jnp.float32)
+  a = jax.random.normal(ka, (size, size), jnp.float32).astype(dtype)
+  b = jax.random.normal(kb, (size, size), jnp.float32).astype(dtype)
   mm = jax.jit(jnp.matmul)
   jax.block_until_ready(mm(a, b))
   return mm, (a, b)
 
 
-def matmul_flops_per_second(size: int, repeats: int = 5) -> tuple[float, float]:
-  """(best, median) FLOP/s of a dense fp32 (size x size) @ (size x size) matmul."""
-  mm, (a, b) = _matmul_setup(size)
+def matmul_flops_per_second(size: int, repeats: int = 5, dtype=jnp.float32
+                            ) -> tuple[float, float]:
+  """(best, median) FLOP/s of a dense (size x size) @ (size x size) matmul in `dtype`."""
+  mm, (a, b) = _matmul_setup(size, dtype)
   times = _time_calls(lambda: mm(a, b), repeats)
   flops = 2.0 * size**3
   return flops / min(times), flops / statistics.median(times)
