@@ -40,11 +40,11 @@ F@2% 81.0 -> 61.6, Quaternius Fox arc 80.1 -> 72.2), so it stays off by
 default: pass the flag for narrow-arc videos.
 """
 
-from animdreamer_jax.train import config as config_lib
+from animdreamer_jax.stages.extraction import settings as extraction
 
 
 def get_config():
-  config = config_lib.extract_base_config("cpu")
+  config = extraction.base_config("cpu")
   config.model.use_visibility = False  # its loss is off (weight 0); saves an MLP per sample
   config.data.pairs_per_batch = 16
   config.data.pixels_per_frame = 16

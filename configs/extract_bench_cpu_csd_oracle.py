@@ -56,25 +56,21 @@ its silhouettes without CSD, and CSD gains less there.
 
 import pathlib
 
-from animdreamer_jax.train import config as config_lib
+from animdreamer_jax import settings
 
 
 def get_config():
-  config = config_lib.load_config_file(pathlib.Path(__file__).with_name("extract_bench_cpu.py"))
+  config = settings.load_config_file(pathlib.Path(__file__).with_name("extract_bench_cpu.py"))
   csd = config.csd
   csd.prior = "oracle"
   csd.reduction = "mean"  # the oracle's targets are images: per-pixel scale like the RGB loss
   csd.weight = 0.1
   csd.every_k = 2
-  csd.start_fraction = 0.0
   csd.resolution = 128  # the video's: the targets are as sharp as the frames the model fits
   csd.pixels_per_view = 128  # 4 x 128 rays per CSD step, as many as a reconstruction step
   csd.num_samples = 32
-  csd.oracle_supersample = 1  # point-sampled, like the synthetic video's own frames
   csd.object_size = 1.0  # the normalised sequences' rest bbox diagonal
   csd.distance_range = (0.4, 0.55)  # the animal fills most of the view
   csd.anneal_fraction = 0.8
-  csd.oracle_align_space = "object"
-  csd.oracle_align = False  # identity: the model's object frame is the cameras' world frame
   csd.param_groups = "fg"
   return config

@@ -15,11 +15,11 @@ machine was shared with other jobs, so the wall time is pessimistic):
            bbox diagonal = 1); never-seen side Chamfer 0.0186, F@2% 63.5
 """
 
-from animdreamer_jax.train import config as config_lib
+from animdreamer_jax.stages.extraction import settings as extraction
 
 
 def get_config():
-  config = config_lib.extract_base_config("cpu")
+  config = extraction.base_config("cpu")
   config.model.num_bones = 16
   config.data.pairs_per_batch = 8
   config.data.pixels_per_frame = 32

@@ -22,11 +22,11 @@ min and 13 GB for this setting on an RTX 3090 (PyTorch). Measure the metrics
 before relying on them.
 """
 
-from animdreamer_jax.train import config as config_lib
+from animdreamer_jax.stages.extraction import settings as extraction
 
 
 def get_config():
-  config = config_lib.extract_base_config("lab4d")
+  config = extraction.base_config("lab4d")
   config.data.pairs_per_batch = 128
   config.data.pixels_per_frame = 16
   config.render.num_samples = 64

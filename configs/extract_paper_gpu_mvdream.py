@@ -15,7 +15,7 @@ converted with `animdreamer convert-mvdream`, and a prompt):
 
   bin/animdreamer extract --config configs/extract_paper_gpu_mvdream.py \
       --video runs/fox256 --workdir runs/fox256_mvdream \
-      --config.csd.weights=weights/mvdream --config.csd.prompt="a fox"
+      --config.csd.mvdream.weights=weights/mvdream --config.csd.mvdream.prompt="a fox"
 
 Measured 2026-12-04 on one NVIDIA H200 (jax 0.11.2), random weights of the
 official sizes (`animdreamer bench csd`, `animdreamer bench step --config lab4d
@@ -30,24 +30,24 @@ paper's value unknown) is a starting point to tune.
 
 import pathlib
 
-from animdreamer_jax.train import config as config_lib
+from animdreamer_jax import settings
 
 
 def get_config():
-  config = config_lib.load_config_file(pathlib.Path(__file__).with_name("extract_paper_gpu.py"))
+  config = settings.load_config_file(pathlib.Path(__file__).with_name("extract_paper_gpu.py"))
   csd = config.csd
   csd.prior = "mvdream"
   csd.weight = 0.1
   csd.every_k = 2
   csd.resolution = 200
   csd.num_samples = 64
-  csd.encode_resolution = 256
+  csd.mvdream.encode_resolution = 256
   csd.guidance_scale = 50.0
   csd.rescale = 0.5
   csd.mode = "recon"
   csd.anneal_fraction = 0.8
   csd.patches = 8
-  csd.dtype = "bfloat16"
-  csd.fused_attention = True
+  csd.mvdream.dtype = "bfloat16"
+  csd.mvdream.fused_attention = True
   csd.param_groups = "canonical"
   return config

@@ -6,9 +6,10 @@
 Any config field can be overridden with --config.<a.b>=<value> (type-checked;
 an unknown key is an error). A run folder that already holds a checkpoint is
 resumed automatically (--resume only makes a missing checkpoint an error).
-The run folder ends with config.json, checkpoints/, tensorboard/, rest.npz,
-meshes.npz (per-frame meshes), motion.npz, bones.npz, reconstruction.mp4,
-contact_sheet.png and, when the video has ground truth, metrics.json.
+The run folder ends with config.json, model.json, checkpoints/, tensorboard/,
+rest.obj/.npz, meshes.npz (per-frame meshes), motion.npz, bones_rest.obj,
+reconstruction.mp4, contact_sheet.png, run.json and, when the video has ground
+truth, metrics.json (docs/formats.md, "Run folder").
 """
 
 from __future__ import annotations
@@ -18,8 +19,11 @@ import pathlib
 import sys
 from typing import Any, Sequence
 
+from animdreamer_jax import settings
+from animdreamer_jax.data import video as video_lib
 from animdreamer_jax.errors import UserError
-from animdreamer_jax.train import config as config_lib
+from animdreamer_jax.eval import run_scores
+from animdreamer_jax.stages.extraction import run as extraction_run
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -35,7 +39,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
   def parse_args(args: Sequence[str] | None = None, namespace=None):
     argv = sys.argv[1:] if args is None else list(args)
-    rest, overrides = config_lib.split_overrides(argv)
+    rest, overrides = settings.split_overrides(argv)
     parsed = plain_parse(rest, namespace)
     parsed.config_overrides = overrides
     return parsed
@@ -46,30 +50,35 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run_extraction(config: Any, video_dir: str | pathlib.Path, workdir: str | pathlib.Path,
                    resume: bool = False, overrides: Sequence[Any] = (),
                    progress: bool = True) -> dict:
-  """Trains on a video and writes the run folder; the `demo` command calls this.
+  """Trains on a video, writes the run folder and scores it; the `demo` command calls this.
 
   Args:
     config: an ml_collections ConfigDict or the path of a config file.
     video_dir: the video folder.
     workdir: the run folder.
     resume: require an existing checkpoint (a run folder with one is resumed anyway).
-    overrides: (key, value-string) pairs or "--config.k=v" strings (with a path config).
-    progress: show the tqdm progress bar.
+    overrides: (key, value-string) pairs or "--config.k=v" strings.
+    progress: show the progress bar.
 
   Returns:
-    {"workdir", "meshes", "rest_mesh", "metrics" (dict or None), "metrics_path",
-     "steps", "train_seconds", ...} (see extract_outputs.write_outputs).
+    `stages.extraction.run.run_extraction`'s result plus "metrics" (dict, or None
+    without ground truth) and "metrics_path".
 
   Raises:
     UserError: bad config, video or run folder; nothing is written in that case.
   """
-  from animdreamer_jax.train import loop  # pylint: disable=g-import-not-at-top
   if isinstance(config, (str, pathlib.Path)):
-    config = config_lib.load_config(config, overrides)
+    config = settings.load_config(config, overrides)
   elif overrides:
-    config = config_lib.apply_overrides(config, [tuple(o) for o in overrides])
-  return loop.run_extraction(config, pathlib.Path(video_dir), pathlib.Path(workdir),
-                             resume=resume, progress=progress)
+    config = settings.apply_overrides(config, [tuple(o) for o in overrides])
+  result = extraction_run.run_extraction(config, video_dir, workdir, resume=resume,
+                                         progress=progress)
+  video = video_lib.load_video(video_dir)
+  result["metrics"] = result["metrics_path"] = None
+  if video.gt is not None:
+    result["metrics"] = run_scores.score_run(workdir, video)
+    result["metrics_path"] = str(pathlib.Path(workdir) / "metrics.json")
+  return result
 
 
 def _fmt(x: Any) -> str:

@@ -21,7 +21,11 @@ from __future__ import annotations
 import argparse
 import pathlib
 
+from animdreamer_jax.commands import export as export_cmd
 from animdreamer_jax.errors import UserError
+from animdreamer_jax.export import motion_file
+from animdreamer_jax.export import rig_from_run
+from animdreamer_jax.stages import run_folder
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -40,10 +44,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def load_motion_source(source: str | pathlib.Path):
   """A run folder or a motion file -> motion_file.Motion (UserError if neither)."""
-  # pylint: disable=g-import-not-at-top
-  from animdreamer_jax.export import motion_file
-  from animdreamer_jax.export import rig_from_run
-  # pylint: enable=g-import-not-at-top
   source = pathlib.Path(source)
   if source.is_dir():
     return rig_from_run.load_run_motion(source)
@@ -54,15 +54,10 @@ def load_motion_source(source: str | pathlib.Path):
 
 
 def run(args: argparse.Namespace) -> int:
-  # pylint: disable=g-import-not-at-top
-  from animdreamer_jax.commands import export as export_cmd
-  from animdreamer_jax.export import motion_file
-  from animdreamer_jax.export import rig_from_run
-  # pylint: enable=g-import-not-at-top
   out = export_cmd.check_out_path(args.out)
   # The cheap checks first: a bad motion fails before the model is restored.
   motion = load_motion_source(args.motion)
-  rig_from_run.check_run_folder(args.run)
+  run_folder.check_finished(args.run)
   num_bones = rig_from_run.load_run_motion(args.run).num_bones
   if motion.num_bones != num_bones:
     raise UserError(f"{args.motion}: the motion has {motion.num_bones} bones but the model in "

@@ -52,9 +52,6 @@ class CsdCameras(NamedTuple):
     near_far: (V, 2) ray depth range enclosing the object's bounding sphere.
     mvdream: (V, 16) MVDream camera inputs (`to_mvdream(w2c)`).
     frame: () int32 video frame t.
-    root_pose: (4, 4) the model's object-to-video-camera transform at frame t
-      (no gradient); priors that compare with the video (the oracle) use it to
-      place the views in the video's world.
     elevation: () degrees; azimuth: (V,) degrees; fov: () degrees;
     distance: () camera distance from the look-at point.
     pixels: None (every pixel of the R x R views is rendered), or (V, P, 2)
@@ -67,7 +64,6 @@ class CsdCameras(NamedTuple):
   near_far: jnp.ndarray
   mvdream: jnp.ndarray
   frame: jnp.ndarray
-  root_pose: jnp.ndarray
   elevation: jnp.ndarray
   azimuth: jnp.ndarray
   fov: jnp.ndarray
@@ -179,7 +175,7 @@ def from_mvdream(camera: jnp.ndarray, distance: jnp.ndarray) -> jnp.ndarray:
 
 def sample_cameras(key: jax.Array, *, resolution: int, object_center: jnp.ndarray,
                    object_size: jnp.ndarray, object_radius: jnp.ndarray, frame: jnp.ndarray,
-                   root_pose: jnp.ndarray, num_views: int = NUM_VIEWS,
+                   num_views: int = NUM_VIEWS,
                    elevation_range: tuple[float, float] = (-10.0, 40.0),
                    fov_range: tuple[float, float] = (40.0, 70.0),
                    distance_range: tuple[float, float] = (0.42, 0.7)) -> CsdCameras:
@@ -194,7 +190,6 @@ def sample_cameras(key: jax.Array, *, resolution: int, object_center: jnp.ndarra
     object_radius: () radius of a sphere around `object_center` holding the
       object (sets near/far).
     frame: () video frame t.
-    root_pose: (4, 4) object-to-video-camera transform at frame t.
     num_views: V (4 for MVDream).
     elevation_range, fov_range: degrees.
     distance_range: view half-width at the target over `object_size`.
@@ -215,7 +210,7 @@ def sample_cameras(key: jax.Array, *, resolution: int, object_center: jnp.ndarra
   intrinsics = jnp.broadcast_to(pinhole_intrinsics(resolution, fov), (num_views, 4))
   return CsdCameras(
       w2c=w2c, intrinsics=intrinsics, near_far=near_far, mvdream=to_mvdream(w2c),
-      frame=jnp.asarray(frame, jnp.int32), root_pose=jax.lax.stop_gradient(root_pose),
+      frame=jnp.asarray(frame, jnp.int32),
       elevation=elevation, azimuth=azimuth, fov=fov, distance=distance)
 
 

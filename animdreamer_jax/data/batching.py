@@ -12,6 +12,7 @@ of gap d (to i + d); frame i + d the backward flow of gap d (to i).
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Mapping, Sequence
 
 import flax
@@ -20,6 +21,22 @@ import jax.numpy as jnp
 import numpy as np
 
 from animdreamer_jax.errors import UserError
+
+
+@dataclasses.dataclass(frozen=True)
+class BatchSettings:
+  """`data`: the rays of one reconstruction step (lab4d: 128 pairs x 2 frames x 16 px = 4096)."""
+  pairs_per_batch: int = 128  # frame pairs (i, i + d) per step
+  pixels_per_frame: int = 16  # rays drawn from each frame of a pair
+  fg_fraction: float = 0.5  # share of those rays drawn inside the mask
+
+  def __post_init__(self):
+    if self.pairs_per_batch < 1:
+      raise UserError("config.data.pairs_per_batch: must be >= 1")
+    if self.pixels_per_frame < 1:
+      raise UserError("config.data.pixels_per_frame: must be >= 1")
+    if not 0.0 <= self.fg_fraction <= 1.0:
+      raise UserError("config.data.fg_fraction: must be in [0, 1]")
 
 
 @flax.struct.dataclass

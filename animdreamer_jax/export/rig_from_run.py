@@ -1,6 +1,6 @@
 """A finished extraction run folder -> the arrays of a rigged, animated asset.
 
-Reads (all written by `animdreamer extract`, see train/extract_outputs.py):
+Reads (all written by `animdreamer extract`, through `stages.run_folder`):
   config.json   the resolved config (model sizes, render.blend, ...);
   rest.npz      rest mesh: vertices (V, 3), faces (F, 3), vertex_colors (V, 3);
   motion.npz    object_to_camera (T, 4, 4), bone_quat/bone_trans (T, B, 4/3),
@@ -27,7 +27,6 @@ without them there is no root motion.
 from __future__ import annotations
 
 import dataclasses
-import json
 import pathlib
 from typing import Optional
 
@@ -35,14 +34,16 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from animdreamer_jax import assets
+from animdreamer_jax.data import video as video_lib
 from animdreamer_jax.errors import UserError
 from animdreamer_jax.export import gltf_writer
+from animdreamer_jax.export import motion_file
 from animdreamer_jax.model import skinning
 from animdreamer_jax.model.skinning import Bones
+from animdreamer_jax.render import warp_render
+from animdreamer_jax.stages import run_folder
 
-REQUIRED_FILES = ("config.json", "rest.npz", "motion.npz", "meshes.npz")
-_MOTION_KEYS = {"object_to_camera": 3, "bone_quat": 3, "bone_trans": 3, "rest_bone_quat": 2,
-                "rest_bone_trans": 2, "bone_log_scale": 2}
 _WEIGHT_CHUNK = 4096  # rest vertices per jitted skinning-weight call
 
 
@@ -142,126 +143,8 @@ def root_from_cameras(object_to_camera: np.ndarray, w2c: np.ndarray) -> np.ndarr
 # Reading the run folder.
 
 
-def _load_npz(path: pathlib.Path) -> dict[str, np.ndarray]:
-  try:
-    with np.load(path, allow_pickle=False) as data:
-      return {k: data[k] for k in data.files}
-  except (OSError, ValueError) as e:
-    raise UserError(f"{path}: cannot read ({e})") from e
-
-
-def check_run_folder(run_dir: str | pathlib.Path) -> pathlib.Path:
-  """Raises UserError unless `run_dir` is a finished extraction run with a checkpoint."""
-  run_dir = pathlib.Path(run_dir)
-  if not run_dir.is_dir():
-    raise UserError(f"{run_dir}: run folder not found")
-  missing = [name for name in REQUIRED_FILES if not (run_dir / name).is_file()]
-  if missing:
-    raise UserError(f"{run_dir}: not a finished extraction run (missing {', '.join(missing)}); "
-                    "let `animdreamer extract` finish (or resume it) first")
-  checkpoints = run_dir / "checkpoints"
-  steps = [p for p in checkpoints.iterdir() if p.is_dir() and p.name.isdigit()] \
-      if checkpoints.is_dir() else []
-  if not steps:
-    raise UserError(f"{checkpoints}: missing checkpoint (the trained model is needed for the "
-                    "skinning weights)")
-  return run_dir
-
-
-def load_config(run_dir: pathlib.Path):
-  from animdreamer_jax.train import config as config_lib  # pylint: disable=g-import-not-at-top
-  path = run_dir / "config.json"
-  try:
-    data = json.loads(path.read_text())
-  except (OSError, json.JSONDecodeError) as e:
-    raise UserError(f"{path}: cannot read the run's config ({e})") from e
-  if not isinstance(data, dict) or "model" not in data:
-    raise UserError(f"{path}: not a run config (no 'model' section)")
-  return config_lib.config_from_dict(data)
-
-
-def _saved_signature(directory: pathlib.Path, step: int) -> Optional[list]:
-  """The leaf shapes the checkpointer recorded with a step (its meta item), or None."""
-  try:
-    return json.loads((directory / str(step) / "meta" / "metadata").read_text()).get("signature")
-  except (OSError, ValueError, AttributeError):
-    return None
-
-
-def _leaf_index(tree, suffix: tuple[str, ...]) -> Optional[int]:
-  for i, (path, _) in enumerate(jax.tree_util.tree_flatten_with_path(tree)[0]):
-    names = tuple(str(getattr(p, "key", getattr(p, "name", p))) for p in path)
-    if names[-len(suffix):] == suffix:
-      return i
-  return None
-
-
-def restore_model(run_dir: pathlib.Path, config, num_frames: int):
-  """The run's ArticulatedModel and trained parameters from its latest checkpoint.
-
-  The restore template is built as the trainer builds its state (same config,
-  same frame count), so the checkpointer's shape check applies. The feature
-  width follows the video's features, which the run folder does not record: it
-  is read from the checkpoint's recorded leaf shapes.
-
-  Returns:
-    (model, params).
-  Raises:
-    UserError: missing or mismatching checkpoint.
-  """
-  # pylint: disable=g-import-not-at-top
-  import types
-  from animdreamer_jax.model import articulated_model
-  from animdreamer_jax.train import checkpoint as checkpoint_lib
-  from animdreamer_jax.train import state as state_lib
-  from animdreamer_jax.train import step as step_lib
-  # pylint: enable=g-import-not-at-top
-
-  def build(feature_dim: int):
-    # The image size only sets initial intrinsics; the checkpoint overrides them.
-    model = articulated_model.ArticulatedModel(
-        step_lib.model_config(config, num_frames, (256, 256), feature_dim))
-    # Only the tree structure, shapes and dtypes matter (the restore replaces
-    # the values): eval_shape avoids compiling the model's init.
-    shapes = jax.eval_shape(model.init, jax.random.PRNGKey(0), jnp.zeros((4, 3), jnp.float32),
-                            jnp.int32(0))
-    params = jax.tree_util.tree_map(lambda s: np.zeros(s.shape, s.dtype), shapes)
-    tx = step_lib.make_optimizer(config, params)
-    aux = step_lib.initial_aux(config, types.SimpleNamespace(
-        prior_w2c=np.zeros((num_frames, 4, 4), np.float32)))
-    return model, state_lib.create(params, tx, aux, seed=int(config.train.seed) + 1)
-
-  directory = run_dir / "checkpoints"
-  checkpointer = checkpoint_lib.Checkpointer(directory, max_to_keep=10**6)
-  try:
-    model, template = build(int(config.model.get("feature_dim", 0)))
-    step = checkpointer.latest_step()
-    saved = None if step is None else _saved_signature(directory, step)
-    index = _leaf_index(template, ("feature_mlp", "output", "dense", "bias"))
-    if saved is not None and index is not None and index < len(saved):
-      feature_dim = int(saved[index][0][0])
-      if feature_dim != model.config.feature_dim:
-        model, template = build(feature_dim)
-    try:
-      state, _ = checkpointer.restore(template)
-    except UserError as e:
-      if "does not match" not in str(e):
-        raise
-      raise UserError(f"{directory}: the checkpoint does not match the model that "
-                      f"{run_dir / 'config.json'} describes (trained with another version of "
-                      "animdreamer_jax?)") from e
-  except UserError:
-    raise
-  except Exception as e:  # orbax raises many types for damaged folders
-    raise UserError(f"{directory}: cannot restore the checkpoint ({type(e).__name__}: {e})") from e
-  finally:
-    checkpointer.close()
-  return model, state.params
-
-
 def forward_skin_weights(model, params, rest_vertices: np.ndarray) -> np.ndarray:
   """(V, B) weights of the model's forward warp at rest vertices (Mahalanobis + delta)."""
-  from animdreamer_jax.render import warp_render  # pylint: disable=g-import-not-at-top
   rest = warp_render.rest_state(model, params)
 
   @jax.jit
@@ -282,27 +165,9 @@ def forward_skin_weights(model, params, rest_vertices: np.ndarray) -> np.ndarray
   return np.concatenate(chunks)[:v].astype(np.float32)
 
 
-def _check_motion(motion: dict, path: pathlib.Path) -> tuple[int, int]:
-  for key, ndim in _MOTION_KEYS.items():
-    if key not in motion:
-      raise UserError(f"{path}: missing key '{key}'")
-    if motion[key].ndim != ndim:
-      raise UserError(f"{path}: '{key}' has shape {motion[key].shape}")
-  t, b = motion["bone_quat"].shape[:2]
-  expected = {"object_to_camera": (t, 4, 4), "bone_quat": (t, b, 4), "bone_trans": (t, b, 3),
-              "rest_bone_quat": (b, 4), "rest_bone_trans": (b, 3), "bone_log_scale": (b, 3)}
-  for key, shape in expected.items():
-    if motion[key].shape != shape:
-      raise UserError(f"{path}: '{key}' has shape {motion[key].shape}, expected {shape}")
-  if "w2c" in motion and motion["w2c"].shape != (t, 4, 4):
-    raise UserError(f"{path}: 'w2c' has shape {motion['w2c'].shape}, expected {(t, 4, 4)}")
-  return t, b
-
-
 def video_cameras(video_dir: str | pathlib.Path, num_frames: int
                   ) -> tuple[np.ndarray, np.ndarray, tuple[int, int]]:
   """(w2c (T, 4, 4), intrinsics (T, 4), (H, W)) of a video folder, checked against T."""
-  from animdreamer_jax.data import video as video_lib  # pylint: disable=g-import-not-at-top
   video = video_lib.load_video(video_dir)
   if video.num_frames != num_frames:
     raise UserError(f"{video_dir}: the video has {video.num_frames} frames but the run has "
@@ -326,17 +191,13 @@ def load_run_rig(run_dir: str | pathlib.Path, video_dir: Optional[str | pathlib.
   Raises:
     UserError: unfinished run, missing checkpoint, inconsistent files.
   """
-  # pylint: disable=g-import-not-at-top
-  from animdreamer_jax import assets
-  # pylint: enable=g-import-not-at-top
-  run_dir = check_run_folder(run_dir)
-  config = load_config(run_dir)
-  rest = _load_npz(run_dir / "rest.npz")
+  run_dir = run_folder.check_finished(run_dir, need_checkpoint=with_model)
+  settings = run_folder.load_settings(run_dir)
+  rest = run_folder.load_npz(run_dir / "rest.npz")
   for key in ("vertices", "faces"):
     if key not in rest:
       raise UserError(f"{run_dir / 'rest.npz'}: missing key '{key}'")
-  motion = _load_npz(run_dir / "motion.npz")
-  num_frames, num_bones = _check_motion(motion, run_dir / "motion.npz")
+  motion, num_frames, num_bones = run_folder.load_motion(run_dir)
   meshes = assets.load_sequence_npz(run_dir / "meshes.npz")
   rest_vertices = np.asarray(rest["vertices"], np.float32)
   faces = np.asarray(rest["faces"], np.int32)
@@ -349,7 +210,7 @@ def load_run_rig(run_dir: str | pathlib.Path, video_dir: Optional[str | pathlib.
     raise UserError(f"{run_dir / 'rest.npz'}: vertex_colors must be uint8 {rest_vertices.shape}")
 
   if with_model:
-    model, params = restore_model(run_dir, config, num_frames)
+    model, params = run_folder.restore_model(run_dir, settings)
     if model.config.num_bones != num_bones:
       raise UserError(f"{run_dir}: the checkpoint has {model.config.num_bones} bones but "
                       f"motion.npz has {num_bones}")
@@ -381,7 +242,7 @@ def load_run_rig(run_dir: str | pathlib.Path, video_dir: Optional[str | pathlib.
       fps=float(meshes.fps), root_to_world=root, vertex_colors=colors,
       name=name or run_dir.resolve().name)
   rig = gltf_writer.validate_rig(rig, str(run_dir))
-  blend = str(config.render.blend) if "render" in config and "blend" in config.render else "dqs"
+  blend = settings.render.blend
   mesh_frame = str(motion["mesh_frame"]) if "mesh_frame" in motion else "object"
   return RunRig(rig=rig, run_dir=run_dir, blend=blend, object_to_camera=object_to_camera,
                 log_scale=np.asarray(motion["bone_log_scale"], np.float32),
@@ -409,18 +270,8 @@ def load_run_motion(run_dir: str | pathlib.Path, video_dir: Optional[str | pathl
   Raises:
     UserError: not a finished run folder, or inconsistent files.
   """
-  # pylint: disable=g-import-not-at-top
-  from animdreamer_jax import assets
-  from animdreamer_jax.export import motion_file
-  # pylint: enable=g-import-not-at-top
-  run_dir = pathlib.Path(run_dir)
-  if not run_dir.is_dir():
-    raise UserError(f"{run_dir}: run folder not found")
-  missing = [n for n in ("motion.npz", "meshes.npz") if not (run_dir / n).is_file()]
-  if missing:
-    raise UserError(f"{run_dir}: not a finished extraction run (missing {', '.join(missing)})")
-  motion = _load_npz(run_dir / "motion.npz")
-  num_frames, _ = _check_motion(motion, run_dir / "motion.npz")
+  run_dir = run_folder.check_finished(run_dir, need_checkpoint=False)
+  motion, num_frames, _ = run_folder.load_motion(run_dir)
   fps = assets.load_sequence_npz(run_dir / "meshes.npz").fps
   object_to_camera = np.asarray(motion["object_to_camera"], np.float64)
   root = np.tile(np.eye(4), (num_frames, 1, 1))

@@ -1,88 +1,185 @@
-"""The host training loop: rounds of jitted steps, rollback, geometry updates, logging.
+"""The host training loop, for any stage: rounds of jitted steps, rollback, geometry, logs, checkpoints.
 
-One round = `train.iters_per_round` calls of the jitted, state-donating step
-(`step.make_train_step`). The host
+A stage hands the trainer a `TrainingPlan`: its model, device data, optimiser,
+its kinds of step (`train.step.StepKind`) and a schedule that says, for every
+step, which kind runs and with which scalars. The trainer does not know which
+stage it runs. One round = `train.iters_per_round` steps. The host
 
-- computes the scheduled scalars (learning rate, loss weights, coarse-to-fine
-  alpha) for every step and passes them as arguments;
-- reads back a few scalars per step (loss, grad norm, finite/applied flags):
-  a step whose gradient is non-finite or above `train.grad_spike_threshold`
-  was not applied by the step itself, and the host restores the parameters
-  and optimiser state cached at the start of the round before last (lab4d's
-  rollback); `train.max_nonfinite_steps` non-finite steps in a row stop the
-  run with a clear message (the last good checkpoint is kept);
+- computes the scheduled scalars and passes them as arguments;
+- reads back a few scalars per step: a step whose loss or gradient was not
+  finite or spiked was not applied by the step itself, and the host restores
+  the parameters and optimiser state cached at the start of the round before
+  last (lab4d's rollback); `train.max_nonfinite_steps` non-finite steps in a row
+  stop the run with a clear message (the last good checkpoint is kept);
 - between rounds, runs marching cubes on the canonical SDF and refreshes the
   proxy surface points, the bounding box (EMA) and per-frame near/far (EMA)
   in `state.aux`;
-- writes TensorBoard scalars (tensorboardX) and one rendered image per round,
-  and a checkpoint every `train.checkpoint_every_rounds` rounds.
+- writes TensorBoard scalars (each kind's latest metrics under its name) and
+  one rendered image per round, and a checkpoint every
+  `train.checkpoint_every_rounds` rounds (never a non-finite state).
 """
 
 from __future__ import annotations
 
 import collections
-import json
+import dataclasses
+import os
 import pathlib
-import shutil
 import time
-from typing import Any
+from typing import Any, Callable, Optional
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
+import optax
+import tensorboardX
+import tqdm
 
-from animdreamer_jax.data import batching
 from animdreamer_jax.errors import UserError
+from animdreamer_jax.geometry import mesh as mesh_lib
 from animdreamer_jax.train import checkpoint as checkpoint_lib
-from animdreamer_jax.train import config as config_lib
-from animdreamer_jax.train import extract_outputs
 from animdreamer_jax.train import state as state_lib
 from animdreamer_jax.train import step as step_lib
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainSettings:
+  """`train`: the host loop (lab4d's values unless noted)."""
+  seed: int = 0  # PRNG seed of initialisation, batches and CSD views
+  num_rounds: int = 20  # training length in rounds
+  iters_per_round: int = 200  # steps per round (geometry refresh, checkpoint, image)
+  # A step whose gradient norm exceeds this is refused and rolled back (lab4d); <= 0: off.
+  grad_spike_threshold: float = 5.0
+  max_nonfinite_steps: int = 3  # non-finite steps in a row (after rollbacks) that stop the run
+  checkpoint_every_rounds: int = 1
+  keep_checkpoints: int = 2
+  log_every: int = 10  # TensorBoard scalars every this many steps
+  tensorboard: bool = True
+  log_image_every_rounds: int = 1  # a rendered frame in TensorBoard every this many rounds; 0: off
+  log_image_frame: int = 0  # ... of this frame
+  mc_resolution: int = 64  # marching-cubes grid of the proxy mesh between rounds
+  mc_extend: float = 0.5  # ... over the bounding box grown by this factor (lab4d extend_aabb)
+  geometry_ema: float = 0.9  # EMA weight of the old box and near/far at each refresh
+  near_far_tolerance: float = 1.5  # near/far = depth centre -+ this x half the proxy's depth range
+  proxy_points: int = 1024  # surface points of the proxy mesh kept for feature matching
+  # XLA compilations are cached here across runs (a resumed or repeated run skips most of
+  # the ~1 min of compiling); "" disables the cache.
+  compilation_cache: str = "~/.cache/animdreamer_jax/xla"
+
+  def __post_init__(self):
+    for name in ("num_rounds", "iters_per_round", "checkpoint_every_rounds", "keep_checkpoints",
+                 "log_every", "mc_resolution", "max_nonfinite_steps", "proxy_points"):
+      if getattr(self, name) < 1:
+        raise UserError(f"config.train.{name}: must be >= 1")
+
+  @property
+  def total_steps(self) -> int:
+    return self.num_rounds * self.iters_per_round
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class TrainingPlan:
+  """What a stage hands the trainer.
+
+  Attributes:
+    name: the stage's name (progress bar).
+    model: the Flax model; its methods "sdf" (points -> SDF) and "root_pose"
+      (frames -> object-to-camera) drive the proxy mesh and near/far.
+    num_frames: frames of the video the model explains.
+    data: device pytree given to every step (not donated).
+    tx: the optimiser chain (train.optimizer).
+    kinds: the stage's kinds of step, by name.
+    schedule: (step, total steps) -> (kind name, scalars dict) on the host.
+      Each kind must always get the same scalar names (no re-tracing).
+    initial_state: fit -> TrainState (fit=False: the structure only, e.g. to
+      restore a checkpoint into).
+    render_image: optional (params, near_far (2,), frame) -> {"rgb", "mask"}
+      for TensorBoard; reference_image: frame -> (H, W, 3) in [0, 1].
+  """
+  name: str
+  model: Any
+  num_frames: int
+  data: Any
+  tx: optax.GradientTransformation
+  kinds: dict[str, step_lib.StepKind]
+  schedule: Callable[[int, int], tuple[str, dict]]
+  initial_state: Callable[[bool], state_lib.TrainState]
+  render_image: Optional[Callable[..., dict]] = None
+  reference_image: Optional[Callable[[int], np.ndarray]] = None
 
 
 class TrainingDiverged(UserError):
   """Raised when the loss stays non-finite after rollbacks."""
 
 
-def total_steps(config: ml_collections.ConfigDict) -> int:
-  return int(config.train.num_rounds) * int(config.train.iters_per_round)
+class Trainer:
+  """Runs a TrainingPlan in a run folder: jitted steps, geometry refresh, checkpoints, logs."""
+
+  def __init__(self, plan: TrainingPlan, settings: TrainSettings, workdir: pathlib.Path):
+    self.plan = plan
+    self.settings = settings
+    self.workdir = pathlib.Path(workdir)
+    self.steps = {name: step_lib.make_train_step(kind, plan.tx) for name, kind in plan.kinds.items()}
+    # Kept on the host: the device copies handed out are donated by the steps.
+    self._template = state_lib.to_host(plan.initial_state(False))
+    model = plan.model
+    self._sdf = jax.jit(lambda params, x: model.apply(params, x, method="sdf"))
+    frames = jnp.arange(plan.num_frames, dtype=jnp.int32)
+    self._root = jax.jit(lambda params: model.apply(params, frames, method="root_pose"))
+
+  @property
+  def total_steps(self) -> int:
+    return self.settings.total_steps
+
+  def template(self) -> state_lib.TrainState:
+    """A fresh device copy of the state's structure (for restoring checkpoints)."""
+    return state_lib.to_device(self._template)
+
+  def sdf_fn(self, params) -> Callable:
+    return lambda x: self._sdf(params, x)
+
+  def root_poses(self, params) -> np.ndarray:
+    return np.asarray(self._root(params))
+
+  def step(self, state: state_lib.TrainState, step: int) -> tuple[str, state_lib.TrainState, dict]:
+    """Runs the scheduled kind of step `step` -> (kind, new state, metrics on the host, with scalars)."""
+    kind, scalars = self.plan.schedule(step, self.total_steps)
+    state, metrics = self.steps[kind](state, self.plan.data, scalars)
+    return kind, state, {**jax.device_get(metrics), **scalars}
 
 
 # ----------------------------------------------------------------------------
 # Geometry bookkeeping between rounds (lab4d MultiFields.update_geometry_aux).
 
 
-def update_geometry(state: state_lib.TrainState, trainer: "Trainer",
-                    ema: float | None = None) -> tuple[state_lib.TrainState, dict]:
+def update_geometry(state: state_lib.TrainState, trainer: Trainer,
+                    ema: Optional[float] = None) -> tuple[state_lib.TrainState, dict]:
   """Marching cubes of the canonical SDF -> proxy points, AABB (EMA), near/far (EMA).
 
   Args:
     state: the train state (its aux is replaced).
-    trainer: the Trainer (config, jitted SDF and root-pose functions).
-    ema: EMA factor of the old values (None: config.train.geometry_ema; 0 at
-      start-up replaces the placeholders outright).
+    trainer: the Trainer (settings, jitted SDF and root-pose functions).
+    ema: EMA factor of the old values (None: train.geometry_ema; 0 at start-up
+      replaces the placeholders outright).
 
-  Returns the new state and a dict of host statistics for logging. If the
-  SDF has no zero crossing in the box, the previous proxy is kept.
+  Returns the new state and host statistics for logging. If the SDF has no
+  zero crossing in the box, the previous proxy is kept.
   """
-  cfg = trainer.config.train
+  cfg = trainer.settings
   aux = {k: np.asarray(v) for k, v in state.aux.items()}
-  params = state.params
   aabb = aux["aabb"]
-  search = extract_outputs.extend_aabb(aabb, cfg.mc_extend)
-  verts, faces = extract_outputs.extract_mesh(trainer.sdf_fn(params), search, cfg.mc_resolution,
-                                              level=cfg.mc_level, largest=True)
+  search = mesh_lib.extend_aabb(aabb, cfg.mc_extend)
+  verts, faces = mesh_lib.extract_mesh(trainer.sdf_fn(state.params), search, cfg.mc_resolution)
   stats = {"proxy_vertices": float(verts.shape[0])}
   if faces.shape[0] == 0:
     return state, stats
   ema = cfg.geometry_ema if ema is None else ema
   new_aabb = np.stack([verts.min(0), verts.max(0)]).astype(np.float32)
   aux["aabb"] = (ema * aabb + (1 - ema) * new_aabb).astype(np.float32)
-  rng = np.random.default_rng(int(state.step))
-  aux["proxy_points"] = extract_outputs.sample_surface(verts, faces, aux["proxy_points"].shape[0], rng)
-  root = np.asarray(trainer.root_poses_fn(params))
-  near_far = extract_outputs.near_far_from_points(verts, root, tolerance=cfg.near_far_tolerance)
+  aux["proxy_points"] = mesh_lib.sample_surface_points(
+      verts, faces, aux["proxy_points"].shape[0], seed=int(state.step))
+  near_far = mesh_lib.near_far_from_points(verts, trainer.root_poses(state.params),
+                                           tolerance=cfg.near_far_tolerance)
   aux["near_far"] = (ema * aux["near_far"] + (1 - ema) * near_far).astype(np.float32)
   stats.update(aabb_size=float(np.linalg.norm(aux["aabb"][1] - aux["aabb"][0])),
                near=float(aux["near_far"][:, 0].mean()), far=float(aux["near_far"][:, 1].mean()))
@@ -90,108 +187,81 @@ def update_geometry(state: state_lib.TrainState, trainer: "Trainer",
 
 
 # ----------------------------------------------------------------------------
-# The trainer.
+# The loop.
 
 
-class Trainer:
-  """Owns the model, data, jitted functions, checkpointer and logs of one run."""
+class _Logs:
+  """TensorBoard scalars and images (a no-op without a writer)."""
 
-  def __init__(self, config: ml_collections.ConfigDict, video, workdir: pathlib.Path,
-               source: str = "video"):
-    step_lib.validate_config(config)
-    self.config = config
-    self.video = video
-    self.workdir = workdir
-    self.data = step_lib.make_train_data(video, config, source=source)
-    self.model = step_lib.make_model(config, video)
-    self.steps_total = total_steps(config)
-    template = step_lib.initial_state(config, self.model, self.data, video, fit=False)
-    # Kept on the host: the device copies handed out are donated by the step.
-    self._template = state_lib.to_host(template)
-    self.step_fn = step_lib.make_train_step(config, self.model, template.params)
-    self.render_fn = step_lib.make_render_fn(config, self.model, self.data,
-                                             video.meta.get("background", (1.0, 1.0, 1.0)))
-    self._sdf = jax.jit(lambda params, x: self.model.apply(params, x, method="sdf"))
-    frames = jnp.arange(video.num_frames, dtype=jnp.int32)
-    self._root = jax.jit(lambda params: self.model.apply(params, frames, method="root_pose"))
+  def __init__(self, trainer: Trainer):
+    self.trainer = trainer
+    self.writer = None
+    if trainer.settings.tensorboard:
+      self.writer = tensorboardX.SummaryWriter(str(trainer.workdir / "tensorboard"))
 
-  def sdf_fn(self, params):
-    return lambda x: self._sdf(params, x)
+  def scalars(self, metrics: dict, step: int, prefix: str) -> None:
+    if self.writer is None:
+      return
+    for k, v in metrics.items():
+      if np.ndim(v) == 0:
+        self.writer.add_scalar(f"{prefix}/{k}", float(v), step)
 
-  def root_poses_fn(self, params):
-    return self._root(params)
+  def image(self, state: state_lib.TrainState, step: int) -> None:
+    plan = self.trainer.plan
+    if self.writer is None or plan.render_image is None:
+      return
+    frame = int(self.trainer.settings.log_image_frame) % plan.num_frames
+    out = plan.render_image(state.params, np.asarray(state.aux["near_far"])[frame], frame)
+    panels = [np.asarray(out["rgb"]), np.repeat(np.asarray(out["mask"])[..., None], 3, -1)]
+    if plan.reference_image is not None:
+      panels.insert(0, plan.reference_image(frame))
+    self.writer.add_image("render/reference_rgb_mask", np.clip(np.concatenate(panels, 1), 0, 1),
+                          step, dataformats="HWC")
 
-  def initial_state(self, fit: bool = True) -> state_lib.TrainState:
-    if not fit:
-      return state_lib.to_device(self._template)
-    return step_lib.initial_state(self.config, self.model, self.data, self.video)
-
-
-def _log_scalars(writer, metrics: dict, step: int, prefix: str = "train/") -> None:
-  if writer is None:
-    return
-  for k, v in metrics.items():
-    if np.ndim(v) == 0:
-      writer.add_scalar(prefix + k, float(v), step)
+  def close(self) -> None:
+    if self.writer is not None:
+      self.writer.close()
 
 
-def _log_image(writer, trainer: Trainer, state: state_lib.TrainState, step: int) -> None:
-  if writer is None:
-    return
-  frame = int(trainer.config.train.log_image_frame) % trainer.video.num_frames
-  out = trainer.render_fn(state.params, state.aux, frame)
-  gt = trainer.video.rgb[frame].astype(np.float32) / 255.0
-  panel = np.concatenate([gt, np.asarray(out["rgb"]), np.repeat(np.asarray(out["mask"])[..., None], 3, -1)], 1)
-  writer.add_image("render/reference_vs_rgb_vs_mask", np.clip(panel, 0, 1), step, dataformats="HWC")
+def _start_state(trainer: Trainer, checkpointer: checkpoint_lib.Checkpointer,
+                 resume: bool) -> tuple[state_lib.TrainState, Optional[int]]:
+  if checkpointer.latest_step() is not None:
+    state, _ = checkpointer.restore(trainer.template())
+    return state, int(state.step)
+  if resume:
+    raise UserError(f"{trainer.workdir}: --resume given but there is no checkpoint to resume from")
+  state = trainer.plan.initial_state(True)
+  # Proxy mesh, box and near/far from the initial SDF before the first step.
+  state, _ = update_geometry(state, trainer, ema=0.0)
+  checkpointer.save(state, {"round": 0})
+  return state, None
 
 
-def train(trainer: Trainer, resume: bool, progress: bool = True) -> tuple[state_lib.TrainState, dict]:
-  """Runs (or resumes) training to config.train.num_rounds rounds.
+def train(trainer: Trainer, resume: bool = False,
+          progress: bool = True) -> tuple[state_lib.TrainState, dict]:
+  """Runs (or resumes) training to train.num_rounds rounds.
 
   Returns:
     (final state, {"steps", "train_seconds", "rollbacks", "resumed_from"}).
   """
-  config = trainer.config
-  cfg = config.train
-  iters = int(cfg.iters_per_round)
+  cfg = trainer.settings
+  iters = cfg.iters_per_round
   checkpointer = checkpoint_lib.Checkpointer(trainer.workdir / "checkpoints", cfg.keep_checkpoints)
-  resumed_from = None
-  if checkpointer.latest_step() is not None:
-    state, _ = checkpointer.restore(trainer.initial_state(fit=False))
-    resumed_from = int(state.step)
-  elif resume:
-    raise UserError(f"{trainer.workdir}: --resume given but there is no checkpoint to resume from")
-  else:
-    state = trainer.initial_state()
-    # Proxy mesh, box and near/far from the initial SDF before the first step.
-    state, _ = update_geometry(state, trainer, ema=0.0)
-    checkpointer.save(state, {"round": 0})
-
-  writer = None
-  if cfg.tensorboard:
-    from tensorboardX import SummaryWriter  # pylint: disable=g-import-not-at-top
-    writer = SummaryWriter(str(trainer.workdir / "tensorboard"))
-
-  pbar = None
-  if progress:
-    from tqdm import tqdm  # pylint: disable=g-import-not-at-top
-    pbar = tqdm(total=trainer.steps_total, initial=int(state.step), desc="extract", unit="step",
-                dynamic_ncols=True)
-  # Host copies of the state at the start of the last two rounds (lab4d caches).
-  cache: collections.deque = collections.deque(maxlen=2)
-  rollbacks = 0
-  nonfinite_in_row = 0
+  state, resumed_from = _start_state(trainer, checkpointer, resume)
+  logs = _Logs(trainer)
+  pbar = tqdm.tqdm(total=trainer.total_steps, initial=int(state.step), desc=trainer.plan.name,
+                   unit="step", dynamic_ncols=True, disable=not progress)
+  cache: collections.deque = collections.deque(maxlen=2)  # states at the last two round starts
+  rollbacks = nonfinite_in_row = 0
   start = time.time()
   step = int(state.step)
   loss_ema = None
-  last_csd = None  # the latest CSD step's metrics (CSD steps rarely fall on a log step)
+  latest: dict[str, dict] = {}  # each kind's metrics since the last log step
   try:
-    while step < trainer.steps_total:
+    while step < trainer.total_steps:
       if step % iters == 0 or not cache:
         cache.append(state_lib.to_host(state))
-      scalars = step_lib.scheduled_scalars(config, step, trainer.steps_total)
-      state, metrics = trainer.step_fn(state, trainer.data, scalars)
-      m = jax.device_get(metrics)
+      kind, state, m = trainer.step(state, step)
       step += 1
       if not bool(m["applied"]):
         nonfinite_in_row = nonfinite_in_row + 1 if not bool(m["finite"]) else 0
@@ -202,47 +272,57 @@ def train(trainer: Trainer, resume: bool, progress: bool = True) -> tuple[state_
               "--config.optim.lr or check the video's cameras")
         # lab4d rollback: parameters and optimiser from two rounds back (keep the step count).
         rollbacks += 1
-        restored = state_lib.to_device(cache[0])
-        state = restored.replace(step=state.step, aux=state.aux)
+        state = state_lib.to_device(cache[0]).replace(step=state.step, aux=state.aux)
       else:
         nonfinite_in_row = 0
-        loss = float(m["loss"])
-        loss_ema = loss if loss_ema is None else 0.9 * loss_ema + 0.1 * loss
-      if "csd_loss" in m:
-        last_csd = m
-      if step % cfg.log_every == 0 or step == trainer.steps_total:
-        _log_scalars(writer, {**m, "rollbacks": rollbacks, **scalars}, step)
-        if last_csd is not None:
-          _log_scalars(writer, last_csd, step, prefix="csd/")
-          last_csd = None
-      if pbar is not None:
-        pbar.update(1)
-        if step % 5 == 0 and loss_ema is not None:
-          pbar.set_postfix(loss=f"{loss_ema:.4f}", gnorm=f"{float(m['grad_norm']):.2f}",
-                           rb=rollbacks, refresh=False)
+        loss_ema = float(m["loss"]) if loss_ema is None else 0.9 * loss_ema + 0.1 * float(m["loss"])
+      latest[kind] = m
+      if step % cfg.log_every == 0 or step == trainer.total_steps:
+        for name, metrics in latest.items():
+          logs.scalars(metrics, step, name)
+        logs.scalars({"rollbacks": rollbacks}, step, "train")
+        latest = {}
+      pbar.update(1)
+      if step % 5 == 0 and loss_ema is not None:
+        pbar.set_postfix(loss=f"{loss_ema:.4f}", gnorm=f"{float(m['grad_norm']):.2f}",
+                         rb=rollbacks, refresh=False)
       if step % iters == 0:
         round_index = step // iters
         state, stats = update_geometry(state, trainer)
-        _log_scalars(writer, stats, step, prefix="geometry/")
+        logs.scalars(stats, step, "geometry")
         if cfg.log_image_every_rounds and round_index % cfg.log_image_every_rounds == 0:
-          _log_image(writer, trainer, state, step)
-        if round_index % cfg.checkpoint_every_rounds == 0 or step == trainer.steps_total:
+          logs.image(state, step)
+        if round_index % cfg.checkpoint_every_rounds == 0 or step == trainer.total_steps:
           checkpointer.save(state, {"round": round_index})
     if checkpointer.latest_step() != step:
       checkpointer.save(state, {"round": step // iters})
   finally:
-    if pbar is not None:
-      pbar.close()
-    if writer is not None:
-      writer.close()
+    pbar.close()
+    logs.close()
     checkpointer.close()
   return state, {"steps": step, "train_seconds": time.time() - start, "rollbacks": rollbacks,
                  "resumed_from": resumed_from}
 
 
+def check_resumable(trainer: Trainer, resume: bool) -> None:
+  """Fails before anything is written if the run folder's checkpoint does not fit this plan."""
+  directory = trainer.workdir / "checkpoints"
+  if not directory.is_dir():
+    if resume:
+      raise UserError(f"{trainer.workdir}: --resume given but there is no checkpoint to resume from")
+    return
+  checkpointer = checkpoint_lib.Checkpointer(directory, trainer.settings.keep_checkpoints)
+  try:
+    if checkpointer.latest_step() is not None:
+      checkpointer.check(trainer.template())
+    elif resume:
+      raise UserError(f"{trainer.workdir}: --resume given but there is no checkpoint to resume from")
+  finally:
+    checkpointer.close()
+
+
 def enable_compilation_cache(path: str) -> None:
   """Persistent XLA compilation cache (process-wide; JAX_COMPILATION_CACHE_DIR wins)."""
-  import os  # pylint: disable=g-import-not-at-top
   if not path or os.environ.get("JAX_COMPILATION_CACHE_DIR") or jax.config.jax_compilation_cache_dir:
     return
   directory = pathlib.Path(path).expanduser()
@@ -252,49 +332,3 @@ def enable_compilation_cache(path: str) -> None:
     return  # an unwritable cache only costs time
   jax.config.update("jax_compilation_cache_dir", str(directory))
   jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
-
-
-def _check_workdir(workdir: pathlib.Path) -> None:
-  if workdir.exists() and not workdir.is_dir():
-    raise UserError(f"{workdir}: exists and is not a folder")
-
-
-def run_extraction(config: ml_collections.ConfigDict, video_dir: pathlib.Path,
-                   workdir: pathlib.Path, resume: bool = False, progress: bool = True) -> dict:
-  """Loads the video, trains (or resumes), and writes the outputs. See commands/extract.py."""
-  import resource  # pylint: disable=g-import-not-at-top
-  from animdreamer_jax.data import video as video_lib  # pylint: disable=g-import-not-at-top
-  wall0, cpu0 = time.time(), time.process_time()
-  _check_workdir(workdir)
-  if resume and not (workdir / "checkpoints").is_dir():
-    raise UserError(f"{workdir}: --resume given but there is no checkpoint to resume from")
-  video = video_lib.load_video(video_dir)
-  enable_compilation_cache(str(config.train.compilation_cache))
-  # Validates shapes and an empty mask before anything is written.
-  trainer = Trainer(config, video, workdir, source=str(video_dir))
-  if "csd" in config:
-    # Every k-th step becomes a CSD step when config.csd.prior != "none".
-    from animdreamer_jax.csd import hook as csd_hook  # pylint: disable=g-import-not-at-top
-    csd_hook.install(trainer)
-  if (workdir / "checkpoints").is_dir():
-    # A checkpoint from another config must fail before config.json is replaced.
-    checkpointer = checkpoint_lib.Checkpointer(workdir / "checkpoints", config.train.keep_checkpoints)
-    try:
-      if checkpointer.latest_step() is not None:
-        checkpointer.check(trainer.initial_state(fit=False))
-      elif resume:
-        raise UserError(f"{workdir}: --resume given but there is no checkpoint to resume from")
-    finally:
-      checkpointer.close()
-  workdir.mkdir(parents=True, exist_ok=True)
-  config_lib.save_config(config, workdir / "config.json")
-  state, info = train(trainer, resume=resume, progress=progress)
-  outputs = extract_outputs.write_outputs(trainer, state, workdir, progress=progress)
-  # Peak resident memory of this process so far (Linux reports KiB).
-  peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
-  run_info = {**info, "wall_seconds": time.time() - wall0, "cpu_seconds": time.process_time() - cpu0,
-              "peak_rss_mb": peak_mb, "device": str(jax.devices()[0].device_kind),
-              "num_devices": jax.device_count(), "num_rounds": int(config.train.num_rounds),
-              "iters_per_round": int(config.train.iters_per_round)}
-  extract_outputs.save_json(workdir / "run.json", run_info)
-  return {"workdir": str(workdir), **run_info, **outputs}

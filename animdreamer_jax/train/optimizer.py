@@ -1,8 +1,8 @@
-"""optax AdamW with lab4d's x10 learning rate for the explicit scalar parameters.
+"""The `optim` section and optax AdamW with lab4d's x10 learning rate for the explicit parameters.
 
 The learning rate itself is NOT inside the optimiser: the chain is built with
-a unit rate and the step multiplies the updates by the scheduled rate it gets
-as an argument (`apply_learning_rate`), so the one-cycle schedule is computed
+a unit rate and the update rule (`train.update`) multiplies the updates by the
+scheduled rate it gets as an argument, so the one-cycle schedule is computed
 on the host and never re-traces the step. The chain is
 
   clip_by_global_norm(clip) -> multi_transform(base: adamw(1), explicit: adamw(10))
@@ -13,16 +13,50 @@ rate lr x m decays by lr x m x wd, as torch.optim.AdamW does.
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+import dataclasses
+from typing import Any
 
 import jax
 import optax
 
-# lab4d trainer.get_lr_dict: parameters whose name contains one of these get
-# ten times the base rate (log-scales, betas, base rotations, temperatures).
-DEFAULT_EXPLICIT_PARAMS = ("logibeta", "log_beta", "logsigma", "log_sigma", "logscale",
-                           "log_scale", "log_gauss", "base_quat", "base_logfocal",
-                           "base_ppoint", "shift")
+from animdreamer_jax.errors import UserError
+from animdreamer_jax.model import articulated_model
+from animdreamer_jax import schedules
+
+
+@dataclasses.dataclass(frozen=True)
+class OptimSettings:
+  """`optim`: AdamW and its one-cycle learning rate (lab4d's values)."""
+  lr: float = 5e-4  # peak learning rate
+  warmup_fraction: float = 0.1  # linear rise to the peak over this fraction of training
+  initial_div: float = 25.0  # the rate starts at lr / initial_div
+  final_div: float = 25.0  # and ends at lr / final_div
+  explicit_lr_multiplier: float = 10.0  # rate multiplier of the explicit parameters below
+  # Parameters whose path contains one of these get the multiplied rate (log-scales,
+  # betas, base rotations, temperatures; lab4d `get_lr_dict`).
+  explicit_params: tuple[str, ...] = articulated_model.EXPLICIT_PARAM_NAMES
+  weight_decay: float = 1e-4  # AdamW's decoupled weight decay
+  b1: float = 0.9
+  b2: float = 0.999
+  eps: float = 1e-8
+  clip_norm: float = 5.0  # global-norm clip of the gradient; <= 0: off
+  # Not in lab4d (0 = off): the root pose is held at its camera fit for this fraction of
+  # training (the workaround for the SDF collapse on narrow camera arcs).
+  root_pose_warmup_fraction: float = 0.0
+
+  def __post_init__(self):
+    if not self.lr > 0:
+      raise UserError("config.optim.lr: must be > 0")
+    if not 0.0 <= self.warmup_fraction <= 1.0:
+      raise UserError("config.optim.warmup_fraction: must be in [0, 1]")
+    if not 0.0 <= self.root_pose_warmup_fraction <= 1.0:
+      raise UserError("config.optim.root_pose_warmup_fraction: must be in [0, 1]")
+
+  def learning_rate(self, step: int, total_steps: int) -> float:
+    """lab4d's linear one-cycle rate at `step`."""
+    warmup = int(round(self.warmup_fraction * total_steps))
+    return schedules.one_cycle_lr(step, total_steps, self.lr, warmup, self.initial_div,
+                                  self.final_div)
 
 
 def param_path_names(params: Any) -> Any:
@@ -38,47 +72,28 @@ def param_path_names(params: Any) -> Any:
   return jax.tree_util.tree_map_with_path(name, params)
 
 
-def explicit_param_labels(params: Any, patterns: Sequence[str] = DEFAULT_EXPLICIT_PARAMS) -> Any:
+def explicit_param_labels(params: Any, patterns: tuple[str, ...]) -> Any:
   """'explicit' for parameters whose path contains a pattern, else 'base'."""
   return jax.tree_util.tree_map(
       lambda n: "explicit" if any(p in n for p in patterns) else "base", param_path_names(params))
 
 
-def make_optimizer(params: Any, *, explicit_lr_multiplier: float = 10.0,
-                   weight_decay: float = 1e-4, b1: float = 0.9, b2: float = 0.999,
-                   eps: float = 1e-8, clip_norm: float = 5.0,
-                   explicit_patterns: Sequence[str] = DEFAULT_EXPLICIT_PARAMS
+def make_optimizer(params: Any, settings: OptimSettings = OptimSettings()
                    ) -> optax.GradientTransformation:
   """The unit-rate AdamW chain described in the module docstring.
 
   Args:
     params: the parameter tree (only its structure and names are used).
-    explicit_lr_multiplier: rate multiplier of the explicit parameters (lab4d: 10).
-    weight_decay, b1, b2, eps: AdamW settings (lab4d: 1e-4, 0.9, 0.999).
-    clip_norm: global-norm clip (lab4d: 5); <= 0 disables.
-    explicit_patterns: name substrings of the explicit parameters.
+    settings: the optim section.
   """
-  labels = explicit_param_labels(params, explicit_patterns)
+  labels = explicit_param_labels(params, tuple(settings.explicit_params))
+
   def adamw(lr):
-    return optax.adamw(learning_rate=lr, b1=b1, b2=b2, eps=eps, weight_decay=weight_decay)
+    return optax.adamw(learning_rate=lr, b1=settings.b1, b2=settings.b2, eps=settings.eps,
+                       weight_decay=settings.weight_decay)
+
   branches = optax.multi_transform(
-      {"base": adamw(1.0), "explicit": adamw(float(explicit_lr_multiplier))}, labels)
-  if clip_norm and clip_norm > 0:
-    return optax.chain(optax.clip_by_global_norm(clip_norm), branches)
+      {"base": adamw(1.0), "explicit": adamw(float(settings.explicit_lr_multiplier))}, labels)
+  if settings.clip_norm > 0:
+    return optax.chain(optax.clip_by_global_norm(settings.clip_norm), branches)
   return branches
-
-
-def make_optimizer_from_config(params: Any, optim_config) -> optax.GradientTransformation:
-  """make_optimizer with settings from config.optim."""
-  return make_optimizer(
-      params,
-      explicit_lr_multiplier=optim_config.explicit_lr_multiplier,
-      weight_decay=optim_config.weight_decay,
-      b1=optim_config.b1, b2=optim_config.b2, eps=optim_config.eps,
-      clip_norm=optim_config.clip_norm,
-      explicit_patterns=tuple(optim_config.explicit_params))
-
-
-def apply_learning_rate(updates: Any, learning_rate: jax.Array) -> Any:
-  """Scales the unit-rate updates by the scheduled learning rate."""
-  return jax.tree_util.tree_map(lambda u: u * learning_rate.astype(u.dtype), updates)

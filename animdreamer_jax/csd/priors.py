@@ -8,8 +8,8 @@ A `DiffusionPrior` bundles pure functions of explicit parameters:
       one object contiguous); returns the predicted noise (N, h, w, c).
   encode_fn(prior_params, images, key) -> latents
       images (N, H, W, 3) in [0, 1] -> (N, h, w, c); differentiable in images
-      (CSD back-propagates the latent gradient through it); key None = use the
-      posterior mean.
+      (CSD back-propagates the latent gradient through it); key: the
+      posterior sample's PRNG key (priors without a posterior ignore it).
 
 plus the noise schedule `alphas_cumprod` (T,), the size renders are resized
 to before `encode_fn` (None: as rendered) and whether eps depends on the
@@ -22,11 +22,14 @@ Priors:
 - `oracle_prior`: the exact optimal denoiser of a point mass at the ground
   truth, eps = (x_t - sqrt(abar_t) x_gt) / sqrt(1 - abar_t), with x_gt the
   ground-truth mesh of frame t rendered (CPU rasteriser, `assets.rasterize`,
-  shaded like the synthetic videos, white background) from the same cameras.
+  shaded like the synthetic videos, white background) from the same cameras,
+  placed in the world frame of the video's cameras (`GroundTruthRenderer`).
   Pixel space: latents = 2 x image - 1. It makes CSD a known objective
   (multi-view photometric supervision weighted by the schedule) with no
   pretrained weights.
 - `function_prior`: any user eps function with the signature above.
+
+`build_prior` makes the one a `csd` config section names.
 """
 
 from __future__ import annotations
@@ -39,9 +42,17 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from animdreamer_jax.assets import rasterize
 from animdreamer_jax.csd import cameras as cameras_lib
+from animdreamer_jax.csd import settings as settings_lib
+from animdreamer_jax.data import synthetic
 from animdreamer_jax.errors import UserError
+from animdreamer_jax.prior import convert
 from animdreamer_jax.prior import schedule as schedule_lib
+from animdreamer_jax.prior import text_encoder
+from animdreamer_jax.prior import tokenizer
+from animdreamer_jax.prior import unet as unet_lib
+from animdreamer_jax.prior import vae as vae_lib
 
 EpsFn = Callable[[Any, jnp.ndarray, jnp.ndarray, Optional[jnp.ndarray], cameras_lib.CsdCameras],
                  jnp.ndarray]
@@ -59,8 +70,6 @@ class DiffusionPrior:
     alphas_cumprod: (T,) float32 alpha_bar table.
     image_size: renders are resized to image_size^2 before encode_fn (None: kept).
     conditional: eps depends on the text (False: no CFG batch).
-    renderer: the oracle's GroundTruthRenderer (host state such as its camera
-      alignment, refitted between rounds); None for other priors.
     pixel_separable: encode_fn and eps_fn act on each pixel on its own (no
       convolution, pooling or attention across pixels), so the prior can judge
       a random subset of a view's pixels (`cameras.pixels`, laid out as a
@@ -73,7 +82,6 @@ class DiffusionPrior:
   alphas_cumprod: np.ndarray
   image_size: Optional[int] = None
   conditional: bool = True
-  renderer: Optional[Any] = None
   pixel_separable: bool = False
 
   @property
@@ -93,29 +101,6 @@ def pixel_encode(prior_params: Any, images: jnp.ndarray, key: Optional[jax.Array
   """Pixel-space 'encoder': [0, 1] -> [-1, 1] (the range the SD VAE takes)."""
   del prior_params, key
   return 2.0 * images - 1.0
-
-
-def pooled_pixel_encoder(factor: int) -> EncodeFn:
-  """Pixel space average-pooled by `factor` (a 'latent' f x smaller, as the SD VAE's is 8x).
-
-  A prior compared at this resolution sees shapes, not the thinnest parts: the
-  oracle's pixel-exact target punishes a leg drawn a few pixels off by erasing it.
-  """
-  factor = int(factor)
-  if factor < 1:
-    raise UserError(f"oracle prior: downsample factor must be >= 1, got {factor}")
-
-  def encode(prior_params, images, key):
-    x = pixel_encode(prior_params, images, key)
-    if factor == 1:
-      return x
-    n, h, w, c = x.shape
-    if h % factor or w % factor:
-      raise UserError(f"oracle prior: render size {h}x{w} is not a multiple of the "
-                      f"downsample factor {factor}")
-    return x.reshape(n, h // factor, factor, w // factor, factor, c).mean(axis=(2, 4))
-
-  return encode
 
 
 def function_prior(eps_fn: EpsFn, *, encode_fn: EncodeFn = pixel_encode,
@@ -161,17 +146,21 @@ def oracle_eps(noisy: jnp.ndarray, t: jnp.ndarray, clean: jnp.ndarray,
   return (noisy - jnp.sqrt(a) * clean) / jnp.sqrt(1.0 - a)
 
 
-# Where the oracle's light is (GroundTruthRenderer.lighting).
-LIGHTINGS = ("video", "view")
-# Where its model-to-ground-truth registration lives (GroundTruthRenderer.alignment_space).
-ALIGNMENT_SPACES = ("camera", "object")
-
-
 class GroundTruthRenderer:
   """Host renderer of a ground-truth mesh sequence (for the oracle prior).
 
-  Shading = the synthetic videos' (vertex colour x (ambient + Lambert), light
-  fixed in camera space, two-sided), on a uniform background.
+  The model's object frame is the world frame its cameras were given in (the
+  video's), so a CSD camera w2c (frame-t object -> camera) sees the ground
+  truth's world-frame mesh of frame t directly: the targets pin the model
+  where the cameras say the animal is, as a multi-view rig would. (A refitted
+  model-to-ground-truth registration, in video-camera or object space, and
+  per-frame refinements were measured and made the experiment worse or no
+  better; they were removed.)
+
+  Shading = the synthetic videos' (vertex colour x (ambient + Lambert),
+  two-sided, white background), with the light kept where the video's camera
+  had it at frame t: the model's colours are the video's pixels, this shading
+  baked in, so a ground-truth point shows the shade the video gave it.
 
   Args:
     vertices: (T, V, 3) per-frame vertices in the video's world frame.
@@ -180,29 +169,13 @@ class GroundTruthRenderer:
     world_to_video_camera: (T, 4, 4) the video's (noise-free) cameras.
     rest_vertices: (V, 3) rest pose (welds split seams for smooth normals);
       None: frame 0.
-    background: grey level or RGB.
     supersample: renders at this many times the resolution and box-averages
-      (anti-aliasing: a point-sampled target makes thin parts such as legs
-      flicker between views, a noise no diffusion model's output has).
-    lighting: "video": the light stays where the video's camera had it at
-      frame t, so every view shows the shading the video baked into the
-      object's colour (what a perfect reconstruction of the video renders);
-      "view": the light moves with each view's camera (the synthetic
-      renderer's own convention; the side views then show a shading the
-      model never saw, and CSD pulls on geometry to explain it).
-    blur_px: Gaussian blur (standard deviation, output pixels) of the
-      targets; 0: none. Matches the sharp mesh renders to the softness of
-      a volume render when that is wanted.
-    alignment_space: where the model-to-ground-truth registration lives
-      (`set_alignment`): "camera" (video-camera space) or "object" (the
-      model's object frame onto the ground-truth world).
+      (anti-aliasing).
   """
 
   def __init__(self, vertices: np.ndarray, faces: np.ndarray, colors: Optional[np.ndarray],
                world_to_video_camera: np.ndarray, rest_vertices: Optional[np.ndarray] = None,
-               background=1.0, supersample: int = 1, lighting: str = "video",
-               blur_px: float = 0.0, alignment_space: str = "camera"):
-    from animdreamer_jax.data import synthetic  # pylint: disable=g-import-not-at-top
+               supersample: int = 1):
     self.vertices = np.asarray(vertices, np.float64)
     self.faces = np.asarray(faces, np.int64)
     if self.vertices.ndim != 3 or self.vertices.shape[-1] != 3:
@@ -218,22 +191,9 @@ class GroundTruthRenderer:
                       f"got {self.world_to_video_camera.shape}")
     rest = self.vertices[0] if rest_vertices is None else np.asarray(rest_vertices)
     self.weld = synthetic.weld_index(rest)
-    self.background = np.broadcast_to(np.asarray(background, np.float64), (3,))
     if int(supersample) < 1:
       raise UserError(f"oracle prior: supersample must be >= 1, got {supersample}")
     self.supersample = int(supersample)
-    if lighting not in LIGHTINGS:
-      raise UserError(f"oracle prior: lighting {lighting!r} unknown; use one of {', '.join(LIGHTINGS)}")
-    self.lighting = lighting
-    if not float(blur_px) >= 0.0:
-      raise UserError(f"oracle prior: blur_px must be >= 0, got {blur_px}")
-    self.blur_px = float(blur_px)
-    if alignment_space not in ALIGNMENT_SPACES:
-      raise UserError(f"oracle prior: alignment space {alignment_space!r} unknown; use one of "
-                      f"{', '.join(ALIGNMENT_SPACES)}")
-    self.alignment_space = alignment_space
-    self.alignment = np.eye(4)
-    self._synthetic = synthetic
 
   @property
   def num_frames(self) -> int:
@@ -247,97 +207,23 @@ class GroundTruthRenderer:
     u + 0.5, so s x s blocks tile the low-resolution pixels exactly), then
     box-averaged.
     """
-    from animdreamer_jax.assets import rasterize as rz  # pylint: disable=g-import-not-at-top
-    syn, s = self._synthetic, self.supersample
+    s = self.supersample
     verts = self.vertices[int(frame)]
-    v_cam = syn.to_camera(verts, w2c)
-    raster = rz.rasterize(v_cam, self.faces, s * np.asarray(intrinsics, np.float64),
-                          s * resolution, s * resolution)
-    rotation = np.asarray(w2c, np.float64)[:3, :3]
-    normals = syn.vertex_normals(verts, self.faces, self.weld) @ rotation.T
-    light = None
-    if self.lighting == "video":
-      # The light where the video's camera had it at frame t (world direction
-      # W_t^T L), seen from this camera. The model's colours are the video's
-      # pixels, i.e. this shading baked in, whatever similarity registers the
-      # model: a ground-truth point then shows the shade the video gave it.
-      video_rotation = self.world_to_video_camera[int(frame), :3, :3]
-      light = rotation @ (video_rotation.T @ syn.LIGHT_DIRECTION_CAM)
-    image = syn.shade(raster, self.faces, v_cam, normals, self.colors, self.background,
-                      light_direction=light)
+    w2c = np.asarray(w2c, np.float64)
+    v_cam = synthetic.to_camera(verts, w2c)
+    raster = rasterize.rasterize(v_cam, self.faces, s * np.asarray(intrinsics, np.float64),
+                                 s * resolution, s * resolution)
+    rotation = w2c[:3, :3]
+    normals = synthetic.vertex_normals(verts, self.faces, self.weld) @ rotation.T
+    # The light where the video's camera had it at frame t (world direction
+    # W_t^T L), seen from this camera.
+    video_rotation = self.world_to_video_camera[int(frame), :3, :3]
+    light = rotation @ (video_rotation.T @ synthetic.LIGHT_DIRECTION_CAM)
+    image = synthetic.shade(raster, self.faces, v_cam, normals, self.colors,
+                            np.full(3, settings_lib.BACKGROUND), light_direction=light)
     if s > 1:
       image = image.reshape(resolution, s, resolution, s, 3).mean(axis=(1, 3))
-    if self.blur_px > 0:
-      import cv2  # pylint: disable=g-import-not-at-top
-      image = cv2.GaussianBlur(image, (0, 0), self.blur_px, borderType=cv2.BORDER_REPLICATE)
     return image.astype(np.float32)
-
-  def set_alignment(self, similarity: Optional[np.ndarray]) -> None:
-    """Sets the model-to-ground-truth registration (None: identity).
-
-    A monocular reconstruction is free in scale and depth: a smaller object
-    nearer the camera makes the same video. The registration (scale s times a
-    rotation plus a translation, `csd.oracle_alignment` fits it) lets the
-    oracle render the ground truth from where the CSD camera sits relative to
-    the MODEL, so both views show the object alike. Its meaning follows
-    `alignment_space`:
-    - "camera": (4, 4) or per frame (T, 4, 4), maps the model's
-      video-camera-space points onto the ground truth's;
-    - "object": (4, 4), maps the model's object frame onto the ground-truth
-      world (identity: the model's object frame IS the world frame its
-      cameras were given in); root poses never enter the targets.
-    The host callback reads it at call time, so refitting needs no re-tracing.
-    """
-    if similarity is None:
-      similarity = np.eye(4)
-    similarity = np.asarray(similarity, np.float64)
-    shapes = ((4, 4),) if self.alignment_space == "object" else ((4, 4), (self.num_frames, 4, 4))
-    if similarity.shape not in shapes or not np.all(np.isfinite(similarity)):
-      raise UserError(f"oracle prior: the {self.alignment_space}-space alignment must be a "
-                      f"finite {' or '.join(str(s) for s in shapes)}, got {similarity.shape}")
-    self.alignment = similarity
-
-  def frame_alignment(self, frame: int) -> np.ndarray:
-    """(4, 4) the alignment used at `frame` (one for all, or per frame)."""
-    if self.alignment.ndim == 3:
-      return self.alignment[int(frame)]
-    return self.alignment
-
-  def ground_truth_cameras(self, frame: int, csd_from_video: np.ndarray,
-                           root_pose: Optional[np.ndarray] = None) -> np.ndarray:
-    """World-to-CSD-camera (N, 4, 4) rigid transforms for the ground-truth mesh.
-
-    Args:
-      frame: video frame t.
-      csd_from_video: (N, 4, 4) CSD camera from the model's video-camera space
-        at frame t (the CSD w2c times the inverse root pose).
-      root_pose: (4, 4) the model's object-to-video-camera transform at frame
-        t (needed in object space).
-
-    Camera space: a model that fits the video maps its frame-t object point
-    X_o to the video camera as root_pose X_o = S^-1 W_t X_w (S: the
-    alignment), so a CSD camera C sees the world through C root_pose^-1 S^-1
-    W_t. Object space: X_w = A X_o, so C sees the world through C A^-1. Either
-    similarity divided by its scale is rigid and renders the same image.
-    """
-    csd_from_video = np.asarray(csd_from_video, np.float64)
-    if self.alignment_space == "object":
-      if root_pose is None:
-        raise ValueError("object-space alignment needs the root pose")
-      m = csd_from_video @ np.asarray(root_pose, np.float64) @ np.linalg.inv(self.alignment)
-    else:
-      video_cam = self.world_to_video_camera[int(frame)]
-      m = csd_from_video @ np.linalg.inv(self.frame_alignment(frame)) @ video_cam
-    scale = np.cbrt(np.linalg.det(m[:, :3, :3]))[:, None, None]
-    out = m.copy()
-    out[:, :3, :] = m[:, :3, :] / scale
-    return out
-
-  def world_cameras(self, cameras: cameras_lib.CsdCameras) -> np.ndarray:
-    """World-to-CSD-camera (N, 4, 4) on the host (see `ground_truth_cameras`)."""
-    root = np.asarray(cameras.root_pose, np.float64)
-    csd_from_video = np.asarray(cameras.w2c, np.float64) @ np.linalg.inv(root)
-    return self.ground_truth_cameras(int(np.asarray(cameras.frame)), csd_from_video, root)
 
   def render_views(self, frame, w2c, intrinsics, resolution: int) -> np.ndarray:
     """(N, R, R, 3) float32 for world-to-camera (N, 4, 4) and intrinsics (N, 4)."""
@@ -348,33 +234,25 @@ class GroundTruthRenderer:
   def render_in_jax(self, cameras: cameras_lib.CsdCameras, resolution: int) -> jnp.ndarray:
     """Ground-truth views (N, R, R, 3) in [0, 1] from inside jit (a host callback)."""
     num_views = cameras.w2c.shape[0]
-    root = jax.lax.stop_gradient(cameras.root_pose)
-    csd_from_video = jax.lax.stop_gradient(cameras.w2c @ jnp.linalg.inv(root))
+    w2c = jax.lax.stop_gradient(cameras.w2c)
     intrinsics = jax.lax.stop_gradient(cameras.intrinsics)
     out = jax.ShapeDtypeStruct((num_views, resolution, resolution, 3), jnp.float32)
 
-    def host(frame, csd_from_video, root, intrinsics):
-      frame = int(np.asarray(frame))
-      return self.render_views(frame, self.ground_truth_cameras(frame, csd_from_video, root),
-                               intrinsics, resolution)
+    def host(frame, w2c, intrinsics):
+      return self.render_views(int(np.asarray(frame)), w2c, intrinsics, resolution)
 
-    return jax.pure_callback(host, out, cameras.frame, csd_from_video, root, intrinsics,
-                             vmap_method="sequential")
+    return jax.pure_callback(host, out, cameras.frame, w2c, intrinsics, vmap_method="sequential")
 
 
 def oracle_prior(renderer: GroundTruthRenderer, resolution: int,
-                 alphas_cumprod: Optional[np.ndarray] = None,
-                 downsample: int = 1) -> DiffusionPrior:
+                 alphas_cumprod: Optional[np.ndarray] = None) -> DiffusionPrior:
   """The oracle prior over renders of `resolution` pixels (pixel space, no text).
 
   Args:
     renderer: GroundTruthRenderer of the video's ground truth.
     resolution: the CSD render size (the oracle renders x_gt at the same size).
     alphas_cumprod: noise schedule (default: SD/MVDream's).
-    downsample: > 1: renders and targets are average-pooled by this factor
-      before the diffusion (`pooled_pixel_encoder`).
   """
-  encode = pooled_pixel_encoder(downsample)
   if alphas_cumprod is None:
     alphas_cumprod = schedule_lib.make_alphas_cumprod()
   alphas_cumprod = np.asarray(alphas_cumprod, np.float32)
@@ -384,30 +262,14 @@ def oracle_prior(renderer: GroundTruthRenderer, resolution: int,
     truth = renderer.render_in_jax(cameras, resolution)
     if cameras.pixels is not None:  # a pixel subset (pixel_separable): the same pixels
       truth = gather_pixels(truth, cameras.pixels)
-    clean = encode(None, truth, None)
-    return oracle_eps(noisy, t, clean, alphas_cumprod)
+    return oracle_eps(noisy, t, pixel_encode(None, truth, None), alphas_cumprod)
 
-  return DiffusionPrior(name="oracle", eps_fn=eps_fn, encode_fn=encode,
+  return DiffusionPrior(name="oracle", eps_fn=eps_fn, encode_fn=pixel_encode,
                         alphas_cumprod=alphas_cumprod, image_size=None, conditional=False,
-                        renderer=renderer, pixel_separable=int(downsample) == 1)
+                        pixel_separable=True)
 
 
-def oracle_prior_from_video(video, resolution: int, background=1.0,
-                            supersample: int = 1, lighting: str = "video",
-                            blur_px: float = 0.0, downsample: int = 1,
-                            alignment_space: str = "camera") -> DiffusionPrior:
-  """Oracle prior from a `data.video.Video` with ground truth (UserError without);
-  `supersample`, `lighting`, `blur_px`, `alignment_space`: its renders (see
-  GroundTruthRenderer); `downsample`: see `oracle_prior`."""
-  renderer = ground_truth_renderer(video, background=background, supersample=supersample,
-                                  lighting=lighting, blur_px=blur_px,
-                                  alignment_space=alignment_space)
-  return oracle_prior(renderer, resolution, downsample=downsample)
-
-
-def ground_truth_renderer(video, background=1.0, supersample: int = 1, lighting: str = "video",
-                          blur_px: float = 0.0, alignment_space: str = "camera"
-                          ) -> GroundTruthRenderer:
+def ground_truth_renderer(video, supersample: int = 1) -> GroundTruthRenderer:
   """GroundTruthRenderer of a `data.video.Video`'s ground truth (UserError without)."""
   gt = getattr(video, "gt", None)
   if gt is None:
@@ -418,9 +280,7 @@ def ground_truth_renderer(video, background=1.0, supersample: int = 1, lighting:
   if getattr(seq, "vertex_colors", None) is not None:
     colors = np.asarray(seq.vertex_colors, np.float64) / 255.0
   return GroundTruthRenderer(seq.vertices, seq.faces, colors, gt.w2c,
-                             rest_vertices=gt.rest_vertices, background=background,
-                             supersample=supersample, lighting=lighting, blur_px=blur_px,
-                             alignment_space=alignment_space)
+                             rest_vertices=gt.rest_vertices, supersample=supersample)
 
 
 # ----------------------------------------------------------------------------
@@ -450,8 +310,6 @@ def mvdream_prior(unet_config, vae_config, *, image_size: int = 256, num_views: 
     fused_attention: `jax.nn.dot_product_attention` in the UNet (flash kernels on GPU).
     alphas_cumprod: default: the LDM linear schedule.
   """
-  from animdreamer_jax.prior import unet as unet_lib  # pylint: disable=g-import-not-at-top
-  from animdreamer_jax.prior import vae as vae_lib  # pylint: disable=g-import-not-at-top
   if alphas_cumprod is None:
     alphas_cumprod = schedule_lib.make_alphas_cumprod()
   unet = unet_lib.MultiViewUNet(unet_config, dtype=dtype, remat=remat,
@@ -473,8 +331,6 @@ def mvdream_prior(unet_config, vae_config, *, image_size: int = 256, num_views: 
 def encode_prompts(text_params: Any, text_config, prompt: str, negative_prompt: str
                    ) -> tuple[jnp.ndarray, jnp.ndarray]:
   """(cond, uncond) text states, each (L, D), from the OpenCLIP text tower."""
-  from animdreamer_jax.prior import text_encoder  # pylint: disable=g-import-not-at-top
-  from animdreamer_jax.prior import tokenizer  # pylint: disable=g-import-not-at-top
   tokens = jnp.asarray(tokenizer.tokenize([prompt, negative_prompt], text_config.context_length))
   states = text_encoder.encode_text(text_params, tokens, text_config)
   return states[0], states[1]
@@ -488,15 +344,11 @@ def load_mvdream(weights_dir: str, prompt: str, negative_prompt: str, *, image_s
   Raises:
     UserError: no weights folder / parts missing / empty prompt.
   """
-  from animdreamer_jax.prior import convert  # pylint: disable=g-import-not-at-top
-  from animdreamer_jax.prior import text_encoder  # pylint: disable=g-import-not-at-top
-  from animdreamer_jax.prior import unet as unet_lib  # pylint: disable=g-import-not-at-top
-  from animdreamer_jax.prior import vae as vae_lib  # pylint: disable=g-import-not-at-top
   if not weights_dir:
-    raise UserError("config.csd.weights: csd.prior=mvdream needs the folder of converted MVDream "
-                    "weights (animdreamer convert-mvdream --out DIR)")
+    raise UserError("config.csd.mvdream.weights: csd.prior=mvdream needs the folder of converted "
+                    "MVDream weights (animdreamer convert-mvdream --out DIR)")
   if not prompt:
-    raise UserError("config.csd.prompt: csd.prior=mvdream needs a text prompt")
+    raise UserError("config.csd.mvdream.prompt: csd.prior=mvdream needs a text prompt")
   loaded = convert.load_prior_params(pathlib.Path(weights_dir))
   config = loaded["config"]
   for part in ("vae", "text_encoder"):
@@ -514,3 +366,21 @@ def load_mvdream(weights_dir: str, prompt: str, negative_prompt: str, *, image_s
             "vae": jax.tree_util.tree_map(jnp.asarray, loaded["vae"])}
   text = encode_prompts(loaded["text_encoder"], text_config, prompt, negative_prompt)
   return prior, params, text
+
+
+def build_prior(settings: settings_lib.CsdSettings, video
+                ) -> tuple[DiffusionPrior, Any, Optional[tuple[jnp.ndarray, jnp.ndarray]]]:
+  """(prior, prior_params, (cond, uncond) text states or None) for `settings.prior`.
+
+  Raises:
+    UserError: CSD off, oracle without ground truth, mvdream without weights or prompt.
+  """
+  if settings.prior == "oracle":
+    renderer = ground_truth_renderer(video, supersample=settings.oracle.supersample)
+    return oracle_prior(renderer, settings.resolution), None, None
+  if settings.prior == "mvdream":
+    m = settings.mvdream
+    dtype = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}[m.dtype]
+    return load_mvdream(m.weights, m.prompt, m.negative_prompt, image_size=m.encode_resolution,
+                        dtype=dtype, fused_attention=m.fused_attention)
+  raise UserError(f"config.csd.prior: {settings.prior!r} has no prior to build")

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from jax.test_util import check_grads
 
-from animdreamer_jax.train import losses
+from animdreamer_jax.losses import lab4d_losses as losses
 
 jax.config.update("jax_enable_x64", False)
 

@@ -1,0 +1,46 @@
+"""What a loss term is: the unit a stage composes its objective from.
+
+A term is a pure function `fn(params, ctx) -> (losses, metrics)`:
+- `losses`: {name: () unweighted loss}; the train step adds
+  `ctx.scalars["w_" + name] * loss` for each, so every weight is a scheduled
+  scalar argument of the jitted step (never a constant baked into it);
+- `metrics`: {name: () value} to log (not differentiated).
+`ctx` carries what a term may read besides the parameters: the stage's device
+data, the host-refreshed arrays of the state (`aux`: near/far, box, proxy
+points), the scheduled scalars, a PRNG key of its own and the step number.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+
+class StepContext(NamedTuple):
+  """Inputs of a loss term besides the parameters (see the module docstring).
+
+  Attributes:
+    data: the stage's device-resident inputs (a pytree; not donated).
+    aux: dict of arrays the host refreshes between rounds (TrainState.aux).
+    scalars: dict of () float32 scheduled values (weights "w_<loss>", lr, ...).
+    key: this term's PRNG key for this step.
+    step: () int32 step number.
+  """
+  data: Any
+  aux: dict
+  scalars: dict
+  key: jax.Array
+  step: jnp.ndarray
+
+
+TermFn = Callable[[Any, StepContext], tuple[dict, dict]]
+
+
+@dataclasses.dataclass(frozen=True)
+class LossTerm:
+  """A named loss term: `fn(params, ctx) -> ({loss name: value}, {metric: value})`."""
+  name: str
+  fn: TermFn

@@ -1,0 +1,51 @@
+"""Posing canonical points: the model's forward warp of rest-pose vertices to any frame (host loop).
+
+The same warp the renderer uses (`warp_render.SkinningWarp`): skinning weights
+from the rest bones at the canonical point, bone transforms of the frame.
+A run's per-frame meshes and the novel-view scores pose through
+`posed_sequence`.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Iterable, Optional
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from animdreamer_jax.render import warp_render
+
+
+def make_pose_fn(model, blend: str = "dqs") -> Callable:
+  """jitted (params, rest_vertices (V, 3), frame ()) -> (posed object-frame (V, 3), obj2cam (4, 4))."""
+  warp = warp_render.SkinningWarp(blend=blend)
+
+  @jax.jit
+  def pose(params, vertices, frame):
+    rest = warp_render.rest_state(model, params)
+    frames = warp_render.frame_states(model, params, frame[None])
+    frame_state = jax.tree_util.tree_map(lambda x: None if x is None else x[0], frames)
+    ctx = warp.prepare(model, params, rest, frame_state, None)
+    posed, _ = jax.vmap(lambda x: warp.forward(ctx, x))(vertices)
+    return posed[:, 0], frame_state.obj2cam
+
+  return pose
+
+
+def posed_sequence(model, params, rest_vertices: np.ndarray, frames: Iterable[int],
+                   blend: str = "dqs", pose_fn: Optional[Callable] = None
+                   ) -> tuple[np.ndarray, np.ndarray]:
+  """Forward-warps the rest vertices to each of `frames`.
+
+  Returns:
+    (object-frame vertices (F, V, 3), object-to-camera root poses (F, 4, 4)), float32.
+  """
+  pose = pose_fn or make_pose_fn(model, blend)
+  verts = jnp.asarray(rest_vertices, jnp.float32)
+  posed, root = [], []
+  for t in frames:
+    p, r = pose(params, verts, jnp.int32(t))
+    posed.append(np.asarray(p))
+    root.append(np.asarray(r))
+  return np.stack(posed).astype(np.float32), np.stack(root).astype(np.float32)

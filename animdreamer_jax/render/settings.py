@@ -1,0 +1,101 @@
+"""The `render` config section, and whole images rendered chunk by chunk.
+
+`RenderSettings` is declared once here; the training step renders rays with
+`num_samples` uniform samples, whole images (TensorBoard, contact sheets,
+novel views) use the evaluation sampling `eval_samples` +
+`eval_importance_samples` (lab4d's 32 + 32).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Callable, Optional
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from animdreamer_jax.data import batching
+from animdreamer_jax.errors import UserError
+from animdreamer_jax.render import density as density_lib
+from animdreamer_jax.render import warp_render
+
+DENSITY_FNS = {"volsdf": density_lib.volsdf_density, "neus": density_lib.neus_density}
+BLENDS = ("dqs", "lbs")
+
+
+@dataclasses.dataclass(frozen=True)
+class RenderSettings:
+  """`render`: how rays are rendered through the warp."""
+  num_samples: int = 64  # uniform samples per training ray (lab4d)
+  density: str = "volsdf"  # SDF -> density: "volsdf" (lab4d) or "neus"
+  blend: str = "dqs"  # skinning blend of bone transforms: "dqs" (lab4d) or "lbs"
+  eikonal_ray_fraction: float = 1.0 / 16  # share of each frame's rays that get the eikonal term
+  match_candidates: int = 1024  # canonical samples a pixel's feature is matched against
+  # Rays use the video's intrinsics (its cameras are calibrated); False: the model's learned ones.
+  use_video_intrinsics: bool = True
+  eval_samples: int = 32  # uniform samples per ray of whole images
+  eval_importance_samples: int = 32  # ... plus these importance samples (lab4d's evaluation)
+  eval_chunk: int = 4096  # rays per jitted call when rendering whole images
+
+  def __post_init__(self):
+    def require(ok: bool, key: str, what: str):
+      if not ok:
+        raise UserError(f"config.render.{key}: {what}")
+
+    require(self.density in DENSITY_FNS, "density",
+            f"unknown density {self.density!r}; use one of {sorted(DENSITY_FNS)}")
+    require(self.blend in BLENDS, "blend", f"unknown blending {self.blend!r}; use 'dqs' or 'lbs'")
+    require(self.num_samples >= 2, "num_samples", "must be >= 2")
+    require(0.0 <= self.eikonal_ray_fraction <= 1.0, "eikonal_ray_fraction", "must be in [0, 1]")
+    require(self.eval_samples >= 2, "eval_samples", "must be >= 2")
+    require(self.eval_chunk >= 1, "eval_chunk", "must be >= 1")
+
+  def density_fn(self) -> density_lib.DensityFn:
+    return DENSITY_FNS[self.density]
+
+  def warp(self) -> warp_render.SkinningWarp:
+    return warp_render.SkinningWarp(blend=self.blend)
+
+
+def make_image_renderer(model, settings: RenderSettings, height: int, width: int,
+                        intrinsics: Optional[np.ndarray] = None,
+                        background=(1.0, 1.0, 1.0)) -> Callable:
+  """render(params, near_far (2,), frame) -> {"rgb" (H, W, 3) over the background, "mask", "depth"}.
+
+  Renders in fixed-size chunks of rays (one compile) with the evaluation
+  sampling. intrinsics: (T, 4) per-frame intrinsics (the video's), or None:
+  the model's learned ones.
+  """
+  uv_all = batching.image_pixels(height, width)
+  chunk = int(settings.eval_chunk)
+  pad = (-uv_all.shape[0]) % chunk
+  uv_all = np.concatenate([uv_all, np.zeros((pad, 2), np.float32)])
+  density_fn, warp = settings.density_fn(), settings.warp()
+
+  @jax.jit
+  def render_chunk(params, near_far, frame_intrinsics, frame, uv):
+    out = warp_render.render_rays(
+        model, params, uv, frame, None, num_samples=settings.eval_samples, near_far=near_far,
+        intrinsics=frame_intrinsics, importance_samples=settings.eval_importance_samples,
+        eikonal_rays=0, gauss_mask=False, density_fn=density_fn, warp=warp)
+    return {"rgb": out["rgb"], "mask": out["opacity"], "depth": out["depth"]}
+
+  background = np.asarray(background, np.float32)
+
+  def render(params, near_far, frame: int) -> dict[str, np.ndarray]:
+    frame = int(frame)
+    if intrinsics is not None:
+      frame_intrinsics = jnp.asarray(intrinsics[frame], jnp.float32)
+    else:
+      frame_intrinsics = model.apply(params, jnp.int32(frame), method="intrinsics")
+    near_far = jnp.asarray(near_far, jnp.float32)
+    pieces = [render_chunk(params, near_far, frame_intrinsics, jnp.int32(frame),
+                           jnp.asarray(uv_all[i:i + chunk]))
+              for i in range(0, uv_all.shape[0], chunk)]
+    out = {k: np.concatenate([np.asarray(p[k]) for p in pieces])[:height * width] for k in pieces[0]}
+    mask = out["mask"].reshape(height, width)
+    rgb = out["rgb"].reshape(height, width, 3) * mask[..., None] + background * (1 - mask[..., None])
+    return {"rgb": rgb, "mask": mask, "depth": out["depth"].reshape(height, width)}
+
+  return render
