@@ -344,15 +344,19 @@ def make_view_renderer(model, settings: CsdSettings, *, warp=warp_render.Skinnin
   if settings.beta_scale != 1.0:
     base_density, scale = density_fn, settings.beta_scale
     density_fn = lambda sdf, beta: base_density(sdf, beta * scale)  # noqa: E731
+
+  def canonical_fn(model, params, x, appearance, alpha):
+    out = model.apply(params, x, alpha=alpha, appearance=appearance, method="canonical")
+    return {"sdf": out["sdf"], "rgb": out["rgb"]}
+  options = warp_render.RenderOptions(
+      num_samples=settings.num_samples, importance_samples=settings.importance_samples,
+      density_fn=density_fn, warp=warp, canonical_fn=canonical_fn, eikonal_rays=0,
+      gauss_mask=False)
+
   def render_view(params, w2c, intrinsics, near_far, frame, uv, alpha):
-    def canonical_fn(x, appearance, alpha):
-      out = model.apply(params, x, alpha=alpha, appearance=appearance, method="canonical")
-      return {"sdf": out["sdf"], "rgb": out["rgb"]}
     out = warp_render.render_rays(
-        model, params, uv, frame, None, num_samples=settings.num_samples, near_far=near_far,
-        alpha=alpha, density_fn=density_fn, warp=warp, canonical_fn=canonical_fn,
-        obj2cam=w2c, intrinsics=intrinsics, eikonal_rays=0, gauss_mask=False,
-        importance_samples=settings.importance_samples)
+        model, params, uv, frame, None, near_far=near_far, options=options, alpha=alpha,
+        cameras=warp_render.CameraOverride(obj2cam=w2c, intrinsics=intrinsics))
     return compositing.over_background(out["rgb"], out["opacity"], settings.background)
 
   def render(params, cameras, uv, alpha=None):

@@ -188,18 +188,19 @@ def compute_losses(model, params, batch: batching.Batch, data: TrainData, aux: d
   key_match, key_points = jax.random.split(key)
   num_rays = batch.uv.shape[1]
   eik_rays = max(1, int(round(num_rays * config.render.eikonal_ray_fraction)))
-  intrinsics = partner_intrinsics = None
+  cameras = partner_cameras = None
   if config.train.use_video_intrinsics:
-    intrinsics = data.intrinsics[batch.frame_index]
-    partner_intrinsics = data.intrinsics[batch.partner_frame]
+    cameras = warp_render.CameraOverride(intrinsics=data.intrinsics[batch.frame_index])
+    partner_cameras = warp_render.CameraOverride(intrinsics=data.intrinsics[batch.partner_frame])
+  options = warp_render.RenderOptions(
+      num_samples=int(config.render.num_samples), eikonal_rays=eik_rays,
+      gauss_mask="gauss_mask" in names, match_candidates=int(config.render.match_candidates),
+      **render_kwargs(config))
   out = warp_render.render_rays(
       model, params, batch.uv, batch.frame_index, batch.partner_frame,
-      num_samples=int(config.render.num_samples), near_far=aux["near_far"][batch.frame_index],
-      alpha=scalars["alpha"], intrinsics=intrinsics, partner_intrinsics=partner_intrinsics,
-      eikonal_rays=eik_rays, gauss_mask="gauss_mask" in names,
-      match_features=batch.feature if "feat_reproj" in names else None,
-      match_key=key_match, match_candidates=int(config.render.match_candidates),
-      **render_kwargs(config))
+      near_far=aux["near_far"][batch.frame_index], options=options, alpha=scalars["alpha"],
+      cameras=cameras, partner_cameras=partner_cameras,
+      match_features=batch.feature if "feat_reproj" in names else None, match_key=key_match)
   fg = batch.mask
   train_res = train_resolution(config, data)
   terms: dict[str, jnp.ndarray] = {}
@@ -365,15 +366,16 @@ def make_render_fn(config: ml_collections.ConfigDict, model, data: TrainData,
   chunk = int(config.render.eval_chunk)
   pad = (-uv_all.shape[0]) % chunk
   uv_all = np.concatenate([uv_all, np.zeros((pad, 2), np.float32)])
-  kwargs = render_kwargs(config)
+  options = warp_render.RenderOptions(
+      num_samples=int(config.render.eval_samples),
+      importance_samples=int(config.render.eval_importance_samples), eikonal_rays=0,
+      gauss_mask=False, **render_kwargs(config))
 
   @jax.jit
   def render_chunk(params, near_far, intrinsics, frame, uv):
     out = warp_render.render_rays(
-        model, params, uv, frame, None, num_samples=int(config.render.eval_samples),
-        near_far=near_far, intrinsics=intrinsics,
-        importance_samples=int(config.render.eval_importance_samples), eikonal_rays=0,
-        gauss_mask=False, **kwargs)
+        model, params, uv, frame, None, near_far=near_far, options=options,
+        cameras=warp_render.CameraOverride(intrinsics=intrinsics))
     return {"rgb": out["rgb"], "mask": out["opacity"], "depth": out["depth"]}
 
   background = np.asarray(background, np.float32)
