@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
 
@@ -279,6 +280,26 @@ def test_density_function_is_swappable(still, identity_render):
   hit = ~np.isnan(hit_depth(FRAME_POSE, UV))
   assert not np.allclose(neus["weights"], identity_render["weights"], atol=1e-3)
   np.testing.assert_allclose(neus["opacity"][hit], 1.0, atol=1e-3)
+
+
+def test_render_options_are_a_jit_static_argument(still):
+  model, v = still
+  make = lambda: wr.RenderOptions(num_samples=8, warp=wr.SkinningWarp("lbs"),
+                                  canonical_fn=sphere_fields, eikonal_rays=0, gauss_mask=False)
+  a, b = make(), make()
+  assert a is not b and a == b and hash(a) == hash(b)
+  assert a != dataclasses.replace(a, num_samples=6)
+
+  @functools.partial(jax.jit, static_argnames="options")
+  def render(variables, options):
+    return wr.render_rays(model, variables, jnp.asarray(UV[:3]), jnp.array(1),
+                          near_far=jnp.array([1.4, 2.6]), options=options)["opacity"]
+
+  first = render(v, options=a)
+  np.testing.assert_array_equal(render(v, options=b), first)
+  assert render._cache_size() == 1  # pylint: disable=protected-access
+  render(v, options=dataclasses.replace(a, num_samples=6))
+  assert render._cache_size() == 2  # pylint: disable=protected-access
 
 
 def test_batch_of_frames_equals_single_frames(tiny):
