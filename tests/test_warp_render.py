@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
 
@@ -43,9 +44,9 @@ FRAME_POSE = pose(rot_y(0.3) @ rot_x(-0.1), [0.05, -0.02, 2.0])
 PARTNER_POSE = pose(rot_y(0.45) @ rot_x(0.05), [0.0, 0.03, 2.1])
 
 
-def sphere_fields(x, appearance, alpha):
+def sphere_fields(model, params, x, appearance, alpha):
   """Analytic canonical field: a sphere; colour and feature vary with position."""
-  del appearance, alpha
+  del model, params, appearance, alpha
   rel = x - jnp.asarray(CENTER, x.dtype)
   sdf = jnp.linalg.norm(rel, axis=-1) - RADIUS
   feature = rel / jnp.linalg.norm(rel, axis=-1, keepdims=True)
@@ -127,16 +128,20 @@ UV = np.array([[8, 8], [5, 9], [11, 6], [7, 3], [0, 0], [15, 2], [9, 12], [3, 14
 def _sphere_renderer(model, warp, samples, near_far, density_fn, compute_normals,
                      importance_samples, with_matching):
   """One jitted sphere renderer per static setting (tests with equal settings share it)."""
+  options = wr.RenderOptions(
+      num_samples=samples, importance_samples=importance_samples, density_fn=density_fn,
+      warp=warp, canonical_fn=sphere_fields, compute_normals=compute_normals,
+      match_candidates=10_000)
+
   def fn(variables, match_features):
     return wr.render_rays(
-        model, variables, jnp.asarray(UV), jnp.array(1), jnp.array(2), num_samples=samples,
-        near_far=jnp.asarray(near_far), canonical_fn=sphere_fields, warp=warp,
-        density_fn=density_fn, compute_normals=compute_normals,
-        importance_samples=importance_samples,
-        match_features=match_features if with_matching else None, match_candidates=10_000,
-        obj2cam=jnp.asarray(FRAME_POSE, jnp.float32), intrinsics=jnp.asarray(K, jnp.float32),
-        partner_obj2cam=jnp.asarray(PARTNER_POSE, jnp.float32),
-        partner_intrinsics=jnp.asarray(K, jnp.float32))
+        model, variables, jnp.asarray(UV), jnp.array(1), jnp.array(2),
+        near_far=jnp.asarray(near_far), options=options,
+        cameras=wr.CameraOverride(jnp.asarray(FRAME_POSE, jnp.float32),
+                                  jnp.asarray(K, jnp.float32)),
+        partner_cameras=wr.CameraOverride(jnp.asarray(PARTNER_POSE, jnp.float32),
+                                          jnp.asarray(K, jnp.float32)),
+        match_features=match_features if with_matching else None)
   return jax.jit(fn)
 
 
@@ -277,12 +282,32 @@ def test_density_function_is_swappable(still, identity_render):
   np.testing.assert_allclose(neus["opacity"][hit], 1.0, atol=1e-3)
 
 
+def test_render_options_are_a_jit_static_argument(still):
+  model, v = still
+  make = lambda: wr.RenderOptions(num_samples=8, warp=wr.SkinningWarp("lbs"),
+                                  canonical_fn=sphere_fields, eikonal_rays=0, gauss_mask=False)
+  a, b = make(), make()
+  assert a is not b and a == b and hash(a) == hash(b)
+  assert a != dataclasses.replace(a, num_samples=6)
+
+  @functools.partial(jax.jit, static_argnames="options")
+  def render(variables, options):
+    return wr.render_rays(model, variables, jnp.asarray(UV[:3]), jnp.array(1),
+                          near_far=jnp.array([1.4, 2.6]), options=options)["opacity"]
+
+  first = render(v, options=a)
+  np.testing.assert_array_equal(render(v, options=b), first)
+  assert render._cache_size() == 1  # pylint: disable=protected-access
+  render(v, options=dataclasses.replace(a, num_samples=6))
+  assert render._cache_size() == 2  # pylint: disable=protected-access
+
+
 def test_batch_of_frames_equals_single_frames(tiny):
   model, variables = tiny
   uv = jnp.asarray(np.stack([UV[:5], UV[3:]]))
   frames, partners = jnp.array([0, 3]), jnp.array([3, 0])
-  render = functools.partial(wr.render_rays, model, num_samples=12,
-                             near_far=jnp.array([0.2, 3.0]), eikonal_rays=2)
+  render = functools.partial(wr.render_rays, model, near_far=jnp.array([0.2, 3.0]),
+                             options=wr.RenderOptions(num_samples=12, eikonal_rays=2))
   batch = jax.jit(render)(variables, uv, frames, partners)
   single = jax.jit(render)
   for f in range(2):
@@ -295,8 +320,8 @@ def test_batch_of_frames_equals_single_frames(tiny):
 
 def test_cycle_distance_matches_per_sample_reference(tiny):
   model, variables = tiny
-  out = jax.jit(functools.partial(wr.render_rays, model, num_samples=6,
-                                  near_far=jnp.array([1.5, 3.0])))(
+  out = jax.jit(functools.partial(wr.render_rays, model, near_far=jnp.array([1.5, 3.0]),
+                                  options=wr.RenderOptions(num_samples=6)))(
       variables, jnp.asarray(UV[:4]), jnp.array(2), jnp.array(0))
   camera = jax.jit(lambda v: (model.apply(v, jnp.array(2), method="root_pose"),
                               model.apply(v, jnp.array(2), method="intrinsics")))
@@ -345,9 +370,10 @@ def test_whole_render_gradients_wrt_canonical_and_bone_params():
 
     def render(canonical, bones):
       p = dict(params, canonical=canonical, bones=bones)
-      return wr.render_rays(model, {"params": p}, uv, frames, partners, num_samples=4,
-                            near_far=jnp.array([0.5, 3.0]), alpha=0.7, eikonal_rays=0,
-                            gauss_mask=False)
+      return wr.render_rays(model, {"params": p}, uv, frames, partners,
+                            near_far=jnp.array([0.5, 3.0]), alpha=0.7,
+                            options=wr.RenderOptions(num_samples=4, eikonal_rays=0,
+                                                     gauss_mask=False))
 
     # Outputs without a deliberate stop_gradient (cyc_dist / skin_entropy use
     # detached weights, the eikonal term detached points: finite differences

@@ -18,16 +18,25 @@ backward warp; (2) the canonical networks once on the flat (F R S, 3) points;
 fixed; one `jax.jit` of `render_rays` covers a whole batch of F frames x R
 rays x S samples.
 
-Swappable pieces (pure functions / small objects passed as arguments):
-- `density_fn(sdf, beta) -> density` (`render.density.volsdf_density`,
-  `neus_density`, or your own);
-- `warp`: an object with `prepare`, `backward`, `forward` (see `Warp`);
-  `SkinningWarp(blend="dqs"|"lbs"|callable)` is lab4d's Gaussian-bone warp,
-  `IdentityWarp()` a rigid (root-pose only) model;
-- `canonical_fn(x, appearance, alpha) -> dict(sdf, rgb, [feature], [vis])` and
-  `sdf_fn(x, alpha) -> sdf` replace the canonical network;
-- `obj2cam` / `intrinsics` (and the partner's) replace the learned root pose
-  and intrinsics, e.g. CSD's orbit cameras.
+`render_rays(model, params, uv, frame_idx, partner_idx, near_far=...,
+options=RenderOptions(...), ...)` separates the static choices from the data:
+- `RenderOptions` (frozen, hashable: a `jax.jit` static argument or a closure
+  constant) holds what shapes the computation: sample counts, which outputs
+  to build (normals, eikonal rays, Gaussian mask, match candidates) and the
+  swappable pieces, all plain functions / small frozen objects:
+  - `density_fn(sdf, beta) -> density` (`render.density.volsdf_density`,
+    `neus_density`, or your own);
+  - `warp`: an object with `prepare`, `backward`, `forward` (see `Warp`);
+    `SkinningWarp(blend="dqs"|"lbs"|callable)` is lab4d's Gaussian-bone warp,
+    `IdentityWarp()` a rigid (root-pose only) model;
+  - `canonical_fn(model, params, x, appearance, alpha) -> dict(sdf, rgb,
+    [feature], [vis])` and `sdf_fn(model, params, x, alpha) -> sdf` replace
+    the canonical network (they take the parameters as arguments, so an
+    options object never holds them and stays hashable);
+- the per-call arguments are arrays: pixels, frames, near/far bounds, the
+  coarse-to-fine alpha, PRNG keys, match features, and `CameraOverride`s
+  (obj2cam / intrinsics replacing the learned root pose and intrinsics of the
+  rendered or the partner frames, e.g. CSD's orbit cameras).
 
 Deliberate differences from lab4d:
 - Normals (compute_normals=True) are d sdf / d x_cam through the warp, in the
@@ -255,6 +264,56 @@ class SkinningWarp:
 
 
 # ----------------------------------------------------------------------------
+# Options.
+
+# (model, params, x (N, 3), appearance (N, A) or None, alpha) -> dict(sdf (N,),
+# rgb (N, 3), [feature (N, C)], [vis (N,)]).
+CanonicalFn = Callable[..., dict]
+# (model, params, x (N, 3), alpha) -> sdf (N,).
+SdfFn = Callable[..., jnp.ndarray]
+
+
+class CameraOverride(NamedTuple):
+  """Cameras replacing the model's learned ones for the rendered (or partner) frames.
+
+  Attributes:
+    obj2cam: (F, 4, 4) object-to-camera transforms ((4, 4) for a single
+      frame), or None: the model's root pose.
+    intrinsics: (F, 4) (fx, fy, cx, cy) ((4,) for a single frame), or None:
+      the model's intrinsics.
+  """
+  obj2cam: Optional[jnp.ndarray] = None
+  intrinsics: Optional[jnp.ndarray] = None
+
+
+@dataclasses.dataclass(frozen=True)
+class RenderOptions:
+  """The static choices of `render_rays`.
+
+  Frozen and hashable, so it can be a `jax.jit` static argument or a closure
+  constant. Function fields compare by identity: equal options need the same
+  function objects (module-level functions, not fresh lambdas per call).
+  """
+  num_samples: int = 64  # S uniform samples per ray (lab4d training: 64)
+  # K extra deterministic PDF samples per ray after a coarse pass (lab4d
+  # evaluation: num_samples=32, importance_samples=32).
+  importance_samples: int = 0
+  density_fn: density_lib.DensityFn = density_lib.volsdf_density  # (sdf, beta) -> density
+  warp: Warp = SkinningWarp()  # deformation model (lab4d's DQS skinning); see `Warp`
+  canonical_fn: Optional[CanonicalFn] = None  # None: the model's canonical network
+  # None: the model's SDF network, or canonical_fn's "sdf" when that is given.
+  sdf_fn: Optional[SdfFn] = None
+  # Camera-frame normals (the SDF gradient at every sample and a VJP through
+  # the warp; for evaluation).
+  compute_normals: bool = False
+  # Leading rays per frame whose samples get the eikonal term (None: all;
+  # lab4d trains with 1/16 of the rays).
+  eikonal_rays: Optional[int] = None
+  gauss_mask: bool = True  # render the Gaussian-bone density mask
+  match_candidates: int = 1024  # random canonical samples each pixel feature is matched against
+
+
+# ----------------------------------------------------------------------------
 # Rendering.
 
 
@@ -288,23 +347,18 @@ def eikonal_term(gradient: jnp.ndarray) -> jnp.ndarray:
   return (_safe_norm(gradient) - 1.0) ** 2
 
 
-def _default_fields(model, params):
-  def full(x, appearance, alpha):
-    return model.apply(params, x, alpha=alpha, appearance=appearance, method="canonical")
-
-  def sdf(x, alpha):
-    return model.apply(params, x, alpha, method="sdf")
-  return full, sdf
-
-
-def _field_fns(model, params, canonical_fn, sdf_fn):
-  """The (full, sdf-only) canonical functions: the model's, or the overrides."""
-  full_fn, base_sdf_fn = _default_fields(model, params)
-  if canonical_fn is not None:
-    full_fn = canonical_fn
-    base_sdf_fn = sdf_fn or (lambda x, a: canonical_fn(x, None, a)["sdf"])
-  elif sdf_fn is not None:
-    base_sdf_fn = sdf_fn
+def _field_fns(model, params, options: RenderOptions):
+  """The (full, sdf-only) canonical functions of the points: the model's, or the overrides."""
+  canonical_fn, sdf_fn = options.canonical_fn, options.sdf_fn
+  if canonical_fn is None:
+    full_fn = lambda x, appearance, alpha: model.apply(
+        params, x, alpha=alpha, appearance=appearance, method="canonical")
+    base_sdf_fn = lambda x, alpha: model.apply(params, x, alpha, method="sdf")
+  else:
+    full_fn = lambda x, appearance, alpha: canonical_fn(model, params, x, appearance, alpha)
+    base_sdf_fn = lambda x, alpha: canonical_fn(model, params, x, None, alpha)["sdf"]
+  if sdf_fn is not None:
+    base_sdf_fn = lambda x, alpha: sdf_fn(model, params, x, alpha)
   return full_fn, base_sdf_fn
 
 
@@ -409,51 +463,35 @@ def _frame_outputs(uv, geo, field, grad_c, frame, partner, rest, ctx, warp, *, d
   return out
 
 
-def render_rays(model, params, rays, frame_idx, partner_idx=None, *,
-                num_samples: int = 64, near_far, alpha=None,
-                density_fn: density_lib.DensityFn = density_lib.volsdf_density,
-                warp: Warp = SkinningWarp(), canonical_fn: Optional[Callable] = None,
-                sdf_fn: Optional[Callable] = None,
-                obj2cam: Optional[jnp.ndarray] = None,
-                intrinsics: Optional[jnp.ndarray] = None,
-                partner_obj2cam: Optional[jnp.ndarray] = None,
-                partner_intrinsics: Optional[jnp.ndarray] = None,
-                compute_normals: bool = False, eikonal_rays: Optional[int] = None,
-                importance_samples: int = 0, stratified_key: Optional[jax.Array] = None,
-                gauss_mask: bool = True,
+def render_rays(model, params, uv, frame_idx, partner_idx=None, *, near_far,
+                options: RenderOptions = RenderOptions(), alpha=None,
+                cameras: Optional[CameraOverride] = None,
+                partner_cameras: Optional[CameraOverride] = None,
                 match_features: Optional[jnp.ndarray] = None,
                 match_key: Optional[jax.Array] = None,
-                match_candidates: int = 1024) -> dict[str, jnp.ndarray]:
+                stratified_key: Optional[jax.Array] = None) -> dict[str, jnp.ndarray]:
   """Warp-composed volume rendering of a batch of rays grouped by frame.
 
   Args:
     model: ArticulatedModel (static).
     params: its variables ({"params": ...}).
-    rays: (F, R, 2) pixel indices (u, v), or a dict with "uv"; (R, 2) with a
-      scalar frame_idx renders one frame (outputs lose the F axis).
-    frame_idx: (F,) int frame of each row of rays (or ()).
+    uv: (F, R, 2) pixel indices (u, v); (R, 2) with a scalar frame_idx renders
+      one frame (outputs lose the F axis).
+    frame_idx: (F,) int frame of each row of uv (or ()).
     partner_idx: (F,) int partner frame for flow (or ()), or None (no flow).
-    num_samples: S samples per ray (lab4d training: 64 uniform).
     near_far: (2,), (F, 2) or (F, R, 2) near/far camera depths.
+    options: the static choices (samples, density, warp, canonical fields,
+      which outputs); see `RenderOptions`.
     alpha: coarse-to-fine fraction for the SDF/colour encodings (None: off).
-    density_fn: sdf, beta -> density (VolSDF by default).
-    warp: deformation model (SkinningWarp("dqs") by default).
-    canonical_fn, sdf_fn: replace the canonical network (see module doc).
-    obj2cam, intrinsics: (F, 4, 4), (F, 4) overrides of the root pose and
-      intrinsics of the rendered frames; partner_obj2cam, partner_intrinsics
-      likewise for the partner frames.
-    compute_normals: also render camera-frame normals (needs the SDF gradient
-      at every sample and a VJP through the warp; for evaluation).
-    eikonal_rays: number of leading rays per frame whose samples get the
-      eikonal term (None: all; lab4d uses 1/16 of the rays in training).
-    importance_samples: K extra deterministic PDF samples per ray (evaluation:
-      lab4d uses num_samples=32, importance_samples=32).
-    stratified_key: PRNG key to jitter the uniform depths (lab4d: off).
-    gauss_mask: render the Gaussian-bone density mask.
+    cameras: overrides of the root pose / intrinsics of the rendered frames
+      (fields (F, 4, 4) / (F, 4)), or None: the model's.
+    partner_cameras: likewise for the partner frames.
     match_features: optional (F, R, C) pixel features: soft-argmax them
-      against `match_candidates` random canonical samples of the batch (PRNG
-      `match_key`; temperature exp(logsigma)) and re-project the matched
+      against `options.match_candidates` random canonical samples of the batch
+      (PRNG `match_key`; temperature exp(logsigma)) and re-project the matched
       points into their own frame ("xy_reproj").
+    match_key: PRNG key of the match candidates (None: PRNGKey(0)).
+    stratified_key: PRNG key to jitter the uniform depths (lab4d: off).
 
   Returns:
     dict, leading shape L = (F, R) (or (R,)):
@@ -462,25 +500,27 @@ def render_rays(model, params, rays, frame_idx, partner_idx=None, *,
       feature (L, C) (normalised-weight composite, not re-normalised);
       flow (L, 2) and flow_valid (L,) when partner_idx is given (pixels,
         partner projection minus this pixel);
-      normal (L, 3) when compute_normals;
+      normal (L, 3) when options.compute_normals;
       eikonal (L,) sample-mean (|grad sdf| - 1)^2 and eikonal_mask (L,);
       cyc_dist (L,) and skin_entropy (L,) composited with detached normalised
         weights; delta_skin (L,) sample-mean; vis (L,) lab4d visibility loss;
-      gauss_mask (L,); xy_reproj (L, 2) with match_features;
+      gauss_mask (L,) when options.gauss_mask; xy_reproj (L, 2) with
+        match_features;
       weights (L, S'), depths (L, S'), sdf (L, S'), xyz_canonical (L, S', 3),
-        feature_samples (L, S', C) with S' = S + importance_samples.
+        feature_samples (L, S', C) with S' = num_samples + importance_samples.
   """
-  uv = rays["uv"] if isinstance(rays, dict) else rays
+  num_samples, importance_samples = options.num_samples, options.importance_samples
+  density_fn, warp, compute_normals = options.density_fn, options.warp, options.compute_normals
+  cameras = CameraOverride() if cameras is None else cameras
+  partner_cameras = CameraOverride() if partner_cameras is None else partner_cameras
   frame_idx = jnp.asarray(frame_idx, jnp.int32)
   single = frame_idx.ndim == 0
   if single:
+    add_frame_axis = functools.partial(jax.tree_util.tree_map, lambda a: a[None])
     uv = uv[None]
     frame_idx = frame_idx[None]
     partner_idx = None if partner_idx is None else jnp.asarray(partner_idx, jnp.int32)[None]
-    obj2cam = None if obj2cam is None else obj2cam[None]
-    intrinsics = None if intrinsics is None else intrinsics[None]
-    partner_obj2cam = None if partner_obj2cam is None else partner_obj2cam[None]
-    partner_intrinsics = None if partner_intrinsics is None else partner_intrinsics[None]
+    cameras, partner_cameras = add_frame_axis(cameras), add_frame_axis(partner_cameras)
     if match_features is not None:
       match_features = match_features[None]
   num_frames = frame_idx.shape[0]
@@ -491,12 +531,12 @@ def render_rays(model, params, rays, frame_idx, partner_idx=None, *,
     near_far = jnp.broadcast_to(near_far, (num_frames, 2))
 
   rest = rest_state(model, params)
-  frames = frame_states(model, params, frame_idx, obj2cam, intrinsics)
+  frames = frame_states(model, params, frame_idx, cameras.obj2cam, cameras.intrinsics)
   partners = None
   if partner_idx is not None:
     partners = frame_states(model, params, jnp.asarray(partner_idx, jnp.int32),
-                            partner_obj2cam, partner_intrinsics)
-  full_fn, base_sdf_fn = _field_fns(model, params, canonical_fn, sdf_fn)
+                            partner_cameras.obj2cam, partner_cameras.intrinsics)
+  full_fn, base_sdf_fn = _field_fns(model, params, options)
   num_rays = uv.shape[1]
   near_far = jnp.broadcast_to(near_far.reshape(num_frames, -1, 2), (num_frames, num_rays, 2))
   prepare = lambda frame, partner: warp.prepare(model, params, rest, frame, partner)
@@ -535,6 +575,7 @@ def render_rays(model, params, rays, frame_idx, partner_idx=None, *,
   # of each frame (detached points, so it only shapes the SDF, as lab4d), or
   # on every sample (not detached) when normals are asked for.
   grad_c = None
+  eikonal_rays = options.eikonal_rays
   k_eik = num_rays if (compute_normals or eikonal_rays is None) else min(eikonal_rays, num_rays)
   eik_out = {}
   if k_eik > 0:
@@ -554,7 +595,7 @@ def render_rays(model, params, rays, frame_idx, partner_idx=None, *,
     return _frame_outputs(
         u, g, fld, gc, frame, partner, rest, prepare(frame, partner), warp,
         density_fn=density_fn, compute_normals=compute_normals,
-        bone_density_radius=model.config.bone_density_radius if gauss_mask else None)
+        bone_density_radius=model.config.bone_density_radius if options.gauss_mask else None)
 
   out = jax.vmap(outputs)(uv, geo, field, grad_c, frames, partners)
   out.update(eik_out)
@@ -564,7 +605,7 @@ def render_rays(model, params, rays, frame_idx, partner_idx=None, *,
   if match_features is not None:
     out["xy_reproj"] = _feature_reprojection(
         model, params, out, match_features, frames, rest, warp, match_key,
-        match_candidates)
+        options.match_candidates)
   if single:
     out = {k: v[0] for k, v in out.items()}
   return out

@@ -92,13 +92,13 @@ def synthetic_batch(key: jax.Array, num_frames: int, rays_per_frame: int,
 def make_step(model: am.ArticulatedModel, tx: optax.GradientTransformation, *,
               num_samples: int, eikonal_rays: int, blend: str, learning_rate: float = 5e-4):
   """The jitted (params, opt_state, batch) -> (params, opt_state, loss) step."""
-  warp = warp_render.SkinningWarp(blend=blend)
+  options = warp_render.RenderOptions(num_samples=num_samples, eikonal_rays=eikonal_rays,
+                                      warp=warp_render.SkinningWarp(blend=blend))
 
   def loss_fn(params, batch):
     out = warp_render.render_rays(
         model, params, batch["uv"], batch["frame_index"], batch["partner_frame"],
-        num_samples=num_samples, near_far=jnp.array([1.5, 3.5]), alpha=0.8,
-        eikonal_rays=eikonal_rays, warp=warp)
+        near_far=jnp.array([1.5, 3.5]), options=options, alpha=0.8)
     fg = batch["mask"]
     terms = {
         "rgb": losses.rgb_loss(out["rgb"], batch["rgb"], fg),
