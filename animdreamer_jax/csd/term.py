@@ -22,6 +22,7 @@ constants baked into the compiled program.
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any, Optional
 
 import jax
@@ -36,7 +37,6 @@ from animdreamer_jax.errors import UserError
 from animdreamer_jax.losses.term import LossTerm, StepContext
 from animdreamer_jax.model import articulated_model
 from animdreamer_jax.render import compositing
-from animdreamer_jax.render import density as density_lib
 from animdreamer_jax.render import warp_render
 
 NAME = "csd"
@@ -73,20 +73,23 @@ def param_group_mask(params: Any, groups: str) -> Any:
   return mask
 
 
-def make_view_renderer(model, num_samples: int, *, warp=warp_render.SkinningWarp(),
-                       density_fn=density_lib.volsdf_density) -> gradient.RenderFn:
-  """render(params, cameras, uv, alpha) -> (V, P, 3) colours over the white background.
+def make_view_renderer(model, options: warp_render.RenderOptions,
+                       background: float = settings_lib.BACKGROUND) -> gradient.RenderFn:
+  """render(params, cameras, uv, alpha) -> (V, P, 3) colours over a grey `background`.
 
-  uv: (V, P, 2) pixel indices per view; alpha: coarse-to-fine fraction (a
-  traced scalar) or None (all bands). Only SDF and colour reach the output
-  (features, visibility and cycle terms are dead code under jit).
+  options: the render options (samples, density, warp); the eikonal and bone-mask
+  terms are switched off. uv: (V, P, 2) pixel indices per view; alpha:
+  coarse-to-fine fraction (a traced scalar) or None (all bands). Only SDF and
+  colour reach the output (features, visibility and cycle terms are dead code
+  under jit).
   """
+  options = dataclasses.replace(options, eikonal_rays=0, gauss_mask=False)
+
   def render_view(params, w2c, intrinsics, near_far, frame, uv, alpha):
     out = warp_render.render_rays(
-        model, params, uv, frame, None, num_samples=num_samples, near_far=near_far,
-        alpha=alpha, density_fn=density_fn, warp=warp, obj2cam=w2c, intrinsics=intrinsics,
-        eikonal_rays=0, gauss_mask=False)
-    return compositing.over_background(out["rgb"], out["opacity"], settings_lib.BACKGROUND)
+        model, params, uv, frame, None, near_far=near_far, options=options, alpha=alpha,
+        cameras=warp_render.CameraOverride(obj2cam=w2c, intrinsics=intrinsics))
+    return compositing.over_background(out["rgb"], out["opacity"], background)
 
   def render(params, cameras, uv, alpha=None):
     return jax.vmap(render_view, in_axes=(None, 0, 0, 0, None, 0, None))(

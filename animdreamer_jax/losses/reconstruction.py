@@ -150,27 +150,24 @@ def make_reconstruction_term(model, loss: LossSettings, render: render_settings_
   """
   names = loss.enabled()
   density_fn = render.density_fn()
-  warp = render.warp()
+  num_rays = batch.pixels_per_frame
+  options = render.options(eikonal_rays=max(1, int(round(num_rays * render.eikonal_ray_fraction))),
+                           gauss_mask="gauss_mask" in names)
 
   def fn(params, ctx: StepContext) -> tuple[dict, dict]:
     data = ctx.data
     key_batch, key_match, key_points = jax.random.split(ctx.key, 3)
     rays = batching.sample_batch(data.video, key_batch, batch.pairs_per_batch,
                                  batch.pixels_per_frame, batch.fg_fraction)
-    num_rays = rays.uv.shape[1]
-    intrinsics = partner_intrinsics = None
+    cameras = partner_cameras = None
     if render.use_video_intrinsics:
-      intrinsics = data.intrinsics[rays.frame_index]
-      partner_intrinsics = data.intrinsics[rays.partner_frame]
+      cameras = warp_render.CameraOverride(intrinsics=data.intrinsics[rays.frame_index])
+      partner_cameras = warp_render.CameraOverride(intrinsics=data.intrinsics[rays.partner_frame])
     out = warp_render.render_rays(
         model, params, rays.uv, rays.frame_index, rays.partner_frame,
-        num_samples=render.num_samples, near_far=ctx.aux["near_far"][rays.frame_index],
-        alpha=ctx.scalars["alpha"], intrinsics=intrinsics, partner_intrinsics=partner_intrinsics,
-        eikonal_rays=max(1, int(round(num_rays * render.eikonal_ray_fraction))),
-        gauss_mask="gauss_mask" in names,
-        match_features=rays.feature if "feat_reproj" in names else None,
-        match_key=key_match, match_candidates=render.match_candidates,
-        density_fn=density_fn, warp=warp)
+        near_far=ctx.aux["near_far"][rays.frame_index], options=options,
+        alpha=ctx.scalars["alpha"], cameras=cameras, partner_cameras=partner_cameras,
+        match_features=rays.feature if "feat_reproj" in names else None, match_key=key_match)
     terms = _losses_from_render(out, rays, names, train_resolution(loss, data.video))
     if "gauss_skin" in names:
       terms["gauss_skin"] = gauss_skin_term(model, params, ctx.aux["aabb"], key_points,

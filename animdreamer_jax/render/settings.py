@@ -57,6 +57,19 @@ class RenderSettings:
   def warp(self) -> warp_render.SkinningWarp:
     return warp_render.SkinningWarp(blend=self.blend)
 
+  def options(self, **overrides) -> warp_render.RenderOptions:
+    """RenderOptions of training rays (density, warp, samples), fields overridable."""
+    values = dict(num_samples=self.num_samples, density_fn=self.density_fn(), warp=self.warp(),
+                  match_candidates=self.match_candidates)
+    values.update(overrides)
+    return warp_render.RenderOptions(**values)
+
+  def image_options(self) -> warp_render.RenderOptions:
+    """RenderOptions of whole images: the evaluation sampling, no training-only terms."""
+    return self.options(num_samples=self.eval_samples,
+                        importance_samples=self.eval_importance_samples, eikonal_rays=0,
+                        gauss_mask=False)
+
 
 def make_image_renderer(model, settings: RenderSettings, height: int, width: int,
                         intrinsics: Optional[np.ndarray] = None,
@@ -71,14 +84,13 @@ def make_image_renderer(model, settings: RenderSettings, height: int, width: int
   chunk = int(settings.eval_chunk)
   pad = (-uv_all.shape[0]) % chunk
   uv_all = np.concatenate([uv_all, np.zeros((pad, 2), np.float32)])
-  density_fn, warp = settings.density_fn(), settings.warp()
+  options = settings.image_options()
 
   @jax.jit
   def render_chunk(params, near_far, frame_intrinsics, frame, uv):
     out = warp_render.render_rays(
-        model, params, uv, frame, None, num_samples=settings.eval_samples, near_far=near_far,
-        intrinsics=frame_intrinsics, importance_samples=settings.eval_importance_samples,
-        eikonal_rays=0, gauss_mask=False, density_fn=density_fn, warp=warp)
+        model, params, uv, frame, None, near_far=near_far, options=options,
+        cameras=warp_render.CameraOverride(intrinsics=frame_intrinsics))
     return {"rgb": out["rgb"], "mask": out["opacity"], "depth": out["depth"]}
 
   background = np.asarray(background, np.float32)

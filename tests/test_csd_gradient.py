@@ -1,5 +1,6 @@
-"""CSD step: gradient vs the analytic chain rule and finite differences, parameter groups,
-patch-wise / rematerialised back-propagation, the schedule, the masked optimiser update.
+"""CSD gradient: vs the analytic chain rule and finite differences, parameter groups,
+patch-wise back-propagation, pixel subsets, the schedule; the loss-term form (a surrogate
+in the one train step) against the explicit-vjp reference.
 
 The model is the tiny ArticulatedModel with parameters drawn in NumPy from its
 `eval_shape` structure (Flax's eager init compiles hundreds of tiny programs).
@@ -19,12 +20,14 @@ import optax
 import pytest
 
 from animdreamer_jax.csd import cameras as cameras_lib
-from animdreamer_jax.csd import config as csd_config_lib
-from animdreamer_jax.csd import csd_step
-from animdreamer_jax.csd import prior_interface
+from animdreamer_jax.csd import gradient
+from animdreamer_jax.csd import priors
+from animdreamer_jax.csd import settings as csd_settings
+from animdreamer_jax.csd import term as csd_term
 from animdreamer_jax.errors import UserError
 from animdreamer_jax.model import articulated_model
 from animdreamer_jax.prior import schedule as schedule_lib
+from animdreamer_jax.render import warp_render
 
 RES = 3
 NUM_FRAMES = 4
@@ -67,25 +70,29 @@ def _linear_prior():
   def eps_fn(pp, noisy, t, text, cams):
     del t, text, cams
     return pp["m"] * noisy + pp["c"]
-  return prior_interface.function_prior(eps_fn, conditional=False, name="linear")
+  return priors.function_prior(eps_fn, conditional=False, name="linear")
+
+
+def _renderer(model, settings):
+  return csd_term.make_view_renderer(model, warp_render.RenderOptions(num_samples=settings.num_samples))
 
 
 def _make_fn(model, settings, groups):
   """jit f(params, prior_params) -> (grads, images, metrics) for a fixed camera draw."""
-  render = csd_step.make_view_renderer(model, settings)
+  render = _renderer(model, settings)
   prior = _linear_prior()
 
   @jax.jit
   def f(params, prior_params):
-    mask = csd_step.param_group_mask(params, groups)
-    cams = csd_step.draw_cameras(model, params, jax.random.PRNGKey(7), AABB, NUM_FRAMES, settings)
-    return csd_step.csd_gradient(render, params, mask, prior, prior_params, cams, None,
+    mask = csd_term.param_group_mask(params, groups)
+    cams = csd_term.draw_cameras(jax.random.PRNGKey(7), AABB, NUM_FRAMES, settings)
+    return csd_term.csd_gradient(render, params, mask, prior, prior_params, cams, None,
                                  jax.random.PRNGKey(11), T_FRACTION, T_FRACTION, settings)
   return f
 
 
-_SETTINGS = csd_step.CsdSettings(resolution=RES, num_samples=8, mode="sds", weighting="sds",
-                                 guidance_scale=1.0, rescale=0.0, encoder_sample=False)
+_SETTINGS = csd_settings.CsdSettings(resolution=RES, num_samples=8, mode="sds", guidance_scale=1.0,
+                                     rescale=0.0)
 
 
 @pytest.fixture(scope="module")
@@ -95,7 +102,7 @@ def canonical_fn(tiny):
 
 @pytest.fixture(scope="module")
 def fg_results(tiny):
-  """(full vjp, patch-wise + remat) results with the "fg" groups, same prior inputs."""
+  """(full vjp, patch-wise) results with the "fg" groups, same prior inputs."""
   model, params = tiny
   a = ABAR[T_INDEX]
   prior_params = {"m": jnp.float32(1.0 / math.sqrt(1.0 - a)),
@@ -103,8 +110,7 @@ def fg_results(tiny):
   fg_fn = _make_fn(model, _SETTINGS, "fg")
   full = fg_fn(params, prior_params)
   import dataclasses  # pylint: disable=g-import-not-at-top
-  patched = _make_fn(model, dataclasses.replace(_SETTINGS, patches=3, remat=True), "fg")(
-      params, prior_params)
+  patched = _make_fn(model, dataclasses.replace(_SETTINGS, patches=3), "fg")(params, prior_params)
   return full, patched, fg_fn, prior_params
 
 
@@ -198,7 +204,7 @@ def test_canonical_groups_only(tiny, canonical_fn):
   a = float(ABAR[T_INDEX])
   grads, _, _ = canonical_fn(params, {"m": jnp.float32(1.0 / math.sqrt(1.0 - a)),
                                       "c": jnp.full((4, RES, RES, 3), 0.3, jnp.float32)})
-  mask = _flat(csd_step.param_group_mask(params, "canonical"))
+  mask = _flat(csd_term.param_group_mask(params, "canonical"))
   for path, g in _flat(grads).items():
     g = np.asarray(g)
     if mask[path]:
@@ -232,7 +238,7 @@ def test_fg_groups_reach_bones_and_skinning(tiny, fg_results):
     got = float(np.asarray(flat[path]).reshape(-1)[index])
     assert abs(want) > 1e-3, path
     assert got == pytest.approx(want, rel=5e-3, abs=1e-4), path
-  mask = _flat(csd_step.param_group_mask(params, "fg"))
+  mask = _flat(csd_term.param_group_mask(params, "fg"))
   for prefix in ("bones", "log_gauss", "delta_mlp", "delta_time", "canonical/sdf_head",
                  "appearance"):
     reached = [p for p in flat if p == prefix or p.startswith(prefix + "/")]
@@ -244,7 +250,7 @@ def test_fg_groups_reach_bones_and_skinning(tiny, fg_results):
                                                              "canonical/feature_mlp/")))
 
 
-def test_patchwise_and_remat_equal_the_full_vjp(fg_results):
+def test_patchwise_equals_the_full_vjp(fg_results):
   (full_g, full_im, full_m), (patch_g, patch_im, patch_m) = fg_results[:2]
   np.testing.assert_allclose(np.asarray(patch_im), np.asarray(full_im), rtol=1e-6, atol=1e-7)
   assert float(patch_m["csd_loss"]) == pytest.approx(float(full_m["csd_loss"]), rel=1e-6)
@@ -256,14 +262,14 @@ def test_patchwise_and_remat_equal_the_full_vjp(fg_results):
 
 def _subset_fn(model, settings, groups):
   """jit f(params, prior_params, pixels or None) -> csd_gradient with the cameras' pixels."""
-  render = csd_step.make_view_renderer(model, settings)
+  render = _renderer(model, settings)
   prior = _linear_prior()
 
   def f(params, prior_params, pixels):
-    mask = csd_step.param_group_mask(params, groups)
-    cams = csd_step.draw_cameras(model, params, jax.random.PRNGKey(7), AABB, NUM_FRAMES, settings)
+    mask = csd_term.param_group_mask(params, groups)
+    cams = csd_term.draw_cameras(jax.random.PRNGKey(7), AABB, NUM_FRAMES, settings)
     cams = cams._replace(pixels=pixels)
-    return csd_step.csd_gradient(render, params, mask, prior, prior_params, cams, None,
+    return csd_term.csd_gradient(render, params, mask, prior, prior_params, cams, None,
                                  jax.random.PRNGKey(11), T_FRACTION, T_FRACTION, settings)
   return jax.jit(f)
 
@@ -274,10 +280,10 @@ def test_pixel_subsets_average_to_the_full_view_gradient(tiny, reduction):
   gradients (reduction 'sum' scaled by R^2 / P) average to the full views' gradient,
   canonical and bone leaves alike (the estimator is unbiased), and each subset renders
   exactly the full render's pixels."""
+  import dataclasses  # pylint: disable=g-import-not-at-top
   model, params = tiny
   a = ABAR[T_INDEX]
   prior_params = {"m": jnp.float32(1.0 / math.sqrt(1.0 - a)), "c": jnp.float32(0.3)}
-  import dataclasses  # pylint: disable=g-import-not-at-top
   settings = dataclasses.replace(_SETTINGS, reduction=reduction)
   fn = _subset_fn(model, settings, "fg")
   full_g, full_im, _ = fn(params, prior_params, None)
@@ -303,32 +309,28 @@ def test_pixel_subsets_average_to_the_full_view_gradient(tiny, reduction):
 
 
 def test_sample_pixels_are_distinct_in_range_and_uniform():
-  pixels = np.asarray(csd_step.sample_pixels(jax.random.PRNGKey(3), 8, 4, 20))
+  pixels = np.asarray(gradient.sample_pixels(jax.random.PRNGKey(3), 8, 4, 20))
   assert pixels.shape == (4, 20, 2) and pixels.dtype == np.int32
   assert pixels.min() >= 0 and pixels.max() < 8
   for view in pixels:
     assert len({tuple(p) for p in view}) == 20  # without replacement
   assert not np.array_equal(pixels[0], pixels[1])  # each view draws its own
-  draws = np.asarray(jax.vmap(lambda k: csd_step.sample_pixels(k, 4, 1, 8))(
+  draws = np.asarray(jax.vmap(lambda k: gradient.sample_pixels(k, 4, 1, 8))(
       jax.random.split(jax.random.PRNGKey(4), 2000)))
   counts = np.bincount((draws[..., 1] * 4 + draws[..., 0]).reshape(-1), minlength=16)
   np.testing.assert_allclose(counts / counts.sum(), 1 / 16, atol=0.01)  # 16000 draws
 
 
-def test_pixel_subsets_need_a_pixel_separable_prior():
-  from animdreamer_jax.model import articulated_model as am  # pylint: disable=g-import-not-at-top
-  from animdreamer_jax.train import config as train_config  # pylint: disable=g-import-not-at-top
-  config = train_config.extract_base_config("tiny")
-  config.csd.update(prior="oracle", resolution=4, pixels_per_view=5)
-  model = am.ArticulatedModel(am.tiny_config(video_lengths=(NUM_FRAMES,)))
-  params = jax.eval_shape(model.init, jax.random.PRNGKey(0), jnp.zeros((4, 3)), jnp.int32(0))
-  whole_images = prior_interface.function_prior(lambda pp, x, t, c, cams: x, conditional=False)
+def test_pixel_subsets_need_a_pixel_separable_prior(tiny):
+  model, _ = tiny
+  settings = csd_settings.CsdSettings(prior="oracle", resolution=4, pixels_per_view=5)
+  whole_images = priors.function_prior(lambda pp, x, t, c, cams: x, conditional=False)
   with pytest.raises(UserError, match="pixels_per_view"):
-    csd_step.make_csd_train_step(config, model, params, whole_images, NUM_FRAMES)
+    csd_term.make_csd_term(model, settings, whole_images, NUM_FRAMES, _renderer(model, _SETTINGS))
   with pytest.raises(UserError, match="pixels_per_view"):
-    csd_step.CsdSettings(resolution=4, pixels_per_view=17)
+    csd_settings.CsdSettings(resolution=4, pixels_per_view=17)
   with pytest.raises(UserError, match="patches"):
-    csd_step.CsdSettings(resolution=4, pixels_per_view=6, patches=4)
+    csd_settings.CsdSettings(resolution=4, pixels_per_view=6, patches=4)
 
 
 @pytest.mark.slow
@@ -336,7 +338,7 @@ def test_check_grads_of_render_through_the_warp(tiny):
   """jax.test_util.check_grads on theta -> <w, render o warp (theta)> for bone, skinning and
   canonical coordinates (the vjp CSD pulls its image gradient back through)."""
   model, params = tiny
-  render = csd_step.make_view_renderer(model, _SETTINGS)
+  render = _renderer(model, _SETTINGS)
   flat = {k: jnp.asarray(v) for k, v in _flat(params).items()}
   bone_biases = sorted(p for p in flat if p.startswith("bones/") and p.endswith("bias"))
   paths = (bone_biases[0], bone_biases[-1], "log_gauss", _leaf(flat, "canonical/sdf_head", "bias"),
@@ -345,7 +347,8 @@ def test_check_grads_of_render_through_the_warp(tiny):
   starts = [int(x) for x in np.cumsum([0] + counts)]
   theta0 = jnp.concatenate([jnp.ravel(flat[p])[:k] for p, k in zip(paths, counts)])
   weights = jnp.asarray(np.random.default_rng(5).normal(size=(4, RES * RES, 3)), jnp.float32)
-  uv = csd_step.image_pixels(RES, 4)
+  uv = gradient.image_pixels(RES, 4)
+  cams = csd_term.draw_cameras(jax.random.PRNGKey(7), AABB, NUM_FRAMES, _SETTINGS)
 
   @jax.jit
   def f(theta):
@@ -354,10 +357,70 @@ def test_check_grads_of_render_through_the_warp(tiny):
       piece = theta[starts[i]:starts[i + 1]]
       new[p] = jnp.ravel(flat[p]).at[:counts[i]].set(piece).reshape(flat[p].shape)
     p = {"params": flax.traverse_util.unflatten_dict(new, sep="/")}
-    cams = csd_step.draw_cameras(model, p, jax.random.PRNGKey(7), AABB, NUM_FRAMES, _SETTINGS)
-    return jnp.sum(weights * render(p, cams, uv))
+    return jnp.sum(weights * render(p, cams, uv, None))
 
   jtu.check_grads(f, (theta0,), order=1, modes=("rev",), eps=1e-2, atol=2e-2, rtol=2e-2)
+
+
+# ----------------------------------------------------------------------------
+# CSD as a loss term: the surrogate's gradient is the explicit vjp.
+
+
+def _term_gradient(model, settings, groups, prior_params):
+  """Gradient and value of the CSD loss term (the train step's loss form) for a fixed key,
+  with the same camera draw and prior randomness as `_make_fn`'s reference."""
+  from animdreamer_jax.losses.term import StepContext  # pylint: disable=g-import-not-at-top
+  from animdreamer_jax.train import step as step_lib  # pylint: disable=g-import-not-at-top
+  prior = _linear_prior()
+  term = csd_term.make_csd_term(model, settings, prior, NUM_FRAMES, _renderer(model, settings))
+
+  @jax.jit
+  def f(params, prior_params):
+    data = type("Data", (), {})()
+    data.prior = {"params": prior_params, "text": None}
+    mask = csd_term.param_group_mask(params, groups)
+    kind = step_lib.StepKind("csd", (term,), trainable=mask)
+    scalars = {"w_csd": jnp.float32(1.0), "csd_t_min": jnp.float32(T_FRACTION),
+               "csd_t_max": jnp.float32(T_FRACTION), "alpha": jnp.float32(1.0)}
+    ctx = StepContext(data=data, aux={"aabb": AABB}, scalars=scalars,
+                      key=jax.random.PRNGKey(0), step=jnp.int32(0))
+
+    def loss(p):
+      return step_lib.total_loss(kind, step_lib._freeze(p, mask), ctx)  # pylint: disable=protected-access
+    return jax.value_and_grad(loss, has_aux=True)(params)
+  return f(params, prior_params)
+
+
+@pytest.mark.parametrize("patches", [0, 3])
+def test_loss_term_gradient_is_the_explicit_vjp(tiny, patches):
+  """The CSD loss term inside the train step's loss (a surrogate injected into value_and_grad)
+  has exactly the gradient of the explicit `jax.vjp` pull-back (`csd_gradient`) for the same
+  views, timestep and noise, and its value is the CSD pseudo-loss; also patch by patch."""
+  import dataclasses  # pylint: disable=g-import-not-at-top
+  model, params = tiny
+  settings = dataclasses.replace(_SETTINGS, alpha=1.0, patches=patches)
+  a = ABAR[T_INDEX]
+  prior_params = {"m": jnp.float32(1.0 / math.sqrt(1.0 - a)),
+                  "c": jnp.asarray(np.random.default_rng(2).normal(size=(4, RES, RES, 3)) * 0.3,
+                                   jnp.float32)}
+  (value, metrics), grads = _term_gradient(model, settings, "fg", prior_params)
+  # The term's key: fold_in(step key, term index 0), split into cameras and prior.
+  k_cam, k_prior = jax.random.split(jax.random.fold_in(jax.random.PRNGKey(0), 0))
+  cams = csd_term.draw_cameras(k_cam, AABB, NUM_FRAMES, settings)
+  mask = csd_term.param_group_mask(params, "fg")
+  want, _, want_metrics = jax.jit(lambda p: csd_term.csd_gradient(
+      _renderer(model, settings), p, mask, _linear_prior(), prior_params, cams, None, k_prior,
+      T_FRACTION, T_FRACTION, settings))(params)
+  assert float(value) == pytest.approx(float(want_metrics["csd_loss"]), rel=1e-6)
+  assert float(metrics["csd_loss"]) == pytest.approx(float(want_metrics["csd_loss"]), rel=1e-6)
+  flat_got, flat_want = _flat(grads), _flat(want)
+  nonzero = 0
+  for path, g in flat_want.items():
+    scale = float(np.abs(np.asarray(g)).max()) + 1e-12
+    np.testing.assert_allclose(np.asarray(flat_got[path]), np.asarray(g), rtol=1e-4,
+                               atol=1e-5 * scale, err_msg=path)
+    nonzero += scale > 1e-9
+  assert nonzero > 5
 
 
 # ----------------------------------------------------------------------------
@@ -366,25 +429,22 @@ def test_check_grads_of_render_through_the_warp(tiny):
 
 def _cameras(n=4):
   return cameras_lib.sample_cameras(jax.random.PRNGKey(0), resolution=2, object_center=jnp.zeros(3),
-                                    object_size=1.0, object_radius=0.8, frame=0,
-                                    root_pose=jnp.eye(4), num_views=n)
+                                    object_size=1.0, object_radius=0.8, frame=0, num_views=n)
 
 
 def test_latent_gradient_sds_weighting():
   rng = np.random.default_rng(2)
   z = rng.normal(size=(4, 2, 2, 3)).astype(np.float32)
   noise = rng.normal(size=z.shape).astype(np.float32)
-  prior = prior_interface.function_prior(lambda pp, x, t, c, cams: 0.7 * x - 0.1,
-                                         conditional=False)
+  prior = priors.function_prior(lambda pp, x, t, c, cams: 0.7 * x - 0.1, conditional=False)
   t = 321
   a = float(ABAR[t])
   x_t = math.sqrt(a) * z + math.sqrt(1 - a) * noise
-  for weighting, w in (("sds", 1.0 - a), ("uniform", 1.0)):
-    settings = csd_step.CsdSettings(mode="sds", weighting=weighting, guidance_scale=50.0)
-    got = csd_step.latent_gradient(prior, None, jnp.asarray(z), jnp.asarray(noise), jnp.int32(t),
-                                   _cameras(), None, settings)
-    np.testing.assert_allclose(np.asarray(got), w * (0.7 * x_t - 0.1 - noise), rtol=1e-5,
-                               atol=1e-6)
+  settings = csd_settings.CsdSettings(mode="sds", guidance_scale=50.0)
+  got = gradient.latent_gradient(prior, None, jnp.asarray(z), jnp.asarray(noise), jnp.int32(t),
+                                 _cameras(), None, settings)
+  np.testing.assert_allclose(np.asarray(got), (1.0 - a) * (0.7 * x_t - 0.1 - noise), rtol=1e-5,
+                             atol=1e-6)
 
 
 def test_latent_gradient_cfg_batch_order_and_std_rescale():
@@ -401,12 +461,12 @@ def test_latent_gradient_cfg_batch_order_and_std_rescale():
     s = ctx[:, 0, 0][:, None, None, None]
     return x * s + s / 10.0
 
-  prior = prior_interface.function_prior(eps_fn, conditional=True)
+  prior = priors.function_prior(eps_fn, conditional=True)
   cond, uncond = jnp.full((5, 6), 2.0), jnp.full((5, 6), 1.0)
   t, scale, rescale = 700, 7.5, 0.5
   a = float(ABAR[t])
-  settings = csd_step.CsdSettings(mode="recon", guidance_scale=scale, rescale=rescale)
-  got = csd_step.latent_gradient(prior, None, jnp.asarray(z), jnp.asarray(noise), jnp.int32(t),
+  settings = csd_settings.CsdSettings(mode="recon", guidance_scale=scale, rescale=rescale)
+  got = gradient.latent_gradient(prior, None, jnp.asarray(z), jnp.asarray(noise), jnp.int32(t),
                                  _cameras(8), (cond, uncond), settings)
   assert seen == {"batch": 16, "cams": 16}
   x_t = math.sqrt(a) * z.astype(np.float64) + math.sqrt(1 - a) * noise
@@ -428,99 +488,58 @@ def test_image_gradient_reduction_and_pixel_encoder():
   images = rng.uniform(size=(4, 2, 2, 3)).astype(np.float32)
   a = float(ABAR[T_INDEX])
   m = 1.0 / math.sqrt(1 - a)
-  prior = prior_interface.function_prior(lambda pp, x, t, c, cams: m * x + 0.25, conditional=False)
+  prior = priors.function_prior(lambda pp, x, t, c, cams: m * x + 0.25, conditional=False)
   g = (1 - a) * (math.sqrt(a / (1 - a)) * (2 * images - 1) + 0.25)
   for reduction, norm in (("sum", 4.0), ("mean", float(images.size))):
-    settings = csd_step.CsdSettings(mode="sds", reduction=reduction, encoder_sample=False)
-    grad, metrics = csd_step.image_gradient(prior, None, jnp.asarray(images), _cameras(), None,
+    settings = csd_settings.CsdSettings(mode="sds", reduction=reduction)
+    grad, metrics = gradient.image_gradient(prior, None, jnp.asarray(images), _cameras(), None,
                                             jax.random.PRNGKey(0), T_FRACTION, T_FRACTION, settings)
     np.testing.assert_allclose(np.asarray(grad), 2 * g / norm, rtol=2e-4, atol=1e-6)
     assert float(metrics["csd_loss"]) == pytest.approx(0.5 * np.sum(g * g) / norm, rel=1e-4)
 
 
 def test_timestep_schedule():
+  settings = csd_settings.CsdSettings(prior="oracle", anneal_fraction=0.8, weight=0.3)
   for step in (0, 10, 4000, 7999, 8000, 20000):
-    lo, hi = csd_step.timestep_fractions(step, 10000)
+    lo, hi = csd_settings.timestep_fractions(settings, step, 10000)
     p = min(step / 8000, 1.0)
     assert lo == pytest.approx(0.98 + (0.02 - 0.98) * p)
     assert hi == pytest.approx(0.98 + (0.5 - 0.98) * p)
-  lo, hi = csd_step.timestep_fractions(400, 1000, t_start=0.8, anneal_fraction=0.8)
-  assert (lo, hi) == pytest.approx((0.8 + (0.02 - 0.8) * 0.5, 0.8 + (0.5 - 0.8) * 0.5))
-  cfg = csd_config_lib.csd_config()
-  s = csd_step.csd_scalars(cfg, 8000, 9000)
-  assert s["csd_t_min"] == pytest.approx(0.02) and s["csd_t_max"] == pytest.approx(0.5)
-  assert s["csd_weight"] == pytest.approx(1.0)
+  s = csd_settings.scalars(settings, 8000, 9000)
+  assert s["csd_t_min"] == pytest.approx(0.02)  # annealed over 0.8 x 9000 = 7200 steps
+  assert s["csd_t_max"] == pytest.approx(0.5) and s["w_csd"] == pytest.approx(0.3)
   keys = jax.random.split(jax.random.PRNGKey(5), 4000)
-  ts = np.asarray(jax.vmap(lambda k: csd_step.sample_timestep(k, 0.02, 0.5, 1000))(keys))
+  ts = np.asarray(jax.vmap(lambda k: gradient.sample_timestep(k, 0.02, 0.5, 1000))(keys))
   assert ts.min() == 20 and ts.max() == 500
-  ts = np.asarray(jax.vmap(lambda k: csd_step.sample_timestep(k, 0.98, 0.98, 1000))(keys[:10]))
+  ts = np.asarray(jax.vmap(lambda k: gradient.sample_timestep(k, 0.98, 0.98, 1000))(keys[:10]))
   assert np.all(ts == 980)
-  cfg.prior = "oracle"
-  assert [csd_step.is_csd_step(cfg, i) for i in range(5)] == [True, False, True, False, True]
-  cfg.start_fraction = 0.3
-  assert [i for i in range(20) if csd_step.is_csd_step(cfg, i, 20)] == [6, 8, 10, 12, 14, 16, 18]
-  cfg.start_fraction = 0.0
-  cfg.prior = "none"
-  assert not csd_step.is_csd_step(cfg, 0)
+  assert [csd_settings.is_csd_step(settings, i) for i in range(5)] == [True, False, True, False, True]
+  assert not csd_settings.is_csd_step(csd_settings.CsdSettings(), 0)  # prior "none"
 
 
 # ----------------------------------------------------------------------------
-# Parameter groups and the masked optimiser update.
+# Parameter groups, settings, the coarse-to-fine window.
 
 
 def test_param_group_mask_presets_and_errors(tiny):
   _, params = tiny
-  flat = _flat(csd_step.param_group_mask(params, "canonical"))
+  flat = _flat(csd_term.param_group_mask(params, "canonical"))
   for path, m in flat.items():
     want = any(path.startswith(g + "/") or path == g
                for g in articulated_model.CSD_DEFAULT_GROUPS)
     assert m == want, path
-  custom = _flat(csd_step.param_group_mask(params, "canonical/rgb_out, log_gauss"))
+  custom = _flat(csd_term.param_group_mask(params, "canonical/rgb_out, log_gauss"))
   assert {p for p, m in custom.items() if m} == (
       {p for p in custom if p.startswith("canonical/rgb_out/")} | {"log_gauss"})
   with pytest.raises(UserError, match="param_groups"):
-    csd_step.param_group_mask(params, "no_such_group")
+    csd_term.param_group_mask(params, "no_such_group")
   with pytest.raises(UserError, match="csd.mode"):
-    csd_step.CsdSettings(mode="dream")
+    csd_settings.CsdSettings(mode="dream")
   with pytest.raises(UserError, match="csd.patches"):
-    csd_step.CsdSettings(resolution=5, patches=4)
-  settings = csd_step.CsdSettings.from_config(csd_config_lib.csd_config(), render_samples=24)
-  assert settings.num_samples == 24 and settings.alpha is None and settings.resolution == 64
-
-
-def test_masked_update_keeps_frozen_leaves_and_their_moments():
-  from animdreamer_jax.train import optimizer as optimizer_lib  # noqa: E402
-  params = {"params": {"canonical": {"w": jnp.ones((3, 2))}, "bones": {"w": jnp.ones((2,))},
-                       "log_gauss": jnp.zeros((2, 3))}}
-  tx = optimizer_lib.make_optimizer(params, clip_norm=0.0)
-  opt = tx.init(params)
-  # A first full step so every moment is non-zero.
-  grads1 = jax.tree_util.tree_map(lambda p: jnp.full_like(p, 0.5), params)
-  upd, opt = tx.update(grads1, opt, params)
-  params = optax.apply_updates(params, upd)
-  mask = {"params": {"canonical": {"w": jnp.bool_(True)}, "bones": {"w": jnp.bool_(False)},
-                     "log_gauss": jnp.bool_(True)}}
-  grads2 = jax.tree_util.tree_map(lambda p: jnp.full_like(p, -0.25), params)
-  new_params, new_opt = csd_step.apply_masked_update(tx, grads2, opt, params, mask,
-                                                     jnp.float32(0.1))
-  ref_upd, ref_opt = tx.update(grads2, opt, params)
-  ref_params = optax.apply_updates(params, jax.tree_util.tree_map(lambda u: 0.1 * u, ref_upd))
-  np.testing.assert_allclose(new_params["params"]["canonical"]["w"],
-                             ref_params["params"]["canonical"]["w"], rtol=1e-6)
-  np.testing.assert_allclose(new_params["params"]["log_gauss"], ref_params["params"]["log_gauss"],
-                             rtol=1e-6)
-  np.testing.assert_array_equal(new_params["params"]["bones"]["w"], params["params"]["bones"]["w"])
-  state_mask = csd_step.opt_state_mask(opt, params, mask)
-  for (path, old), new, ref, m in zip(jax.tree_util.tree_flatten_with_path(opt)[0],
-                                      jax.tree_util.tree_leaves(new_opt),
-                                      jax.tree_util.tree_leaves(ref_opt),
-                                      jax.tree_util.tree_leaves(state_mask)):
-    names = "/".join(str(getattr(e, "key", getattr(e, "name", getattr(e, "idx", e)))) for e in path)
-    if "bones" in names:
-      assert not bool(m), names
-      np.testing.assert_array_equal(np.asarray(new), np.asarray(old), err_msg=names)
-    else:
-      np.testing.assert_allclose(np.asarray(new), np.asarray(ref), rtol=1e-6, err_msg=names)
+    csd_settings.CsdSettings(resolution=5, patches=4)
+  with pytest.raises(UserError, match="csd.alpha"):
+    csd_settings.CsdSettings(alpha=0.0)
+  assert csd_settings.CsdSettings(num_samples=0).samples_per_ray(24) == 24
 
 
 def test_csd_follows_the_reconstruction_coarse_to_fine_window(tiny):
@@ -529,7 +548,7 @@ def test_csd_follows_the_reconstruction_coarse_to_fine_window(tiny):
   bands (alpha None) those rows do get gradient."""
   from animdreamer_jax.model import encoding  # pylint: disable=g-import-not-at-top
   model, params = tiny
-  render = csd_step.make_view_renderer(model, _SETTINGS)
+  render = _renderer(model, _SETTINGS)
   prior = _linear_prior()
   a = ABAR[T_INDEX]
   prior_params = {"m": jnp.float32(1.0 / math.sqrt(1.0 - a)),
@@ -537,11 +556,11 @@ def test_csd_follows_the_reconstruction_coarse_to_fine_window(tiny):
 
   @jax.jit
   def grads_at(params, alpha):
-    mask = csd_step.param_group_mask(params, "canonical")
-    cams = csd_step.draw_cameras(model, params, jax.random.PRNGKey(7), AABB, NUM_FRAMES, _SETTINGS)
-    step_render = lambda p, c, uv: render(p, c, uv, alpha=alpha)  # noqa: E731
-    return csd_step.csd_gradient(step_render, params, mask, prior, prior_params, cams, None,
-                                 jax.random.PRNGKey(11), T_FRACTION, T_FRACTION, _SETTINGS)[0]
+    mask = csd_term.param_group_mask(params, "canonical")
+    cams = csd_term.draw_cameras(jax.random.PRNGKey(7), AABB, NUM_FRAMES, _SETTINGS)
+    return csd_term.csd_gradient(render, params, mask, prior, prior_params, cams, None,
+                                 jax.random.PRNGKey(11), T_FRACTION, T_FRACTION, _SETTINGS,
+                                 alpha=alpha)[0]
 
   alpha = 0.4
   rows = np.asarray(encoding.fourier_row_scales(3, model.config.sdf_freqs, jnp.float32(alpha)))
@@ -554,41 +573,8 @@ def test_csd_follows_the_reconstruction_coarse_to_fine_window(tiny):
   np.testing.assert_array_equal(np.asarray(windowed[first])[off], 0.0)
   assert np.abs(np.asarray(windowed[first])[~off]).max() > 0
   assert np.abs(np.asarray(full[first])[off]).max() > 0
-  # The config switch: < 0 follows the reconstruction, 1 = all bands, 0 is refused.
-  cfg = csd_config_lib.csd_config()
-  assert csd_step.CsdSettings.from_config(cfg).follow_alpha
-  cfg.alpha = 1.0
-  s = csd_step.CsdSettings.from_config(cfg)
-  assert s.alpha is None and not s.follow_alpha
-  cfg.alpha = 0.0
-  with pytest.raises(UserError, match="csd.alpha"):
-    csd_step.CsdSettings.from_config(cfg)
-
-
-def test_sharpened_csd_render_is_the_render_with_a_smaller_beta(tiny):
-  """beta_scale s renders exactly what the model renders with beta x s (logibeta - log s);
-  importance samples bring a coarse render closer to a dense-sample reference."""
-  import dataclasses  # pylint: disable=g-import-not-at-top
-  model, params = tiny
-  settings = dataclasses.replace(_SETTINGS, resolution=4, num_samples=8)
-  cams = csd_step.draw_cameras(model, params, jax.random.PRNGKey(3), AABB, NUM_FRAMES, settings)
-  uv = csd_step.image_pixels(4, 4)
-
-  def render(s, p):
-    return np.asarray(jax.jit(csd_step.make_view_renderer(model, s))(p, cams, uv))
-
-  scale = 0.4
-  flat = _flat(params)
-  flat["logibeta"] = np.asarray(flat["logibeta"]) - math.log(scale)
-  sharper_params = {"params": flax.traverse_util.unflatten_dict(flat, sep="/")}
-  got = render(dataclasses.replace(settings, beta_scale=scale), params)
-  np.testing.assert_allclose(got, render(settings, sharper_params), atol=1e-6)
-  assert np.abs(got - render(settings, params)).max() > 1e-3
-  dense = render(dataclasses.replace(settings, num_samples=256), params)
-  coarse = render(settings, params)
-  fine = render(dataclasses.replace(settings, importance_samples=24), params)
-  assert np.abs(fine - dense).mean() < 0.8 * np.abs(coarse - dense).mean()
-  with pytest.raises(UserError, match="beta_scale"):
-    csd_step.CsdSettings(beta_scale=0.0)
-  with pytest.raises(UserError, match="importance_samples"):
-    csd_step.CsdSettings(importance_samples=-1)
+  # The setting: < 0 follows the reconstruction's alpha, 1 = all bands, else a fixed one.
+  scalars = {"alpha": jnp.float32(0.7)}
+  assert float(csd_term.alpha_for_step(csd_settings.CsdSettings(), scalars)) == pytest.approx(0.7)
+  assert csd_term.alpha_for_step(csd_settings.CsdSettings(alpha=1.0), scalars) is None
+  assert float(csd_term.alpha_for_step(csd_settings.CsdSettings(alpha=0.5), scalars)) == 0.5
