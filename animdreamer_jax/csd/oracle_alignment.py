@@ -32,6 +32,8 @@ from typing import Optional
 
 import numpy as np
 
+from animdreamer_jax.geometry import mesh as mesh_lib
+
 # A fitted rotation beyond this is a registration failure (the model and the
 # ground truth share the video camera, so only small rotations are expected).
 MAX_ROTATION_DEG = 45.0
@@ -139,9 +141,9 @@ def fit_camera_alignment(trainer, state, num_frames: int = 8, mc_resolution: int
                     "root-pose error to refine); use 0")
   config, video = trainer.config, trainer.video
   params = state.params
-  box = extract_outputs.extend_aabb(np.asarray(state.aux["aabb"]), config.train.mc_extend)
-  rest_v, rest_f = extract_outputs.extract_mesh(trainer.sdf_fn(params), box, int(mc_resolution),
-                                                largest=True)
+  box = mesh_lib.extend_aabb(np.asarray(state.aux["aabb"]), config.train.mc_extend)
+  rest_v, rest_f = mesh_lib.extract_mesh(trainer.sdf_fn(params), box, int(mc_resolution),
+                                         largest=True)
   if rest_f.shape[0] == 0:
     return None, {"reason": "no surface"}
   gt = video.gt

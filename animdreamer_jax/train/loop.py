@@ -34,6 +34,7 @@ import numpy as np
 
 from animdreamer_jax.data import batching
 from animdreamer_jax.errors import UserError
+from animdreamer_jax.geometry import mesh as mesh_lib
 from animdreamer_jax.train import checkpoint as checkpoint_lib
 from animdreamer_jax.train import config as config_lib
 from animdreamer_jax.train import extract_outputs
@@ -70,9 +71,9 @@ def update_geometry(state: state_lib.TrainState, trainer: "Trainer",
   aux = {k: np.asarray(v) for k, v in state.aux.items()}
   params = state.params
   aabb = aux["aabb"]
-  search = extract_outputs.extend_aabb(aabb, cfg.mc_extend)
-  verts, faces = extract_outputs.extract_mesh(trainer.sdf_fn(params), search, cfg.mc_resolution,
-                                              level=cfg.mc_level, largest=True)
+  search = mesh_lib.extend_aabb(aabb, cfg.mc_extend)
+  verts, faces = mesh_lib.extract_mesh(trainer.sdf_fn(params), search, cfg.mc_resolution,
+                                       level=cfg.mc_level, largest=True)
   stats = {"proxy_vertices": float(verts.shape[0])}
   if faces.shape[0] == 0:
     return state, stats
@@ -82,7 +83,7 @@ def update_geometry(state: state_lib.TrainState, trainer: "Trainer",
   rng = np.random.default_rng(int(state.step))
   aux["proxy_points"] = extract_outputs.sample_surface(verts, faces, aux["proxy_points"].shape[0], rng)
   root = np.asarray(trainer.root_poses_fn(params))
-  near_far = extract_outputs.near_far_from_points(verts, root, tolerance=cfg.near_far_tolerance)
+  near_far = mesh_lib.near_far_from_points(verts, root, tolerance=cfg.near_far_tolerance)
   aux["near_far"] = (ema * aux["near_far"] + (1 - ema) * near_far).astype(np.float32)
   stats.update(aabb_size=float(np.linalg.norm(aux["aabb"][1] - aux["aabb"][0])),
                near=float(aux["near_far"][:, 0].mean()), far=float(aux["near_far"][:, 1].mean()))
