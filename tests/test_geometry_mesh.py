@@ -28,12 +28,12 @@ def triangle_area_reference(a, b, c):
 
 
 def scattered_triangles(areas, rng):
-  """Disjoint random triangles in random planes with the given areas."""
+  """Random triangles (own vertices, random planes and places) with the given areas."""
   vertices = []
-  for i, area in enumerate(areas):
+  for area in areas:
     tri = rng.normal(size=(3, 3))
     tri *= np.sqrt(area / triangle_area_reference(*tri))
-    vertices.append(tri + [10.0 * i, 0.0, 0.0])
+    vertices.append(tri + rng.uniform(-20.0, 20.0, 3))
   faces = np.arange(3 * len(areas)).reshape(-1, 3)
   return np.concatenate(vertices).astype(np.float32), faces.astype(np.int32)
 
@@ -150,3 +150,29 @@ def test_same_key_same_points():
   other, _ = mesh.sample_surface(jax.random.PRNGKey(12), vertices, faces, 64)
   np.testing.assert_array_equal(first, again)
   assert not np.allclose(first, other)
+
+
+def test_host_sampler_matches_sampler_and_reuses_its_compile():
+  rng = np.random.default_rng(13)
+  sizes = (1500, 1900)  # one padding bucket (2048 faces)
+  before = mesh._sample_surface_jit._cache_size()  # pylint: disable=protected-access
+  for num_faces in sizes:
+    vertices, faces = scattered_triangles(rng.uniform(0.01, 2.0, num_faces), rng)
+    got = mesh.sample_surface_host(21, vertices, faces, 500)
+    assert got.dtype == np.float32 and got.shape == (500, 3)
+    want, face = mesh.sample_surface(jax.random.PRNGKey(21), vertices, faces, 500)
+    np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-5)
+    # On real faces only (a padding face would put the point at vertex 0).
+    for p, f in zip(got[:100], np.asarray(face)[:100]):
+      assert barycentric_reference(p, *vertices[faces[f]]).min() > -1e-4
+  # vertices (4500 / 5700 -> 8192) and faces (-> 2048) share buckets: one compile.
+  assert mesh._sample_surface_jit._cache_size() == before + 1  # pylint: disable=protected-access
+
+
+def test_host_sampler_without_faces():
+  vertices = np.array([[1, 2, 3], [4, 5, 6]], np.float32)
+  got = mesh.sample_surface_host(0, vertices, np.zeros((0, 3), np.int32), 50)
+  assert got.dtype == np.float32 and got.shape == (50, 3)
+  assert np.all(np.all(got[:, None] == vertices[None], -1).any(1))
+  np.testing.assert_array_equal(
+      mesh.sample_surface_host(0, np.zeros((0, 3)), np.zeros((0, 3), np.int32), 5), 0.0)

@@ -7,7 +7,7 @@ set. The SDF is negative inside, so skimage's default gradient direction gives
 counter-clockwise triangles seen from outside.
 
 `sample_surface` is the one area-uniform surface sampler (the evaluation's
-surface samples).
+surface samples; through `sample_surface_host`, the trainer's proxy points).
 
 Depends on numpy / scipy / scikit-image / jax only, nothing else of the package.
 """
@@ -185,3 +185,45 @@ def sample_surface(key: jax.Array, vertices: jnp.ndarray, faces: jnp.ndarray,
   points = ((1.0 - sqrt_r1) * tri[:, 0] + sqrt_r1 * (1.0 - r2) * tri[:, 1]
             + sqrt_r1 * r2 * tri[:, 2])
   return points, face_index
+
+
+_sample_surface_jit = jax.jit(sample_surface, static_argnums=3)
+
+
+def _bucket(n: int) -> int:
+  """Next power of two >= n, at least 1024."""
+  return max(1024, 1 << max(n - 1, 0).bit_length())
+
+
+def sample_surface_host(seed: int, vertices: np.ndarray, faces: np.ndarray,
+                        num_samples: int) -> np.ndarray:
+  """`sample_surface` with key PRNGKey(seed), for host meshes that change size between calls.
+
+  Marching cubes gives a mesh of a new size every training round, and
+  compiling the sampler for each size costs more than the meshing itself. The
+  faces are padded to a power of two with (0, 0, 0) faces, which have zero
+  area and so are never drawn (the vertices with zeros), so that a few
+  compiles serve a whole run.
+
+  Args:
+    seed: integer seed.
+    vertices: (V, 3) positions.
+    faces: (F, 3) vertex indices; with F = 0, vertices (or zeros), as in
+      `sample_surface`.
+    num_samples: N.
+
+  Returns:
+    (N, 3) float32 NumPy points.
+  """
+  key = jax.random.PRNGKey(seed)
+  vertices = np.asarray(vertices, np.float32)
+  faces = np.asarray(faces, np.int32)
+  if faces.shape[0] == 0:
+    points, _ = sample_surface(key, vertices, faces, num_samples)
+    return np.asarray(points, np.float32)
+  padded_vertices = np.zeros((_bucket(vertices.shape[0]), 3), np.float32)
+  padded_vertices[:vertices.shape[0]] = vertices
+  padded_faces = np.zeros((_bucket(faces.shape[0]), 3), np.int32)
+  padded_faces[:faces.shape[0]] = faces
+  points, _ = _sample_surface_jit(key, padded_vertices, padded_faces, num_samples)
+  return np.asarray(points)

@@ -38,22 +38,6 @@ class NoSurface(UserError):
   """The trained canonical SDF has no zero crossing in its box: nothing to mesh."""
 
 
-def sample_surface(vertices: np.ndarray, faces: np.ndarray, num_points: int,
-                   rng: np.random.Generator) -> np.ndarray:
-  """(num_points, 3) points uniform by area on a triangle mesh (vertices if no faces)."""
-  if faces.shape[0] == 0:
-    idx = rng.integers(0, max(vertices.shape[0], 1), num_points)
-    return vertices[idx] if vertices.shape[0] else np.zeros((num_points, 3), np.float32)
-  tri = vertices[faces]
-  area = 0.5 * np.linalg.norm(np.cross(tri[:, 1] - tri[:, 0], tri[:, 2] - tri[:, 0]), axis=-1)
-  prob = area / area.sum() if area.sum() > 0 else None
-  face = rng.choice(faces.shape[0], num_points, p=prob)
-  r1, r2 = rng.uniform(size=(2, num_points, 1))
-  s = np.sqrt(r1)
-  points = (1 - s) * tri[face, 0] + s * (1 - r2) * tri[face, 1] + s * r2 * tri[face, 2]
-  return points.astype(np.float32)
-
-
 # ----------------------------------------------------------------------------
 # End-of-training outputs.
 

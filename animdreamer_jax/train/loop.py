@@ -80,8 +80,8 @@ def update_geometry(state: state_lib.TrainState, trainer: "Trainer",
   ema = cfg.geometry_ema if ema is None else ema
   new_aabb = np.stack([verts.min(0), verts.max(0)]).astype(np.float32)
   aux["aabb"] = (ema * aabb + (1 - ema) * new_aabb).astype(np.float32)
-  rng = np.random.default_rng(int(state.step))
-  aux["proxy_points"] = extract_outputs.sample_surface(verts, faces, aux["proxy_points"].shape[0], rng)
+  aux["proxy_points"] = mesh_lib.sample_surface_host(int(state.step), verts, faces,
+                                                     aux["proxy_points"].shape[0])
   root = np.asarray(trainer.root_poses_fn(params))
   near_far = mesh_lib.near_far_from_points(verts, root, tolerance=cfg.near_far_tolerance)
   aux["near_far"] = (ema * aux["near_far"] + (1 - ema) * near_far).astype(np.float32)
