@@ -2,11 +2,304 @@
 
 from __future__ import annotations
 
+import collections
+import math
+
 import chex
 import jax
+import jax.numpy as jnp
 import numpy as np
+from scipy.spatial.transform import Rotation
 
 from animdreamer_jax.geometry import mesh
+
+# A box that is not a cube, so a mixed-up axis or spacing shows.
+BOX = np.array([[-0.8, -0.5, -0.3], [0.9, 0.6, 0.4]], np.float32)
+
+
+# ----------------------------------------------------------------------------
+# The grid and the SDF on it.
+
+
+def grid_reference(aabb, resolution):
+  """Grid points by a triple loop, 'ij' order (x slowest), in float64."""
+  points = []
+  for i in range(resolution):
+    for j in range(resolution):
+      for k in range(resolution):
+        points.append([aabb[0][a] + n * (aabb[1][a] - aabb[0][a]) / (resolution - 1)
+                       for a, n in enumerate((i, j, k))])
+  return np.array(points)
+
+
+def wavy_sdf(x):
+  """A sphere with a ripple: values differ at every grid point, so misplaced ones show."""
+  r = jnp.linalg.norm(x - jnp.array([0.1, -0.05, 0.02]), axis=-1)
+  return r - 0.3 + 0.05 * jnp.sin(7.0 * x[:, 0]) * x[:, 2]
+
+
+def wavy_sdf_reference(p):
+  return (math.dist(p, (0.1, -0.05, 0.02)) - 0.3 + 0.05 * math.sin(7.0 * p[0]) * p[2])
+
+
+def test_grid_points_match_triple_loop():
+  for resolution in (2, 5):
+    got = mesh.grid_points(BOX, resolution)
+    assert got.dtype == np.float32
+    chex.assert_shape(got, (resolution ** 3, 3))
+    np.testing.assert_allclose(got, grid_reference(BOX, resolution), atol=1e-6)
+    np.testing.assert_array_equal(got[[0, -1]], BOX)  # the corners exactly
+
+
+def test_sdf_on_grid_matches_loop_for_any_chunk():
+  resolution = 7  # 343 points
+  want = np.array([wavy_sdf_reference(p) for p in grid_reference(BOX, resolution)])
+  want = want.reshape(resolution, resolution, resolution)
+  results = []
+  # 50 does not divide 343 (the last chunk is padded); 343 is one chunk; 1000 pads one.
+  for chunk in (50, 343, 1000):
+    traced = []
+
+    def sdf(x, traced=traced):
+      traced.append(x.shape)  # runs at trace time only
+      return wavy_sdf(x)
+
+    got = mesh.sdf_on_grid(sdf, BOX, resolution, chunk=chunk)
+    assert got.dtype == np.float32
+    chex.assert_shape(got, (resolution,) * 3)
+    assert set(traced) == {(chunk, 3)}  # every call, the padded last one too, has one shape
+    np.testing.assert_allclose(got, want, atol=1e-5)
+    results.append(got)
+  for got in results[1:]:
+    np.testing.assert_allclose(got, results[0], atol=1e-6)
+
+
+# ----------------------------------------------------------------------------
+# Marching cubes.
+
+
+def sphere_volume(aabb, shape, center, radius):
+  """Exact sphere SDF sampled on a grid over aabb with `shape` samples per axis."""
+  axes = [np.linspace(aabb[0][a], aabb[1][a], n) for a, n in enumerate(shape)]
+  grid = np.stack(np.meshgrid(*axes, indexing="ij"), -1)
+  return np.linalg.norm(grid - center, axis=-1) - radius
+
+
+def check_sphere_mesh(vertices, faces, center, radius, tolerance):
+  """Vertices on the sphere, reaching it in every axis direction, faces CCW from outside."""
+  assert vertices.dtype == np.float32 and faces.dtype == np.int32
+  assert faces.shape[0] > 100
+  offset = vertices.astype(np.float64) - center
+  assert np.abs(np.linalg.norm(offset, axis=-1) - radius).max() < tolerance
+  for axis in range(3):
+    assert abs(offset[:, axis].max() - radius) < tolerance
+    assert abs(offset[:, axis].min() + radius) < tolerance
+  a, b, c = (offset[faces[:, i]] for i in range(3))
+  normal = np.cross(b - a, c - a)
+  assert np.all(np.sum(normal * (a + b + c), -1) > 0)  # away from the centre
+  # Divergence theorem: > 0 if outward; a few % short on coarse grids, while a
+  # wrong spacing on one axis scales it by the ratio of the spacings.
+  volume = np.sum(a * np.cross(b, c)) / 6
+  np.testing.assert_allclose(volume, 4 / 3 * np.pi * radius ** 3, rtol=0.05)
+
+
+def test_marching_cubes_of_a_sphere():
+  aabb = np.array([[-1.0] * 3, [1.0] * 3], np.float32)
+  resolution = 40
+  center, radius = np.array([0.12, -0.07, 0.05]), 0.55
+  volume = sphere_volume(aabb, (resolution,) * 3, center, radius)
+  vertices, faces = mesh.marching_cubes(volume, aabb)
+  check_sphere_mesh(vertices, faces, center, radius, tolerance=0.5 * 2 / (resolution - 1))
+  # A level other than 0 is the sphere of radius + level.
+  vertices, faces = mesh.marching_cubes(volume, aabb, level=0.1)
+  check_sphere_mesh(vertices, faces, center, radius + 0.1, tolerance=0.5 * 2 / (resolution - 1))
+
+
+def test_marching_cubes_respects_offset_and_spacing_of_a_non_cubic_box():
+  shape = (34, 22, 15)  # different samples per axis too
+  spacing = (BOX[1] - BOX[0]) / (np.array(shape) - 1)
+  center, radius = np.array([0.05, 0.02, 0.04]), 0.25
+  vertices, faces = mesh.marching_cubes(sphere_volume(BOX, shape, center, radius), BOX)
+  check_sphere_mesh(vertices, faces, center, radius, tolerance=0.5 * spacing.max())
+
+
+def test_marching_cubes_is_empty_when_the_level_is_not_crossed():
+  aabb = np.array([[-1.0] * 3, [1.0] * 3], np.float32)
+  volume = sphere_volume(aabb, (12, 12, 12), np.zeros(3), 0.5)
+  for vol, level in ((volume, volume.min() - 0.1), (volume, volume.max() + 0.1),
+                     (np.full((8, 8, 8), 0.3), 0.3), (np.full((8, 8, 8), -1.0), 0.0)):
+    vertices, faces = mesh.marching_cubes(vol, aabb, level=level)
+    assert vertices.shape == (0, 3) and vertices.dtype == np.float32
+    assert faces.shape == (0, 3) and faces.dtype == np.int32
+
+
+def test_extract_mesh_keeps_the_larger_of_two_spheres():
+  big, small = (np.array([-0.4, 0.0, 0.1]), 0.4), (np.array([0.55, 0.1, 0.0]), 0.2)
+
+  def two_spheres(x):
+    return jnp.minimum(jnp.linalg.norm(x - big[0], axis=-1) - big[1],
+                       jnp.linalg.norm(x - small[0], axis=-1) - small[1])
+
+  aabb = np.array([[-1.0] * 3, [1.0] * 3], np.float32)
+  tolerance = 0.5 * 2 / 47
+  vertices, faces = mesh.extract_mesh(two_spheres, aabb, 48, largest=False)
+  near_small = np.linalg.norm(vertices - small[0], axis=-1) < small[1] + tolerance
+  assert 0 < near_small.sum() < len(vertices)
+  vertices, faces = mesh.extract_mesh(two_spheres, aabb, 48)
+  check_sphere_mesh(vertices, faces, *big, tolerance=tolerance)
+  vertices, faces = mesh.extract_mesh(lambda x: jnp.linalg.norm(x, axis=-1) + 0.1, aabb, 16)
+  assert vertices.shape == (0, 3) and faces.shape == (0, 3)
+
+
+# ----------------------------------------------------------------------------
+# Largest connected component.
+
+
+def largest_component_reference(vertices, faces):
+  """BFS over the vertex graph; keeps the faces of the component with the most faces."""
+  neighbours = collections.defaultdict(set)
+  for face in faces.tolist():
+    for i in face:
+      neighbours[i].update(face)
+  label = {}
+  for start in sorted(neighbours):
+    if start in label:
+      continue
+    label[start] = start
+    queue = collections.deque([start])
+    while queue:
+      for j in neighbours[queue.popleft()]:
+        if j not in label:
+          label[j] = start
+          queue.append(j)
+  face_label = [label[face[0]] for face in faces.tolist()]
+  counts = collections.Counter(face_label)
+  best = max(counts, key=counts.get)
+  kept = [face for face, lab in zip(faces.tolist(), face_label) if lab == best]
+  used = sorted({i for face in kept for i in face})
+  new_index = {old: new for new, old in enumerate(used)}
+  return vertices[used], np.array([[new_index[i] for i in face] for face in kept])
+
+
+def octahedron():
+  vertices = np.array([[1, 0, 0], [-1, 0, 0], [0, 1, 0], [0, -1, 0], [0, 0, 1], [0, 0, -1]],
+                      np.float32)
+  faces = np.array([[0, 2, 4], [2, 1, 4], [1, 3, 4], [3, 0, 4], [2, 0, 5], [1, 2, 5],
+                    [3, 1, 5], [0, 3, 5]])
+  return vertices, faces
+
+
+def tetrahedra_chain(count, shared):
+  """`count` tetrahedra, each sharing one vertex with the next if `shared` (a bow-tie chain)."""
+  vertices, faces = [], []
+  for i in range(count):
+    base = len(vertices) - (1 if shared and i else 0)  # reuse the previous apex
+    corners = [[2.0 * i, 0, 0], [2.0 * i + 1, 0, 0], [2.0 * i + 0.5, 1, 0],
+               [2.0 * i + 0.5, 0.5, 1]]
+    vertices += corners[1:] if shared and i else corners
+    faces += (np.array([[0, 2, 1], [0, 1, 3], [1, 2, 3], [2, 0, 3]]) + base).tolist()
+  return np.array(vertices, np.float32), np.array(faces)
+
+
+def scramble(pieces, rng, unused=5):
+  """Pieces in one mesh: offset apart, plus unused vertices, vertex and face order shuffled."""
+  vertices, faces, start = [], [], 0
+  for i, (v, f) in enumerate(pieces):
+    vertices.append(v + [0.0, 0.0, 5.0 * i])
+    faces.append(f + start)
+    start += len(v)
+  vertices.append(rng.normal(size=(unused, 3)))
+  vertices, faces = np.concatenate(vertices).astype(np.float32), np.concatenate(faces)
+  order = rng.permutation(len(vertices))
+  new_index = np.argsort(order)
+  return vertices[order], new_index[faces][rng.permutation(len(faces))].astype(np.int32)
+
+
+def test_largest_component_matches_bfs_reference():
+  rng = np.random.default_rng(10)
+  triangle = (np.eye(3, dtype=np.float32), np.array([[0, 1, 2]]))
+  cases = [
+      # Three tetrahedra joined at single vertices (12 faces) beat the octahedron
+      # (8): sharing one vertex connects.
+      ([octahedron(), tetrahedra_chain(3, shared=True), triangle], 12, 10),
+      # Apart, each tetrahedron (4) loses to the octahedron.
+      ([tetrahedra_chain(3, shared=False), octahedron(), triangle], 8, 6),
+      ([triangle, octahedron()], 8, 6),
+  ]
+  for pieces, num_faces, num_vertices in cases:
+    vertices, faces = scramble(pieces, rng)
+    got_vertices, got_faces = mesh.largest_component(vertices, faces)
+    want_vertices, want_faces = largest_component_reference(vertices, faces)
+    assert got_faces.dtype == np.int32
+    assert got_faces.shape == (num_faces, 3) and got_vertices.shape == (num_vertices, 3)
+    np.testing.assert_array_equal(got_vertices, want_vertices)
+    np.testing.assert_array_equal(got_faces, want_faces)
+    # Same triangles (as point triples) as in the input: indices remapped, not reordered.
+    kept = {tuple(map(tuple, vertices[f])) for f in faces}
+    assert all(tuple(map(tuple, got_vertices[f])) in kept for f in got_faces)
+
+
+def test_largest_component_without_faces_returns_the_input():
+  vertices = np.ones((4, 3), np.float32)
+  faces = np.zeros((0, 3), np.int32)
+  got_vertices, got_faces = mesh.largest_component(vertices, faces)
+  assert got_vertices is vertices and got_faces is faces
+
+
+# ----------------------------------------------------------------------------
+# Box and near/far.
+
+
+def test_extend_aabb_hand_values():
+  box = np.array([[0, 0, 0], [2, 4, 6]])
+  np.testing.assert_allclose(mesh.extend_aabb(box, 0.5), [[-0.5, -1, -1.5], [2.5, 5, 7.5]])
+  np.testing.assert_allclose(mesh.extend_aabb(box, 0.0), box)
+  np.testing.assert_allclose(mesh.extend_aabb(box, -0.5), [[0.5, 1, 1.5], [1.5, 3, 4.5]])
+  np.testing.assert_allclose(mesh.extend_aabb([[-1, 1, 2], [1, 2, 2]], 1.0),
+                             [[-2, 0.5, 2], [2, 2.5, 2]])
+  assert mesh.extend_aabb(box, 0.5).dtype == np.float32
+
+
+def near_far_reference(points, poses, tolerance, min_near):
+  """Per frame: camera depths by a loop, centre +- tolerance x half range, clamped."""
+  rows = []
+  for pose in poses:
+    depths = [float(pose[2, :3] @ p + pose[2, 3]) for p in points]
+    mid, half = (min(depths) + max(depths)) / 2, (max(depths) - min(depths)) / 2
+    near = max(mid - tolerance * half, min_near)
+    rows.append((near, max(mid + tolerance * half, near + 1e-3)))
+  return np.array(rows)
+
+
+def test_near_far_matches_per_frame_loop():
+  rng = np.random.default_rng(12)
+  points = rng.normal(size=(50, 3)) * [0.3, 0.2, 0.4]
+  poses = np.tile(np.eye(4), (5, 1, 1))
+  poses[:, :3, :3] = Rotation.random(5, random_state=13).as_matrix()
+  poses[:, :3, 3] = [[0.1, 0.0, 3.0], [0.0, 0.2, 2.5], [-0.2, 0.1, 4.0], [0.0, 0.0, 0.2],
+                     [0.0, 0.0, -5.0]]  # frame 3 straddles the camera, frame 4 is behind it
+  depth = np.einsum("tij,pj->tpi", poses[:, :3, :3], points)[..., 2] + poses[:, None, 2, 3]
+  for tolerance in (1.0, 1.5):
+    got = mesh.near_far_from_points(points, poses, tolerance=tolerance, min_near=0.05)
+    assert got.dtype == np.float32 and got.shape == (5, 2)
+    np.testing.assert_allclose(got, near_far_reference(points, poses, tolerance, 0.05),
+                               atol=1e-5)
+    assert np.all(got[:, 1] > got[:, 0])
+    # Widening: the range grows by `tolerance` about its centre (frames in front).
+    np.testing.assert_allclose(got[:3, 1] - got[:3, 0], tolerance * np.ptp(depth[:3], 1),
+                               rtol=1e-5)
+    np.testing.assert_allclose(got[3:, 0], 0.05)  # the min_near clamp
+  np.testing.assert_allclose(mesh.near_far_from_points(points, poses, tolerance=1.0)[:3],
+                             np.stack([depth[:3].min(1), depth[:3].max(1)], 1), atol=1e-5)
+  np.testing.assert_allclose(got[4], [0.05, 0.05 + 1e-3], atol=1e-6)  # behind: far = near + 1e-3
+
+
+def test_near_far_of_points_at_one_depth_keeps_far_above_near():
+  points = np.array([[0.1, 0.2, 0.0], [-0.3, 0.1, 0.0], [0.2, -0.2, 0.0]])
+  poses = np.eye(4)[None].repeat(2, 0)
+  poses[:, 2, 3] = [2.0, 3.0]
+  got = mesh.near_far_from_points(points, poses)
+  np.testing.assert_allclose(got, [[2.0, 2.001], [3.0, 3.001]], atol=1e-6)
 
 
 # ----------------------------------------------------------------------------
