@@ -7,6 +7,7 @@ import pytest
 
 from animdreamer_jax.csd import oracle_alignment
 from animdreamer_jax.errors import UserError
+from animdreamer_jax.geometry import mesh as mesh_lib
 from animdreamer_jax.train import extract_outputs
 
 
@@ -105,7 +106,7 @@ def test_object_space_registration_ignores_root_pose_errors(monkeypatch):
   posed = world @ inv[:3, :3].T + inv[:3, 3]
   errors = [_similarity(1.0, yaw, [0.0, 0.0, 0.0]) for yaw in (8.0, -12.0, 5.0, 15.0)]
   roots = np.stack([w2c[t] @ true @ errors[t] for t in range(num_frames)])
-  monkeypatch.setattr(extract_outputs, "extract_mesh", lambda *a, **k: (verts, faces))
+  monkeypatch.setattr(mesh_lib, "extract_mesh", lambda *a, **k: (verts, faces))
   monkeypatch.setattr(extract_outputs, "posed_sequence",
                       lambda model, params, config, rest, n, frames=None: (
                           posed[np.asarray(frames)], roots[np.asarray(frames)]))

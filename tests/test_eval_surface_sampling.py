@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import chex
-import jax
 import numpy as np
 import pytest
 
@@ -69,57 +68,6 @@ def closest_point_reference(p, a, b, c):
       if 0 <= s <= 1:
         candidates.append(x + s * e)
   return min(candidates, key=lambda q: (q - p) @ (q - p))
-
-
-def barycentric_reference(p, a, b, c):
-  """Barycentric coordinates of p in triangle (a, b, c) by least squares."""
-  m = np.stack([a - c, b - c], 1).astype(np.float64)
-  (u, v), *_ = np.linalg.lstsq(m, (p - c).astype(np.float64), rcond=None)
-  return np.array([u, v, 1 - u - v])
-
-
-def test_area_sampling_follows_area():
-  # Two disjoint triangles with areas 1 and 3.
-  vertices = np.array([[0, 0, 0], [1, 0, 0], [0, 2, 0], [5, 0, 0], [8, 0, 0], [5, 2, 0]],
-                      np.float32)
-  faces = np.array([[0, 1, 2], [3, 4, 5]], np.int32)
-  n = 100_000
-  points, face = jax.jit(ss.sample_surface, static_argnums=3)(
-      jax.random.PRNGKey(0), vertices, faces, n)
-  chex.assert_shape(points, (n, 3))
-  chex.assert_shape(face, (n,))
-  counts = np.bincount(np.asarray(face), minlength=2)
-  # Binomial std at p = 3/4 is 0.00137; 0.006 is > 4 sigma.
-  assert abs(counts[1] / n - 0.75) < 0.006
-
-
-def test_samples_lie_on_their_face_and_are_uniform_inside():
-  rng = np.random.default_rng(0)
-  vertices = rng.normal(size=(3, 3)).astype(np.float32)
-  faces = np.array([[0, 1, 2]], np.int32)
-  n = 60_000
-  points, face = ss.sample_surface(jax.random.PRNGKey(3), vertices, faces, n)
-  points = np.asarray(points)
-  assert np.all(np.asarray(face) == 0)
-  bary = np.stack([barycentric_reference(p, *vertices) for p in points[:3000]])
-  recon = bary @ vertices.astype(np.float64)
-  np.testing.assert_allclose(recon, points[:3000], atol=1e-5)
-  assert bary.min() > -1e-5
-  # Uniform on a triangle: P(bary_i > x) = (1 - x)^2 for each corner i.
-  basis = np.stack([vertices[0] - vertices[2], vertices[1] - vertices[2]], 1).astype(np.float64)
-  uv, *_ = np.linalg.lstsq(basis, (points - vertices[2]).T.astype(np.float64), rcond=None)
-  all_bary = np.concatenate([uv.T, 1 - uv.sum(0)[:, None]], 1)
-  for corner in range(3):
-    for x in (0.2, 0.4, 0.6, 0.8):
-      assert abs(np.mean(all_bary[:, corner] > x) - (1 - x) ** 2) < 0.01
-
-
-def test_zero_area_faces_are_never_sampled():
-  vertices = np.array([[0, 0, 0], [1, 0, 0], [0, 1, 0], [2, 0, 0]], np.float32)
-  # (0,0,0) padding, a collinear face, and one real face in the middle.
-  faces = np.array([[0, 0, 0], [0, 1, 3], [0, 1, 2], [0, 0, 0]], np.int32)
-  _, face = ss.sample_surface(jax.random.PRNGKey(1), vertices, faces, 5000)
-  assert np.all(np.asarray(face) == 2)
 
 
 def test_frame_samples_do_not_depend_on_sequence_length():

@@ -19,8 +19,8 @@ from animdreamer_jax.eval.metrics import surface_scores
 from animdreamer_jax.eval.surface_sampling import SurfaceIndex
 from animdreamer_jax.eval.surface_sampling import closest_point_on_triangles
 from animdreamer_jax.eval.surface_sampling import pad_mesh_frames
-from animdreamer_jax.eval.surface_sampling import sample_surface
 from animdreamer_jax.eval.surface_sampling import sample_surface_frames
+from animdreamer_jax.geometry.mesh import sample_surface
 
 __all__ = [
     "AlignmentResult", "Similarity", "align_similarity", "axis_aligned_rotations",

@@ -2,9 +2,10 @@
 
 Evaluation measures distances between *surfaces*, not vertex sets, so that the
 score does not depend on how a mesh is tessellated:
-  - `sample_surface` draws points uniformly by area (faces picked in proportion
-    to their area, then a uniform point inside the face) and returns the face
-    each point lies on (used to split ground truth into seen / never-seen);
+  - `sample_surface_frames` draws points uniformly by area on every frame
+    (geometry.mesh.sample_surface: faces picked in proportion to their area,
+    then a uniform point inside the face) and returns the face each point lies
+    on (used to split ground truth into seen / never-seen);
   - `SurfaceIndex` answers "closest point on this mesh" for many query points:
     a KD-tree over dense surface samples proposes the faces of the k nearest
     samples, and the exact closest point on each of those triangles is taken.
@@ -29,55 +30,7 @@ import numpy as np
 from scipy.spatial import cKDTree
 
 from animdreamer_jax.errors import UserError
-
-
-def triangle_areas(vertices: jnp.ndarray, faces: jnp.ndarray) -> jnp.ndarray:
-  """Area of every triangle.
-
-  Args:
-    vertices: (V, 3) positions.
-    faces: (F, 3) integer vertex indices.
-
-  Returns:
-    (F,) areas.
-  """
-  a, b, c = (vertices[faces[:, i]] for i in range(3))
-  return 0.5 * jnp.linalg.norm(jnp.cross(b - a, c - a), axis=-1)
-
-
-def sample_surface(key: jax.Array, vertices: jnp.ndarray, faces: jnp.ndarray,
-                   num_samples: int) -> tuple[jnp.ndarray, jnp.ndarray]:
-  """Points drawn uniformly (by area) on a triangle mesh.
-
-  A face is chosen with probability area / total area by inverting the area
-  CDF; zero-area faces own an empty CDF interval and are never chosen. Inside
-  the face, barycentrics (1 - sqrt(r1), sqrt(r1) (1 - r2), sqrt(r1) r2) are
-  uniform in area.
-
-  Args:
-    key: PRNG key.
-    vertices: (V, 3) positions.
-    faces: (F, 3) integer vertex indices.
-    num_samples: N, static.
-
-  Returns:
-    points: (N, 3) surface points.
-    face_index: (N,) int32 index of the face each point lies on.
-  """
-  areas = triangle_areas(vertices, faces)
-  cdf = jnp.cumsum(areas)
-  key_face, key_bary = jax.random.split(key)
-  u = jax.random.uniform(key_face, (num_samples,), dtype=cdf.dtype) * cdf[-1]
-  # side="right": u lands in the first face whose CDF exceeds it, which skips
-  # zero-width (zero-area) intervals.
-  face_index = jnp.searchsorted(cdf, u, side="right")
-  face_index = jnp.clip(face_index, 0, faces.shape[0] - 1).astype(jnp.int32)
-  r1, r2 = jax.random.uniform(key_bary, (2, num_samples, 1), dtype=vertices.dtype)
-  sqrt_r1 = jnp.sqrt(r1)
-  tri = vertices[faces[face_index]]  # (N, 3, 3)
-  points = ((1.0 - sqrt_r1) * tri[:, 0] + sqrt_r1 * (1.0 - r2) * tri[:, 1]
-            + sqrt_r1 * r2 * tri[:, 2])
-  return points, face_index
+from animdreamer_jax.geometry import mesh as mesh_lib
 
 
 @functools.partial(jax.jit, static_argnames=("num_samples",))
@@ -85,15 +38,15 @@ def _sample_frames(seed, vertices, faces, num_samples):
   base = jax.random.PRNGKey(seed)
   keys = jax.vmap(lambda t: jax.random.fold_in(base, t))(jnp.arange(vertices.shape[0]))
   if faces.ndim == 2:
-    return jax.vmap(sample_surface, in_axes=(0, 0, None, None))(
+    return jax.vmap(mesh_lib.sample_surface, in_axes=(0, 0, None, None))(
         keys, vertices, faces, num_samples)
-  return jax.vmap(sample_surface, in_axes=(0, 0, 0, None))(
+  return jax.vmap(mesh_lib.sample_surface, in_axes=(0, 0, 0, None))(
       keys, vertices, faces, num_samples)
 
 
 def sample_surface_frames(vertices: np.ndarray, faces: np.ndarray, num_samples: int,
                           seed: int) -> tuple[np.ndarray, np.ndarray]:
-  """`sample_surface` on every frame of a sequence, with a fixed seed.
+  """`geometry.mesh.sample_surface` on every frame of a sequence, with a fixed seed.
 
   Frame t uses key fold_in(PRNGKey(seed), t), so a frame's samples do not
   depend on how many frames the sequence has.

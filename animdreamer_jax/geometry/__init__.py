@@ -1,4 +1,8 @@
-"""Pure-jnp geometry: quaternions (x, y, z, w), dual quaternions, SE(3), camera rays."""
+"""Pure-jnp geometry: quaternions (x, y, z, w), dual quaternions, SE(3), camera rays.
+
+`geometry.mesh` (host-side meshing of the SDF, surface sampling) is imported on
+its own: it pulls in scikit-image and scipy, which the jnp modules do not need.
+"""
 
 from animdreamer_jax.geometry import dual_quaternion
 from animdreamer_jax.geometry import quaternion

@@ -1,10 +1,7 @@
-"""Meshing of the canonical SDF and the files a finished run leaves behind.
+"""The files a finished run leaves behind.
 
-Meshing (host side; used between rounds for the proxy mesh / near-far / box,
-and at the end for the rest mesh): the SDF is evaluated on a grid in
-fixed-size jitted chunks and scikit-image's marching cubes extracts the zero
-level set. The SDF is negative inside, so skimage's default gradient
-direction gives counter-clockwise triangles seen from outside.
+The rest mesh comes from geometry.mesh (marching cubes of the canonical SDF,
+largest component).
 
 Outputs (`write_outputs`): rest.obj / rest.npz (largest component of the
 canonical surface), meshes.npz (rest vertices forward-warped to every frame,
@@ -29,139 +26,16 @@ import cv2
 import jax
 import jax.numpy as jnp
 import numpy as np
-from scipy import sparse
-from scipy.sparse import csgraph
-from skimage import measure
 
 from animdreamer_jax.assets import rasterize as rasterize_lib
 from animdreamer_jax.errors import UserError
+from animdreamer_jax.geometry import mesh as mesh_lib
 from animdreamer_jax.model import skinning
 from animdreamer_jax.render import warp_render
-
-SdfFn = Callable[[jnp.ndarray], jnp.ndarray]
 
 
 class NoSurface(UserError):
   """The trained canonical SDF has no zero crossing in its box: nothing to mesh."""
-
-
-def grid_points(aabb: np.ndarray, resolution: int) -> np.ndarray:
-  """(R^3, 3) float32 points of a regular grid over aabb = [[min xyz], [max xyz]], 'ij' order."""
-  axes = [np.linspace(aabb[0, i], aabb[1, i], resolution, dtype=np.float32) for i in range(3)]
-  grid = np.stack(np.meshgrid(*axes, indexing="ij"), axis=-1)
-  return grid.reshape(-1, 3)
-
-
-def sdf_on_grid(sdf_fn: SdfFn, aabb: np.ndarray, resolution: int,
-                chunk: int = 32768) -> np.ndarray:
-  """Evaluates a batched SDF function on a grid, in fixed-size chunks.
-
-  Args:
-    sdf_fn: jit-able (N, 3) -> (N,) SDF (negative inside).
-    aabb: (2, 3) box.
-    resolution: R samples per axis.
-    chunk: points per call (the last chunk is padded, so one compile serves all).
-
-  Returns:
-    (R, R, R) float32 SDF values.
-  """
-  points = grid_points(np.asarray(aabb, np.float32), resolution)
-  n = points.shape[0]
-  pad = (-n) % chunk
-  padded = np.concatenate([points, np.zeros((pad, 3), np.float32)])
-  fn = jax.jit(sdf_fn)
-  values = [np.asarray(fn(jnp.asarray(padded[i:i + chunk]))) for i in range(0, padded.shape[0], chunk)]
-  return np.concatenate(values)[:n].reshape(resolution, resolution, resolution)
-
-
-def marching_cubes(volume: np.ndarray, aabb: np.ndarray,
-                   level: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
-  """Iso-surface of a grid sampled over aabb (empty arrays if level is not crossed).
-
-  Returns:
-    vertices (V, 3) float32 in the aabb's coordinates, faces (F, 3) int32.
-  """
-  volume = np.asarray(volume, np.float32)
-  if not (volume.min() < level < volume.max()):
-    return np.zeros((0, 3), np.float32), np.zeros((0, 3), np.int32)
-  res = np.array(volume.shape, np.float32)
-  spacing = (aabb[1] - aabb[0]) / np.maximum(res - 1, 1)
-  verts, faces, _, _ = measure.marching_cubes(volume, level=level, spacing=tuple(spacing))
-  return (verts + aabb[0]).astype(np.float32), faces.astype(np.int32)
-
-
-def largest_component(vertices: np.ndarray, faces: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-  """Keeps the connected component with the most faces; drops unused vertices."""
-  if faces.shape[0] == 0:
-    return vertices, faces
-  v = vertices.shape[0]
-  rows = np.concatenate([faces[:, 0], faces[:, 1], faces[:, 2]])
-  cols = np.concatenate([faces[:, 1], faces[:, 2], faces[:, 0]])
-  graph = sparse.coo_matrix((np.ones_like(rows), (rows, cols)), shape=(v, v))
-  _, labels = csgraph.connected_components(graph, directed=False)
-  face_label = labels[faces[:, 0]]
-  keep = face_label == np.bincount(face_label).argmax()
-  faces = faces[keep]
-  used = np.unique(faces)
-  remap = np.full(v, -1, np.int64)
-  remap[used] = np.arange(used.size)
-  return vertices[used], remap[faces].astype(np.int32)
-
-
-def extract_mesh(sdf_fn: SdfFn, aabb: np.ndarray, resolution: int, level: float = 0.0,
-                 largest: bool = True) -> tuple[np.ndarray, np.ndarray]:
-  """Marching cubes of the SDF over aabb, optionally the largest component only."""
-  volume = sdf_on_grid(sdf_fn, aabb, resolution)
-  vertices, faces = marching_cubes(volume, np.asarray(aabb, np.float32), level)
-  if largest:
-    vertices, faces = largest_component(vertices, faces)
-  return vertices, faces
-
-
-def sample_surface(vertices: np.ndarray, faces: np.ndarray, num_points: int,
-                   rng: np.random.Generator) -> np.ndarray:
-  """(num_points, 3) points uniform by area on a triangle mesh (vertices if no faces)."""
-  if faces.shape[0] == 0:
-    idx = rng.integers(0, max(vertices.shape[0], 1), num_points)
-    return vertices[idx] if vertices.shape[0] else np.zeros((num_points, 3), np.float32)
-  tri = vertices[faces]
-  area = 0.5 * np.linalg.norm(np.cross(tri[:, 1] - tri[:, 0], tri[:, 2] - tri[:, 0]), axis=-1)
-  prob = area / area.sum() if area.sum() > 0 else None
-  face = rng.choice(faces.shape[0], num_points, p=prob)
-  r1, r2 = rng.uniform(size=(2, num_points, 1))
-  s = np.sqrt(r1)
-  points = (1 - s) * tri[face, 0] + s * (1 - r2) * tri[face, 1] + s * r2 * tri[face, 2]
-  return points.astype(np.float32)
-
-
-def extend_aabb(aabb: np.ndarray, factor: float) -> np.ndarray:
-  """Scales a (2, 3) box about its centre by (1 + factor) (lab4d extend_aabb)."""
-  aabb = np.asarray(aabb, np.float32)
-  center = aabb.mean(0)
-  half = (aabb[1] - aabb[0]) / 2 * (1 + factor)
-  return np.stack([center - half, center + half])
-
-
-def near_far_from_points(points_obj: np.ndarray, object_to_camera: np.ndarray,
-                         tolerance: float = 1.5, min_near: float = 1e-3) -> np.ndarray:
-  """Per-frame near/far that bound the points' camera depths, widened by `tolerance`.
-
-  lab4d get_near_far: centre +- tolerance x half the depth range.
-
-  Args:
-    points_obj: (P, 3) proxy points in object space.
-    object_to_camera: (T, 4, 4) root poses.
-
-  Returns:
-    (T, 2) float32 near, far.
-  """
-  cam = np.einsum("tij,pj->tpi", object_to_camera[:, :3, :3], points_obj) + object_to_camera[:, None, :3, 3]
-  z = cam[..., 2]
-  zmin, zmax = z.min(1), z.max(1)
-  mid, half = (zmin + zmax) / 2, (zmax - zmin) / 2
-  near = np.maximum(mid - tolerance * half, min_near)
-  far = np.maximum(mid + tolerance * half, near + 1e-3)
-  return np.stack([near, far], -1).astype(np.float32)
 
 
 # ----------------------------------------------------------------------------
@@ -299,9 +173,9 @@ def write_outputs(trainer, state, workdir: pathlib.Path, progress: bool = True) 
   log = (lambda msg: print(msg, flush=True)) if progress else (lambda msg: None)
   aux = {k: np.asarray(v) for k, v in state.aux.items()}
   t0 = time.time()
-  box = extend_aabb(aux["aabb"], config.train.mc_extend)
-  rest_v, rest_f = extract_mesh(trainer.sdf_fn(params), box, int(cfg.mc_resolution),
-                                level=float(cfg.mc_level), largest=True)
+  box = mesh_lib.extend_aabb(aux["aabb"], config.train.mc_extend)
+  rest_v, rest_f = mesh_lib.extract_mesh(trainer.sdf_fn(params), box, int(cfg.mc_resolution),
+                                         level=float(cfg.mc_level), largest=True)
   if rest_f.shape[0] == 0:
     raise NoSurface(f"{workdir}: training produced no surface (the canonical SDF has no zero "
                     "crossing in the bounding box); try more rounds or check the video's masks")

@@ -176,8 +176,8 @@ def update_geometry(state: state_lib.TrainState, trainer: Trainer,
   ema = cfg.geometry_ema if ema is None else ema
   new_aabb = np.stack([verts.min(0), verts.max(0)]).astype(np.float32)
   aux["aabb"] = (ema * aabb + (1 - ema) * new_aabb).astype(np.float32)
-  aux["proxy_points"] = mesh_lib.sample_surface_points(
-      verts, faces, aux["proxy_points"].shape[0], seed=int(state.step))
+  aux["proxy_points"] = mesh_lib.sample_surface_host(
+      int(state.step), verts, faces, aux["proxy_points"].shape[0])
   near_far = mesh_lib.near_far_from_points(verts, trainer.root_poses(state.params),
                                            tolerance=cfg.near_far_tolerance)
   aux["near_far"] = (ema * aux["near_far"] + (1 - ema) * near_far).astype(np.float32)
