@@ -366,7 +366,7 @@ def test_check_grads_of_render_through_the_warp(tiny):
 # CSD as a loss term: the surrogate's gradient is the explicit vjp.
 
 
-def _term_gradient(model, settings, groups, prior_params):
+def _term_gradient(model, params, settings, groups, prior_params):
   """Gradient and value of the CSD loss term (the train step's loss form) for a fixed key,
   with the same camera draw and prior randomness as `_make_fn`'s reference."""
   from animdreamer_jax.losses.term import StepContext  # pylint: disable=g-import-not-at-top
@@ -403,7 +403,7 @@ def test_loss_term_gradient_is_the_explicit_vjp(tiny, patches):
   prior_params = {"m": jnp.float32(1.0 / math.sqrt(1.0 - a)),
                   "c": jnp.asarray(np.random.default_rng(2).normal(size=(4, RES, RES, 3)) * 0.3,
                                    jnp.float32)}
-  (value, metrics), grads = _term_gradient(model, settings, "fg", prior_params)
+  (value, metrics), grads = _term_gradient(model, params, settings, "fg", prior_params)
   # The term's key: fold_in(step key, term index 0), split into cameras and prior.
   k_cam, k_prior = jax.random.split(jax.random.fold_in(jax.random.PRNGKey(0), 0))
   cams = csd_term.draw_cameras(k_cam, AABB, NUM_FRAMES, settings)

@@ -91,10 +91,15 @@ class ExtractionSettings:
 
 
 def default_model(preset: str) -> articulated_model.ModelConfig:
-  """A preset's model sizes ("lab4d": 8x256 trunk, "cpu": 6x128, "tiny": tests), lengths x2.5."""
+  """A preset's model sizes ("lab4d": 8x256 trunk, "cpu": 6x128, "tiny": tests), lengths x2.5.
+
+  The video-given fields keep ModelConfig's placeholders (the stage sets them from the video).
+  """
   if preset not in PRESETS:
     raise UserError(f"model_preset: unknown preset {preset!r}; use one of {sorted(PRESETS)}")
+  placeholder = articulated_model.ModelConfig()
   return PRESETS[preset](
+      video_lengths=placeholder.video_lengths, image_size=placeholder.image_size,
       sphere_radius=0.1 * LENGTH_SCALE, init_gauss_scale=0.03 * LENGTH_SCALE,
       bone_trans_scale=0.1 * LENGTH_SCALE, bone_density_radius=0.01 * LENGTH_SCALE,
       init_bone_beta=0.01 * LENGTH_SCALE)
