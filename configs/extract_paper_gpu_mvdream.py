@@ -3,7 +3,8 @@ r"""Extraction at paper scale with CSD from MVDream (the production path, one GP
 `extract_paper_gpu.py` plus a CSD step every 2nd iteration: 4 views of 200 x
 200 pixels x 64 samples, resized to 256 px, SD VAE encoder + MVDream UNet
 (bfloat16, fused attention), CFG 50 with rescale 0.5, x0-reconstruction form,
-timesteps annealed over 80% of training, 8 patches, canonical field only.
+timestep fractions annealed from 0.98 to [0.02, 0.5] over 80% of training,
+8 patches, canonical field only.
 
 Command (needs the converted MVDream weights: sd-v2.1-base-4view.pt from the
 Hugging Face repository MVDream/MVDream, converted with
