@@ -7,12 +7,9 @@ Command (the `demo` subcommand runs the same thing on the bundled Khronos Fox):
   bin/animdreamer extract --config configs/extract_demo_cpu.py \
       --video runs/demo/video --workdir runs/demo/extract
 
-Expected runtime and result, measured on the 2-core CPU (2026-11-25, while the
-machine was shared with other jobs, so the wall time is pessimistic):
-  runtime: 600 steps; 438 s user CPU, 2.9 GB peak RSS (29.6 min wall at a 30%
-           CPU share; expect about 8-10 min on an idle 2-core machine)
-  metrics: Chamfer 0.0157, F@2% 74.6, F@5% 95.0 (normalised units: rest
-           bbox diagonal = 1); never-seen side Chamfer 0.0186, F@2% 63.5
+Runtime: 600 steps; 438 s user CPU, 2.9 GB peak RSS (expect 8-10 min wall on
+an idle 2-core CPU). Result (2026-11-25): Chamfer 0.0157, F@2% 74.6, never-seen
+side 0.0186 / 63.5. Details: docs/results.md, "Demo".
 """
 
 from animdreamer_jax.stages.extraction import settings as extraction

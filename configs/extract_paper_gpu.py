@@ -8,18 +8,15 @@ AdamW 5e-4 one-cycle, 256-px videos.
 
 Command:
 
-  bin/animdreamer synth --asset ../shared/assets/quaternius_animals/Fox.glb --clip Walk \
+  bin/animdreamer synth --asset third_party/khronos_fox/Fox.gltf --clip Walk \
       --frames 64 --res 256 --rot-noise-deg 10 --out runs/fox256
   bin/animdreamer extract --config configs/extract_paper_gpu.py \
       --video runs/fox256 --workdir runs/fox256_extract
 
-Expected runtime and metrics: the whole run is NOT MEASURED. Its train step was,
-on one NVIDIA H200 (2026-12-04, jax 0.11.2; `bin/animdreamer bench step --config
-lab4d --rays 4096 --samples 64`): 24.8 ms, compiled in 62 s, so the 4000 steps
-take under 2 min of device time plus the host work between rounds (marching
-cubes, near/far) and the final meshes and evaluation. lab4d reports about 21
-min and 13 GB for this setting on an RTX 3090 (PyTorch). Measure the metrics
-before relying on them.
+Runtime: the whole run is NOT MEASURED; its train step takes 24.8 ms on one
+NVIDIA H200 (2026-12-04), so the 4000 steps take under 2 min of device time
+plus the host work between rounds. Result: not measured. Details:
+docs/results.md, "GPU".
 """
 
 from animdreamer_jax.stages.extraction import settings as extraction
