@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import pathlib
 import shutil
@@ -16,17 +17,18 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+import dataclasses
+
 from animdreamer_jax import assets
 from animdreamer_jax.commands import extract as extract_cmd
-from animdreamer_jax.data import batching
 from animdreamer_jax.data import synthetic
 from animdreamer_jax.data import video as video_lib
 from animdreamer_jax.errors import UserError
+from animdreamer_jax.stages.extraction import plan as plan_lib
+from animdreamer_jax.stages.extraction import settings as extraction
 from animdreamer_jax.train import checkpoint as checkpoint_lib
-from animdreamer_jax.train import config as config_lib
 from animdreamer_jax.train import loop
 from animdreamer_jax.train import state as state_lib
-from animdreamer_jax.train import step as step_lib
 
 NUM_FRAMES = 6
 RES = 20
@@ -36,7 +38,7 @@ RES = 20
 def compile_cache():
   """The product's persistent XLA cache: identical computations compile once
   (within this module and across test runs); it only affects speed."""
-  loop.enable_compilation_cache(config_lib.extract_base_config("tiny").train.compilation_cache)
+  loop.enable_compilation_cache(extraction.defaults("tiny").train.compilation_cache)
   return str(jax.config.jax_compilation_cache_dir or "")
 
 
@@ -51,7 +53,7 @@ def tiny_video(tmp_path_factory, repo_root) -> pathlib.Path:
 
 
 def tiny_config(cache: str = ""):
-  c = config_lib.extract_base_config("tiny")
+  c = extraction.base_config("tiny")
   c.model.sphere_radius = 0.25
   c.data.pairs_per_batch = 2
   c.data.pixels_per_frame = 16
@@ -66,9 +68,9 @@ def tiny_config(cache: str = ""):
   c.train.iters_per_round = 3
   c.train.mc_resolution = 12
   c.train.proxy_points = 32
-  c.train.init_root_steps = 50
-  c.train.init_sdf_steps = 400
-  c.train.init_lr = 1e-2
+  c.init.root_steps = 50
+  c.init.sdf_steps = 400
+  c.init.lr = 1e-2
   c.train.tensorboard = True
   c.train.compilation_cache = cache
   c.extract.mc_resolution = 20
@@ -78,66 +80,105 @@ def tiny_config(cache: str = ""):
   return c
 
 
+def make_trainer(config, video_dir, workdir, prior=None) -> loop.Trainer:
+  settings = extraction.from_config(config)
+  plan = plan_lib.build_plan(settings, video_lib.load_video(video_dir), prior=prior)
+  return loop.Trainer(plan, settings.train, workdir)
+
+
 @pytest.fixture(scope="module")
 def trainer(tiny_video, tmp_path_factory, compile_cache):
-  video = video_lib.load_video(tiny_video)
-  return loop.Trainer(tiny_config(compile_cache), video, tmp_path_factory.mktemp("run"))
+  return make_trainer(tiny_config(compile_cache), tiny_video, tmp_path_factory.mktemp("run"))
 
 
 def test_step_lowers_the_loss_and_is_traced_once(trainer):
-  state = trainer.initial_state()
+  state = trainer.plan.initial_state(True)
   state, _ = loop.update_geometry(state, trainer, ema=0.0)
+  step = trainer.steps[plan_lib.RECONSTRUCTION]
   losses = []
   for i in range(12):
     # The batch key is fold_in(key, step): resetting the step count repeats
     # batch 0, so this is plain gradient descent on one batch with fixed loss
     # weights. The learning rate changes every call: no re-trace allowed.
     state = state.replace(step=jnp.zeros((), jnp.int32))
-    scalars = step_lib.scheduled_scalars(trainer.config, 0, 12)
+    kind, scalars = trainer.plan.schedule(0, 12)
+    assert kind == plan_lib.RECONSTRUCTION
     scalars["lr"] = np.float32(3e-3 * (1 - i / 24))
-    state, metrics = trainer.step_fn(state, trainer.data, scalars)
+    state, metrics = step(state, trainer.plan.data, scalars)
     assert int(metrics["applied"]) == 1 and int(metrics["finite"]) == 1
     assert np.isfinite(float(metrics["grad_norm"]))
     losses.append(float(metrics["loss"]))
-  assert trainer.step_fn._cache_size() == 1  # pylint: disable=protected-access
+  assert step._cache_size() == 1  # pylint: disable=protected-access
   assert losses[-1] < 0.8 * losses[0], losses
 
 
 def test_nonfinite_or_spiking_step_is_not_applied(trainer):
-  state = trainer.initial_state(fit=False)
+  state = trainer.template()
   before = state_lib.to_host(state)
-  scalars = step_lib.scheduled_scalars(trainer.config, 0, 6)
+  step = trainer.steps[plan_lib.RECONSTRUCTION]
+  _, scalars = trainer.plan.schedule(0, 6)
   scalars["w_mask"] = np.float32(np.nan)
-  state, metrics = trainer.step_fn(state, trainer.data, scalars)
+  state, metrics = step(state, trainer.plan.data, scalars)
   assert int(metrics["finite"]) == 0 and int(metrics["applied"]) == 0
   assert int(state.step) == 1
   for a, b in zip(jax.tree_util.tree_leaves(before.params), jax.tree_util.tree_leaves(state.params)):
     np.testing.assert_array_equal(a, np.asarray(b))
   assert state_lib.all_finite(state.opt_state)
   # A gradient norm above the threshold is refused too (finite, not applied).
-  scalars = step_lib.scheduled_scalars(trainer.config, 0, 6)
+  _, scalars = trainer.plan.schedule(0, 6)
   scalars["grad_spike_threshold"] = np.float32(1e-12)
-  state, metrics = trainer.step_fn(state, trainer.data, scalars)
+  state, metrics = step(state, trainer.plan.data, scalars)
   assert int(metrics["finite"]) == 1 and int(metrics["applied"]) == 0
 
 
-def test_repeated_nan_stops_with_clear_error_and_keeps_checkpoint(trainer, monkeypatch, tmp_path):
-  real = step_lib.scheduled_scalars
+def test_repeated_nan_stops_with_clear_error_and_keeps_checkpoint(trainer, tmp_path):
+  real = trainer.plan.schedule
 
-  def nan_after_first_round(config, step, total):
-    out = real(config, step, total)
+  def nan_after_first_round(step, total):
+    kind, out = real(step, total)
     if step >= 3:
       out["w_mask"] = np.float32(np.nan)
-    return out
+    return kind, out
 
-  monkeypatch.setattr(step_lib, "scheduled_scalars", nan_after_first_round)
-  trainer.workdir = tmp_path
+  nan_trainer = loop.Trainer(dataclasses.replace(trainer.plan, schedule=nan_after_first_round),
+                             trainer.settings, tmp_path)
   with pytest.raises(loop.TrainingDiverged, match="NaN/Inf in 3 steps in a row"):
-    loop.train(trainer, resume=False, progress=False)
+    loop.train(nan_trainer, resume=False, progress=False)
   ckpt = checkpoint_lib.Checkpointer(tmp_path / "checkpoints")
   assert ckpt.latest_step() == 3  # end of round 1, saved before the NaNs
-  restored, _ = ckpt.restore(trainer.initial_state(fit=False))
+  restored, _ = ckpt.restore(trainer.template())
   assert state_lib.all_finite(restored)
+
+
+def test_schedule_gives_lab4d_weights_and_alternates_with_csd(trainer):
+  """The stage's schedule: lab4d's loss-weight shapes at any run length (eikonal x1 -> x100
+  log-linear, camera prior and bone mask 1 -> 0, coarse-to-fine 0.6 -> 1), the root-pose
+  hold, and with CSD every k-th step a CSD step, with one set of scalar names for both."""
+  settings = extraction.from_config(tiny_config())
+  total = 200
+  schedule = plan_lib.make_schedule(settings)
+  weights = settings.loss.weights
+  for step in (0, 20, 100, 199):
+    kind, s = schedule(step, total)
+    assert kind == plan_lib.RECONSTRUCTION
+    assert math.isclose(s["w_eikonal"], weights.eikonal * 100 ** (step / total), rel_tol=1e-5)
+    cam = max(0.0, 1 - step / (0.2 * total))
+    assert math.isclose(s["w_cam_prior"], weights.cam_prior * cam, rel_tol=1e-5, abs_tol=1e-9)
+    assert math.isclose(s["w_gauss_mask"], weights.gauss_mask * (1 - step / total), rel_tol=1e-5,
+                        abs_tol=1e-9)
+    assert math.isclose(s["alpha"], 0.6 + 0.4 * step / total, rel_tol=1e-6)
+    assert s["w_mask"] == np.float32(weights.mask) and "w_depth" not in s  # weight 0: not built
+    assert s["update_scale/root_pose"] == 1.0
+  held = dataclasses.replace(settings, optim=dataclasses.replace(settings.optim,
+                                                                 root_pose_warmup_fraction=0.1))
+  assert [float(plan_lib.make_schedule(held)(s, 100)[1]["update_scale/root_pose"])
+          for s in (0, 9, 10, 50)] == [0.0, 0.0, 1.0, 1.0]
+  with_csd = dataclasses.replace(settings, csd=dataclasses.replace(settings.csd, prior="oracle",
+                                                                   every_k=3, weight=0.2))
+  kinds = [plan_lib.make_schedule(with_csd)(s, total) for s in range(7)]
+  assert [k for k, _ in kinds] == ["csd", "reconstruction", "reconstruction"] * 2 + ["csd"]
+  assert len({tuple(sorted(s)) for _, s in kinds}) == 1  # never re-traced
+  assert kinds[0][1]["w_csd"] == np.float32(0.2)
 
 
 def test_resumed_run_ends_in_the_same_state(trainer, tmp_path):
@@ -187,27 +228,46 @@ def test_extract_end_to_end_and_resume(tiny_video, tmp_path, compile_cache):
 
 def test_extract_with_oracle_csd_on_pixel_subsets(tiny_video, tmp_path, compile_cache):
   """The extraction trainer with oracle CSD mixed in (every 2nd step, random pixel subsets of
-  full-resolution views, object-frame targets, warp and bones included): it trains, the
-  CSD steps' metrics reach TensorBoard under csd/, and the run ends with its outputs."""
+  full-resolution views, warp and bones included): it trains, each kind's metrics reach
+  TensorBoard under its name, and the run ends with its outputs and scores."""
   config = tiny_config(compile_cache)
   config.csd.update(prior="oracle", every_k=2, resolution=RES, pixels_per_view=24,
                     num_samples=8, reduction="mean", weight=0.1, object_size=1.0,
-                    oracle_supersample=1, oracle_align=False, oracle_align_space="object",
                     param_groups="fg")
-  from animdreamer_jax.csd import experiment  # pylint: disable=g-import-not-at-top
   workdir = tmp_path / "run"
-  result = experiment.run_one(config, tiny_video, workdir, progress=False)
-  assert result["steps"] == 6 and result["rollbacks"] == 0 and result["csd"]
+  result = extract_cmd.run_extraction(config, tiny_video, workdir, progress=False)
+  assert result["steps"] == 6 and result["rollbacks"] == 0
   metrics = json.loads((workdir / "metrics.json").read_text())
   assert np.isfinite(metrics["mean"]["all"]["chamfer"])
   events = b"".join(f.read_bytes() for f in (workdir / "tensorboard").iterdir())
   assert b"csd/csd_loss" in events and b"csd/csd_frame" in events
-  # The experiment's pictures and novel-view scores (model vs ground truth, 4 views).
-  views = json.loads((workdir / "novel_views.json").read_text())
-  assert np.isfinite(views["psnr"]) and 0.0 <= views["iou"] <= 1.0
-  assert np.isfinite(views["world_psnr"]) and 0.0 <= views["world_iou"] <= 1.0
-  for name in ("csd_views.png", "novel_views.png", "novel_views_world.png"):
-    assert (workdir / name).is_file(), name
+  assert b"reconstruction/mask" in events
+
+
+def test_a_csd_step_trains_only_its_groups(tiny_video, tmp_path, compile_cache):
+  """One CSD step of the extraction trainer (oracle prior, "canonical" groups): only those
+  leaves move; every other leaf and its Adam moments are exactly as before."""
+  import flax  # pylint: disable=g-import-not-at-top
+  config = tiny_config(compile_cache)
+  config.csd.update(prior="oracle", resolution=4, num_samples=8, reduction="mean", weight=1.0)
+  trainer = make_trainer(config, tiny_video, tmp_path)
+  state = trainer.template()
+  state, _ = loop.update_geometry(state, trainer, ema=0.0)
+  before = state_lib.to_host(state)
+  kind, new_state, metrics = trainer.step(state, 0)
+  assert kind == plan_lib.CSD and int(metrics["applied"]) == 1 and float(metrics["grad_norm"]) > 0
+  old = flax.traverse_util.flatten_dict(before.params["params"], sep="/")
+  new = flax.traverse_util.flatten_dict(state_lib.to_host(new_state).params["params"], sep="/")
+  mask = flax.traverse_util.flatten_dict(
+      trainer.plan.kinds[plan_lib.CSD].trainable["params"], sep="/")
+  changed = {k for k in old if not np.array_equal(old[k], new[k])}
+  assert changed and changed <= {k for k, m in mask.items() if m}
+  assert any(k.startswith("canonical/sdf_head/") for k in changed)
+  for (path, o), n in zip(jax.tree_util.tree_flatten_with_path(before.opt_state)[0],
+                          jax.tree_util.tree_leaves(state_lib.to_host(new_state).opt_state)):
+    names = jax.tree_util.keystr(path)
+    if "bones" in names or "root_pose" in names or "feature_mlp" in names:
+      np.testing.assert_array_equal(np.asarray(n), np.asarray(o), err_msg=names)
 
 
 def test_bad_inputs_write_nothing(tiny_video, tmp_path, repo_root):
