@@ -16,6 +16,7 @@ from animdreamer_jax import cli
 from animdreamer_jax.assets import rasterize as rz
 from animdreamer_jax.data import synthetic
 from animdreamer_jax.data import video as video_lib
+from animdreamer_jax.geometry import transforms_np
 
 
 # ----------------------------------------------------------------------------- procedural meshes
@@ -254,7 +255,7 @@ def test_normalisation_and_ground_truth(tube_video):
   assert gt.face_visible.dtype == bool and gt.face_visible.shape == (len(seq.faces),)
   union = np.zeros(len(seq.faces), bool)
   for t in range(video.num_frames):
-    cam = synthetic.to_camera(gt.meshes.vertices[t], gt.w2c[t])
+    cam = transforms_np.to_camera(gt.meshes.vertices[t], gt.w2c[t])
     ids = rz.rasterize(cam, gt.meshes.faces, gt.intrinsics[t], 64, 64).face_id
     union[ids[ids >= 0]] = True
   np.testing.assert_array_equal(gt.face_visible, union)
@@ -350,7 +351,7 @@ def test_paths_framing_and_visibility():
   # Everything projects into the image in every frame.
   for v in (orbit, arc):
     for t in range(24):
-      p = synthetic.to_camera(v.gt.meshes.vertices[t], v.gt.w2c[t])
+      p = transforms_np.to_camera(v.gt.meshes.vertices[t], v.gt.w2c[t])
       k = v.gt.intrinsics[t]
       x, y = k[0] * p[:, 0] / p[:, 2] + k[2], k[1] * p[:, 1] / p[:, 2] + k[3]
       assert x.min() > 0 and x.max() < 48 and y.min() > 0 and y.max() < 48

@@ -44,6 +44,7 @@ from typing import Optional
 import numpy as np
 
 from animdreamer_jax.errors import UserError
+from animdreamer_jax.geometry import transforms_np
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -202,7 +203,7 @@ def export_rig(job: ExportJob) -> dict:
   diagonal = float(np.linalg.norm(extent))
 
   # The model's own forward warp, both blendings (object frame -> export frame).
-  posed = {b: rig_from_run.apply_transforms(root, rig_from_run.forward_warp_np(rig, job.weights, b))
+  posed = {b: transforms_np.to_camera(rig_from_run.forward_warp_np(rig, job.weights, b), root)
            for b in ("dqs", "lbs")}
 
   staging = Staging(job.out)

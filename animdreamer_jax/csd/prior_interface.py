@@ -41,6 +41,7 @@ import numpy as np
 
 from animdreamer_jax.csd import cameras as cameras_lib
 from animdreamer_jax.errors import UserError
+from animdreamer_jax.geometry import transforms_np
 from animdreamer_jax.prior import schedule as schedule_lib
 
 EpsFn = Callable[[Any, jnp.ndarray, jnp.ndarray, Optional[jnp.ndarray], cameras_lib.CsdCameras],
@@ -250,7 +251,7 @@ class GroundTruthRenderer:
     from animdreamer_jax.assets import rasterize as rz  # pylint: disable=g-import-not-at-top
     syn, s = self._synthetic, self.supersample
     verts = self.vertices[int(frame)]
-    v_cam = syn.to_camera(verts, w2c)
+    v_cam = transforms_np.to_camera(verts, w2c)
     raster = rz.rasterize(v_cam, self.faces, s * np.asarray(intrinsics, np.float64),
                           s * resolution, s * resolution)
     rotation = np.asarray(w2c, np.float64)[:3, :3]

@@ -30,6 +30,7 @@ import tqdm
 from animdreamer_jax.assets import rasterize as rz
 from animdreamer_jax.data import video as video_lib
 from animdreamer_jax.errors import UserError
+from animdreamer_jax.geometry import transforms_np
 
 ORACLE_FEATURE_DIM = 16
 CAMERA_PATHS = ("orbit", "arc", "fixed")
@@ -289,12 +290,6 @@ def perturb_poses(w2c: np.ndarray, rot_noise_deg: float, trans_noise: float,
 # ----------------------------------------------------------------------------- geometry helpers
 
 
-def to_camera(points: np.ndarray, w2c: np.ndarray) -> np.ndarray:
-  """(..., 3) world points -> camera frame of one (4, 4) w2c (float64)."""
-  w2c = np.asarray(w2c, np.float64)
-  return np.asarray(points, np.float64) @ w2c[:3, :3].T + w2c[:3, 3]
-
-
 def weld_index(rest_vertices: np.ndarray) -> np.ndarray:
   """(V,) group id of vertices that share a rest position (split seams)."""
   _, inverse = np.unique(np.asarray(rest_vertices), axis=0, return_inverse=True)
@@ -482,7 +477,7 @@ def synthesize(seq: Any, options: SynthOptions, source: dict | None = None,
   face_visible = np.zeros(len(faces), bool)
   rasters, verts_cam = [], []
   for t in tqdm.trange(num_frames, desc="render", disable=not progress, leave=False):
-    v_cam = to_camera(verts[t], w2c[t])
+    v_cam = transforms_np.to_camera(verts[t], w2c[t])
     raster = rz.rasterize(v_cam, faces, intrinsics, res, res)
     normals_cam = vertex_normals(verts[t], faces, weld) @ w2c[t, :3, :3].T
     color = shade(raster, faces, v_cam, normals_cam, colors, background)

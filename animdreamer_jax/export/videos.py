@@ -29,6 +29,7 @@ import numpy as np
 
 from animdreamer_jax.assets import rasterize as rasterize_lib
 from animdreamer_jax.errors import UserError
+from animdreamer_jax.geometry import transforms_np
 
 BACKGROUND = np.array([1.0, 1.0, 1.0])
 _LIGHT_DIR_CAM = np.array([-0.35, -0.55, -0.75]) / np.linalg.norm([-0.35, -0.55, -0.75])
@@ -81,11 +82,6 @@ def bounding_ball(points: np.ndarray) -> tuple[np.ndarray, float]:
   flat = np.asarray(points, np.float64).reshape(-1, 3)
   center = (flat.min(0) + flat.max(0)) / 2
   return center, float(max(np.linalg.norm(flat - center, axis=1).max(), 1e-6))
-
-
-def to_camera(w2c: np.ndarray, points: np.ndarray) -> np.ndarray:
-  """(4, 4) w2c applied to (N, 3) points."""
-  return np.asarray(points, np.float64) @ w2c[:3, :3].T + w2c[:3, 3]
 
 
 # ----------------------------------------------------------------------------
@@ -233,10 +229,10 @@ def turntable_frames(rest_vertices: np.ndarray, faces: np.ndarray,
   frames = []
   for i in range(num_frames):
     w2c, intr = orbit_camera(center, radius, 360.0 * i / num_frames, elevation_deg, size, size)
-    v_cam = to_camera(w2c, rest_vertices)
+    v_cam = transforms_np.to_camera(rest_vertices, w2c)
     left = over_background(shade(v_cam, faces, colors, intr, size, size))
     skin = shade(v_cam, faces, skin_colors, intr, size, size)
-    bones = shade(to_camera(w2c, bone_v), bone_f, palette[owner], intr, size, size)
+    bones = shade(transforms_np.to_camera(bone_v, w2c), bone_f, palette[owner], intr, size, size)
     right = composite_xray(skin, bones)
     frames.append(to_uint8(np.concatenate([left, right], axis=1)))
     if progress is not None:
@@ -254,8 +250,8 @@ def animation_frames(posed_vertices: np.ndarray, faces: np.ndarray,
   colors = colors_float(vertex_colors, posed_vertices.shape[1])
   frames = []
   for verts in posed_vertices:
-    frames.append(to_uint8(over_background(shade(to_camera(w2c, verts), faces, colors, intr,
-                                                 size, size))))
+    v_cam = transforms_np.to_camera(verts, w2c)
+    frames.append(to_uint8(over_background(shade(v_cam, faces, colors, intr, size, size))))
     if progress is not None:
       progress()
   return np.stack(frames)
