@@ -11,21 +11,6 @@ from animdreamer_jax.export import videos
 from animdreamer_jax.geometry import transforms_np
 
 
-def test_look_at_is_an_opencv_camera():
-  eye, target = np.array([1.0, 2.0, 3.0]), np.array([0.2, 0.1, -0.4])
-  w2c = videos.look_at(eye, target)
-  rot = w2c[:3, :3]
-  np.testing.assert_allclose(rot @ rot.T, np.eye(3), atol=1e-12)
-  assert np.linalg.det(rot) == pytest.approx(1.0)
-  np.testing.assert_allclose(transforms_np.to_camera(eye[None], w2c)[0], 0.0, atol=1e-12)
-  in_cam = transforms_np.to_camera(target[None], w2c)[0]
-  np.testing.assert_allclose(in_cam[:2], 0.0, atol=1e-12)  # on the optical axis
-  assert in_cam[2] == pytest.approx(np.linalg.norm(target - eye))
-  # World +Y points up in the image (OpenCV y is down).
-  above = transforms_np.to_camera((target + [0, 0.1, 0])[None], w2c)[0]
-  assert above[1] < 0
-
-
 def test_orbit_camera_frames_the_ball():
   center, radius = np.array([0.3, -0.2, 0.1]), 0.7
   for az in (0.0, 90.0, 200.0):

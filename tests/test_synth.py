@@ -316,19 +316,6 @@ def test_oracle_feature_is_smooth_discriminative_and_jittable():
 # ----------------------------------------------------------------------------- cameras
 
 
-def test_look_at_centres_the_target_and_keeps_y_down():
-  eye, target = np.array([1.0, 0.5, 2.0]), np.array([0.1, -0.2, 0.3])
-  w2c = synthetic.look_at(eye, target)
-  r = w2c[:3, :3]
-  np.testing.assert_allclose(r @ r.T, np.eye(3), atol=1e-12)
-  assert np.linalg.det(r) > 0
-  tc = r @ target + w2c[:3, 3]
-  np.testing.assert_allclose(tc[:2], 0, atol=1e-12)
-  np.testing.assert_allclose(tc[2], np.linalg.norm(eye - target), rtol=1e-12)
-  above = r @ (target + np.array([0, 1.0, 0])) + w2c[:3, 3]
-  assert above[1] < 0  # world +Y is image up (camera -y)
-
-
 def test_paths_framing_and_visibility():
   seq = tube_sequence(num_frames=24, bend=0.2)
   opts = dict(resolution=48, elevation_degrees=0.0, azimuth_degrees=90.0)

@@ -30,6 +30,7 @@ import tqdm
 from animdreamer_jax.assets import rasterize as rz
 from animdreamer_jax.data import video as video_lib
 from animdreamer_jax.errors import UserError
+from animdreamer_jax.geometry import rays
 from animdreamer_jax.geometry import transforms_np
 
 ORACLE_FEATURE_DIM = 16
@@ -167,29 +168,6 @@ _oracle_feature_jit = jax.jit(oracle_feature)
 # ----------------------------------------------------------------------------- cameras
 
 
-def look_at(eye: np.ndarray, target: np.ndarray, up=(0.0, 1.0, 0.0)) -> np.ndarray:
-  """OpenCV world-to-camera pose of a camera at `eye` looking at `target`.
-
-  Args:
-    eye: (3,) camera centre.
-    target: (3,) point on the optical axis.
-    up: (3,) world up; image rows run along -up.
-
-  Returns:
-    (4, 4) w2c: rows of the rotation are camera x (right), y (down), z (forward).
-  """
-  eye, target, up = (np.asarray(a, np.float64) for a in (eye, target, up))
-  forward = target - eye
-  forward /= np.linalg.norm(forward)
-  right = np.cross(forward, up)
-  right /= np.linalg.norm(right)
-  down = np.cross(forward, right)
-  w2c = np.eye(4)
-  w2c[:3, :3] = np.stack([right, down, forward])
-  w2c[:3, 3] = -w2c[:3, :3] @ eye
-  return w2c
-
-
 def path_azimuths(camera_path: str, num_frames: int, azimuth_degrees: float,
                   arc_degrees: float) -> np.ndarray:
   """(T,) camera azimuths in degrees for a path.
@@ -220,7 +198,7 @@ def camera_poses(azimuths_degrees: np.ndarray, elevation_degrees: float, distanc
   poses = []
   for az in np.radians(azimuths_degrees):
     offset = np.array([math.cos(el) * math.sin(az), math.sin(el), math.cos(el) * math.cos(az)])
-    poses.append(look_at(target + distance * offset, target))
+    poses.append(rays.look_at(target + distance * offset, target))
   return np.stack(poses)
 
 

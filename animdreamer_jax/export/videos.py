@@ -23,12 +23,13 @@ import os
 import pathlib
 import tempfile
 import warnings
-from typing import Iterable, Optional, Sequence
+from typing import Iterable, Optional
 
 import numpy as np
 
 from animdreamer_jax.assets import rasterize as rasterize_lib
 from animdreamer_jax.errors import UserError
+from animdreamer_jax.geometry import rays
 from animdreamer_jax.geometry import transforms_np
 
 BACKGROUND = np.array([1.0, 1.0, 1.0])
@@ -38,24 +39,6 @@ _SKIN_OPACITY = 0.45  # how much of the skin covers a bone seen through it
 
 # ----------------------------------------------------------------------------
 # Cameras.
-
-
-def look_at(eye: np.ndarray, target: np.ndarray, up: Sequence[float] = (0.0, 1.0, 0.0)
-            ) -> np.ndarray:
-  """OpenCV world-to-camera (4, 4) of a camera at `eye` looking at `target`, `up` upwards."""
-  eye, target, up = (np.asarray(a, np.float64) for a in (eye, target, up))
-  forward = target - eye
-  forward /= np.linalg.norm(forward)
-  right = np.cross(forward, up)
-  if np.linalg.norm(right) < 1e-9:  # looking along `up`: any right vector will do
-    right = np.cross(forward, [1.0, 0.0, 0.0])
-  right /= np.linalg.norm(right)
-  down = np.cross(forward, right)
-  rot = np.stack([right, down, forward])
-  w2c = np.eye(4)
-  w2c[:3, :3] = rot
-  w2c[:3, 3] = -rot @ eye
-  return w2c
 
 
 def orbit_camera(center: np.ndarray, radius: float, azimuth_deg: float, elevation_deg: float,
@@ -74,7 +57,7 @@ def orbit_camera(center: np.ndarray, radius: float, azimuth_deg: float, elevatio
   direction = np.array([np.cos(el) * np.sin(az), np.sin(el), np.cos(el) * np.cos(az)])
   eye = np.asarray(center, np.float64) + distance * direction
   focal = 0.5 * min(height, width) / np.tan(half_fov)
-  return look_at(eye, center), np.array([focal, focal, width / 2.0, height / 2.0])
+  return rays.look_at(eye, center), np.array([focal, focal, width / 2.0, height / 2.0])
 
 
 def bounding_ball(points: np.ndarray) -> tuple[np.ndarray, float]:
