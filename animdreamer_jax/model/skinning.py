@@ -35,6 +35,7 @@ import jax.numpy as jnp
 
 from animdreamer_jax.geometry import dual_quaternion as dq_lib
 from animdreamer_jax.geometry import quaternion as quat_lib
+from animdreamer_jax.geometry import vector
 
 DeltaFn = Callable[[jnp.ndarray], jnp.ndarray]
 BlendFn = Callable[[jnp.ndarray, jnp.ndarray, jnp.ndarray], jnp.ndarray]
@@ -299,13 +300,6 @@ def forward_warp(x_c: jnp.ndarray, bones_rest: Bones, bones_t: Bones,
   return _skin_and_warp(x_c, bones_rest, log_scale, delta_fn, rel, blend)
 
 
-def _safe_norm(v: jnp.ndarray) -> jnp.ndarray:
-  """L2 norm over the last axis with a zero (not NaN) gradient at v = 0."""
-  sq = jnp.sum(v * v, axis=-1)
-  is_zero = sq <= 0.0
-  return jnp.where(is_zero, 0.0, jnp.sqrt(jnp.where(is_zero, 1.0, sq)))
-
-
 def cycle_distance(x_t: jnp.ndarray, bones_t: Bones, bones_rest: Bones,
                    log_scale: jnp.ndarray,
                    backward_delta_fn: Optional[DeltaFn] = None,
@@ -333,7 +327,7 @@ def cycle_distance(x_t: jnp.ndarray, bones_t: Bones, bones_rest: Bones,
                                    backward_delta_fn, blend)
   x_cycled, _ = forward_warp(x_canonical, bones_rest, bones_t, log_scale,
                              forward_delta_fn, blend)
-  return _safe_norm(x_cycled - x_t)
+  return vector.safe_norm(x_cycled - x_t)
 
 
 # ----------------------------------------------------------------------------
