@@ -227,16 +227,6 @@ def test_top_k_influences_vs_loop():
   np.testing.assert_allclose(top[0], [0.75, 0.25, 0, 0])
 
 
-def test_continuous_quaternions():
-  rng = np.random.default_rng(2)
-  q = Rotation.random(20, random_state=3).as_quat()
-  signs = rng.choice([-1.0, 1.0], size=(20, 1))
-  out = gltf_writer.continuous_quaternions(q * signs)
-  assert np.all(np.sum(out[1:] * out[:-1], -1) >= 0)
-  # Same rotations.
-  np.testing.assert_allclose(np.abs(np.sum(out * q, -1)), 1.0, atol=1e-12)
-
-
 def test_vertex_normals_point_outwards():
   vertices, faces = cylinder_mesh()
   normals = gltf_writer.vertex_normals(vertices, faces)

@@ -56,3 +56,18 @@ def test_inverse_maps_back():
   w2c = _rigid(6, n=3)
   back = transforms_np.to_camera(transforms_np.to_camera(points, w2c), np.linalg.inv(w2c))
   np.testing.assert_allclose(back, points, atol=1e-12)
+
+
+def test_compose_trs_is_t_times_r_times_s():
+  rng = np.random.default_rng(7)
+  t = rng.normal(size=(2, 3, 3))
+  quat = Rotation.random(6, random_state=8).as_quat().reshape(2, 3, 4)
+  s = rng.uniform(0.5, 2.0, size=(2, 3, 3))
+  got = transforms_np.compose_trs(t, quat, s)
+  assert got.shape == (2, 3, 4, 4)
+  for i in range(2):
+    for j in range(3):
+      trans, rot, scale = np.eye(4), np.eye(4), np.diag(np.append(s[i, j], 1.0))
+      trans[:3, 3] = t[i, j]
+      rot[:3, :3] = Rotation.from_quat(quat[i, j]).as_matrix()
+      np.testing.assert_allclose(got[i, j], trans @ rot @ scale, atol=1e-14)
