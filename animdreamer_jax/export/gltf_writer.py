@@ -33,11 +33,11 @@ import json
 import os
 import pathlib
 import struct
-import tempfile
 from typing import Optional
 
 import numpy as np
 
+from animdreamer_jax import files
 from animdreamer_jax.errors import UserError
 from animdreamer_jax.geometry import quaternion_np
 from animdreamer_jax.geometry import transforms_np
@@ -403,29 +403,6 @@ def glb_bytes(rig: Rig, root_motion: bool = True, extras: Optional[dict] = None)
   return encode_glb(doc, binary)
 
 
-def default_file_mode() -> int:
-  """0o666 minus the process umask (mkstemp files are 0o600 otherwise)."""
-  umask = os.umask(0)
-  os.umask(umask)
-  return 0o666 & ~umask
-
-
-def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> None:
-  """Writes `data` to a temp file next to `path`, then renames it into place."""
-  path = pathlib.Path(path)
-  path.parent.mkdir(parents=True, exist_ok=True)
-  fd, tmp = tempfile.mkstemp(prefix=path.name + ".tmp-", dir=path.parent)
-  try:
-    with os.fdopen(fd, "wb") as f:
-      f.write(data)
-    os.chmod(tmp, default_file_mode())
-    os.replace(tmp, path)
-  except BaseException:
-    if os.path.exists(tmp):
-      os.unlink(tmp)
-    raise
-
-
 def write_glb(path: str | os.PathLike, rig: Rig, root_motion: bool = True,
               extras: Optional[dict] = None) -> dict:
   """Writes a rigged, animated .glb atomically.
@@ -441,7 +418,7 @@ def write_glb(path: str | os.PathLike, rig: Rig, root_motion: bool = True,
   """
   rig = validate_rig(rig, str(path))
   data = encode_glb(*build_gltf(rig, root_motion=root_motion, extras=extras))
-  write_bytes_atomic(path, data)
+  files.save_bytes(path, data)
   return {"path": str(path), "bytes": len(data),
           "num_vertices": int(rig.rest_vertices.shape[0]), "num_faces": int(rig.faces.shape[0]),
           "num_joints": rig.num_bones + 1, "num_frames": rig.num_frames,

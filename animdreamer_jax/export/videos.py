@@ -21,12 +21,12 @@ from __future__ import annotations
 import colorsys
 import os
 import pathlib
-import tempfile
 import warnings
 from typing import Iterable, Optional
 
 import numpy as np
 
+from animdreamer_jax import files
 from animdreamer_jax.assets import rasterize as rasterize_lib
 from animdreamer_jax.errors import UserError
 from animdreamer_jax.geometry import rays
@@ -274,12 +274,6 @@ def upscale(frames: np.ndarray, min_height: int = 256) -> np.ndarray:
   return frames.repeat(factor, axis=1).repeat(factor, axis=2)
 
 
-def _umask() -> int:
-  mask = os.umask(0)
-  os.umask(mask)
-  return mask
-
-
 def write_mp4(path: str | os.PathLike, frames: Iterable[np.ndarray] | np.ndarray,
               fps: float) -> None:
   """H.264 MP4 (yuv420p, even sizes padded) via imageio-ffmpeg, written atomically.
@@ -296,20 +290,12 @@ def write_mp4(path: str | os.PathLike, frames: Iterable[np.ndarray] | np.ndarray
   pad_h, pad_w = frames.shape[1] % 2, frames.shape[2] % 2
   if pad_h or pad_w:
     frames = np.pad(frames, ((0, 0), (0, pad_h), (0, pad_w), (0, 0)), mode="edge")
-  path.parent.mkdir(parents=True, exist_ok=True)
-  fd, tmp = tempfile.mkstemp(prefix=path.stem + ".tmp-", suffix=".mp4", dir=path.parent)
-  os.close(fd)
   try:
-    with warnings.catch_warnings():
+    # ffmpeg writes to a file name, not a file object.
+    with files.atomic_path(path) as tmp, warnings.catch_warnings():
       # ffmpeg is exec'd at once, so JAX's "fork with threads" warning does not apply.
       warnings.simplefilter("ignore", RuntimeWarning)
       imageio.mimwrite(tmp, list(frames.astype(np.uint8)), fps=float(fps), codec="libx264",
                        pixelformat="yuv420p", macro_block_size=1)
-    os.chmod(tmp, 0o666 & ~_umask())
-    os.replace(tmp, path)
-  except BaseException as e:
-    if os.path.exists(tmp):
-      os.unlink(tmp)
-    if isinstance(e, (RuntimeError, OSError)):
-      raise UserError(f"{path}: cannot encode the video ({e})") from e
-    raise
+  except (RuntimeError, OSError) as e:
+    raise UserError(f"{path}: cannot encode the video ({e})") from e
