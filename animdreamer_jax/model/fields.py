@@ -167,10 +167,10 @@ class SkinningDelta(nn.Module):
   def setup(self):
     c = self.config
     fan_in = 3 * c.num_bones + c.delta_time_dim
-    init = mlp_lib.torch_kernel_init_fan(fan_in)
+    init = mlp_lib.torch_uniform_init(fan_in)
     self.kernel_0 = self.param("kernel_0", init, (3 * c.num_bones, c.delta_width))
     self.kernel_1 = self.param("kernel_1", init, (c.delta_time_dim, c.delta_width))
-    self.bias = self.param("bias", mlp_lib.torch_bias_init(fan_in), (c.delta_width,))
+    self.bias = self.param("bias", mlp_lib.torch_uniform_init(fan_in), (c.delta_width,))
     self.hidden = [mlp_lib.TorchDense(c.delta_width, name=f"hidden_{i}")
                    for i in range(1, c.delta_depth)]
     self.output = mlp_lib.TorchDense(c.num_bones)
