@@ -29,12 +29,20 @@ def atomic_write(path: str | os.PathLike, writer: Callable[[BinaryIO], Any]) -> 
   The parent folder is created. If `writer` raises, neither `path` nor a
   temporary file is left behind (an existing `path` is kept).
   """
+  with atomic_path(path) as tmp, open(tmp, "wb") as f:
+    writer(f)
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[pathlib.Path]:
+  """Yields a temporary path beside `path` (same suffix) for writers that need a file name
+  (ffmpeg); on success it is renamed to `path`, on an exception removed."""
   path = pathlib.Path(path)
   path.parent.mkdir(parents=True, exist_ok=True)
-  fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-", dir=path.parent)
+  fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.tmp-", suffix=path.suffix, dir=path.parent)
+  os.close(fd)
   try:
-    with os.fdopen(fd, "wb") as f:
-      writer(f)
+    yield pathlib.Path(tmp)
     os.chmod(tmp, _FILE_MODE)
     os.replace(tmp, path)
   except BaseException:

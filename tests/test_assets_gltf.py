@@ -390,16 +390,6 @@ def test_sampler_matches_slow_reference(interpolation, rotation):
     np.testing.assert_allclose(got, expected, atol=1e-10)
 
 
-def test_slerp_takes_the_short_way():
-  q0 = np.array([[0.0, 0.0, 0.0, 1.0]])
-  # -q1 of a 90 degree turn about z: the short way is 45 degrees at u = 0.5.
-  half = np.sin(np.pi / 4)
-  q1 = -np.array([[0.0, 0.0, half, half]])
-  q = gltf.slerp(q0, q1, np.array([0.5]))
-  angle = Rotation.from_quat(q).magnitude()[0]
-  assert angle == pytest.approx(np.pi / 4, abs=1e-12)
-
-
 def test_cubicspline_is_exact_for_cubics():
   # Hermite interpolation with the true derivative as tangents reproduces a
   # cubic polynomial exactly.

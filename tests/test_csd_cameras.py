@@ -12,19 +12,6 @@ import pytest
 from animdreamer_jax.csd import cameras as cameras_lib
 
 
-def _np_look_at(eye, target, up=(0.0, 1.0, 0.0)):
-  """Slow reference: OpenCV w2c whose rows are right, down, forward."""
-  eye, target, up = (np.asarray(a, np.float64) for a in (eye, target, up))
-  f = (target - eye) / np.linalg.norm(target - eye)
-  r = np.cross(f, up)
-  r /= np.linalg.norm(r)
-  d = np.cross(f, r)
-  w2c = np.eye(4)
-  w2c[:3, :3] = np.stack([r, d, f])
-  w2c[:3, 3] = -w2c[:3, :3] @ eye
-  return w2c
-
-
 def _np_mvdream_get_camera(elevation_deg, azimuth_deg):
   """MVDream `get_camera(blender_coord=True)` for one view, written from its description.
 
@@ -51,15 +38,6 @@ def _random_rigid(rng):
   w2c[:3, :3] = q
   w2c[:3, 3] = rng.normal(size=3) * 2.0
   return w2c
-
-
-def test_look_at_matches_reference():
-  rng = np.random.default_rng(0)
-  eyes = rng.normal(size=(5, 3)) * 3
-  targets = rng.normal(size=(5, 3)) * 0.2
-  got = np.asarray(cameras_lib.look_at_w2c(jnp.asarray(eyes), jnp.asarray(targets)))
-  want = np.stack([_np_look_at(e, t) for e, t in zip(eyes, targets)])
-  np.testing.assert_allclose(got, want, atol=2e-6)
 
 
 def test_orbit_views_are_90_degrees_apart_and_look_at_the_target():

@@ -21,6 +21,7 @@ from animdreamer_jax.assets import load_gltf
 from animdreamer_jax.errors import UserError
 from animdreamer_jax.export import gltf_writer
 from animdreamer_jax.export import rig_from_run
+from animdreamer_jax.geometry import transforms_np
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 TOOLS = REPO / "tests" / "tools"
@@ -181,8 +182,8 @@ def test_lbs_mode_agrees_and_dqs_does_not(written):
   no top-4 truncation); dual-quaternion blending differs on the bent cylinder."""
   rig, path, _ = written
   posed = load_gltf(path).pose("motion", np.arange(rig.num_frames) / rig.fps)
-  model = {b: rig_from_run.apply_transforms(rig.root_to_world,
-                                            rig_from_run.forward_warp_np(rig, rig.skin_weights, b))
+  model = {b: transforms_np.to_camera(
+               rig_from_run.forward_warp_np(rig, rig.skin_weights, b), rig.root_to_world)
            for b in ("lbs", "dqs")}
   assert np.abs(posed - model["lbs"]).max() < 1e-5
   assert np.abs(posed - model["dqs"]).max() > 1e-3
@@ -224,16 +225,6 @@ def test_top_k_influences_vs_loop():
   bones, top = gltf_writer.top_k_influences(np.array([[0.25, 0.75]]), 4)
   assert list(bones[0]) == [1, 0, -1, -1]
   np.testing.assert_allclose(top[0], [0.75, 0.25, 0, 0])
-
-
-def test_continuous_quaternions():
-  rng = np.random.default_rng(2)
-  q = Rotation.random(20, random_state=3).as_quat()
-  signs = rng.choice([-1.0, 1.0], size=(20, 1))
-  out = gltf_writer.continuous_quaternions(q * signs)
-  assert np.all(np.sum(out[1:] * out[:-1], -1) >= 0)
-  # Same rotations.
-  np.testing.assert_allclose(np.abs(np.sum(out * q, -1)), 1.0, atol=1e-12)
 
 
 def test_vertex_normals_point_outwards():
@@ -323,8 +314,8 @@ def test_threejs_poses_like_the_loader_and_the_model_lbs(written, tmp_path):
   reference = slow_lbs_reference(rig)
   np.testing.assert_allclose(three[:-1], reference[:-1], atol=1e-5)
   np.testing.assert_allclose(three, load_gltf(path).pose("motion", times), atol=1e-5)
-  model_lbs = rig_from_run.apply_transforms(
-      rig.root_to_world, rig_from_run.forward_warp_np(rig, rig.skin_weights, "lbs"))
+  model_lbs = transforms_np.to_camera(
+      rig_from_run.forward_warp_np(rig, rig.skin_weights, "lbs"), rig.root_to_world)
   np.testing.assert_allclose(three[:-1], model_lbs[:-1], atol=1e-5)
 
 

@@ -28,6 +28,7 @@ from animdreamer_jax.export import gltf_writer
 from animdreamer_jax.export import motion_file
 from animdreamer_jax.export import rig_from_run
 from animdreamer_jax.export import viewer
+from animdreamer_jax.geometry import transforms_np
 from animdreamer_jax.errors import UserError
 
 NUM_FRAMES, NUM_BONES, FPS = 6, 5, 12.0
@@ -188,8 +189,8 @@ def test_export_command(run_dir, run_rig, tmp_path, capsys):
   # The project's glTF loader vs the model's own per-frame meshes (meshes.npz, DQS),
   # moved by the root motion. Stated tolerance: 1% of the rest bbox diagonal.
   root = run_rig.rig.root_to_world
-  model_dqs = rig_from_run.apply_transforms(
-      root, assets.load_sequence_npz(run_dir / "meshes.npz").vertices)
+  model_dqs = transforms_np.to_camera(
+      assets.load_sequence_npz(run_dir / "meshes.npz").vertices, root)
   player = assets.load_gltf(out).pose("motion", np.arange(NUM_FRAMES) / FPS)
   dist = np.linalg.norm(player - model_dqs, axis=-1)
   diagonal = np.linalg.norm(np.ptp(run_rig.rig.rest_vertices, axis=0))
@@ -201,8 +202,8 @@ def test_export_command(run_dir, run_rig, tmp_path, capsys):
   rel = (gltf_writer.rigid_matrix(rig.bone_quat, rig.bone_trans)
          @ np.linalg.inv(gltf_writer.rigid_matrix(rig.rest_bone_quat, rig.rest_bone_trans))[None])
   bound = _truncation_bound(rig.skin_weights.astype(np.float64), rel, rig.rest_vertices)
-  model_lbs = rig_from_run.apply_transforms(
-      root, rig_from_run.forward_warp_np(rig, rig.skin_weights, "lbs"))
+  model_lbs = transforms_np.to_camera(
+      rig_from_run.forward_warp_np(rig, rig.skin_weights, "lbs"), root)
   assert np.all(np.linalg.norm(player - model_lbs, axis=-1) <= bound + 1e-5)
   # The written per-frame meshes are the model's (DQS, the run's blend), in the glTF frame.
   written = assets.load_sequence_npz(out.parent / "animal.meshes.npz")
@@ -260,8 +261,8 @@ def test_reanimate_with_another_runs_motion(run_dir, run_rig, tmp_path):
   asset = assets.load_gltf(out)
   joints = asset.joint_world_positions("motion", np.arange(NUM_FRAMES) / FPS)
   rest_model = gltf_writer.rigid_matrix(run_rig.rig.rest_bone_quat, run_rig.rig.rest_bone_trans)
-  expected = rig_from_run.apply_transforms(run_rig.rig.root_to_world,
-                                           (rest_model[None] @ local)[..., :3, 3])
+  expected = transforms_np.to_camera((rest_model[None] @ local)[..., :3, 3],
+                                     run_rig.rig.root_to_world)
   np.testing.assert_allclose(joints[:, 1:], expected, atol=1e-5)
   # Re-animating with the run's own motion file reproduces the run's motion.
   exported = tmp_path / "own.glb"

@@ -126,8 +126,8 @@ def test_canonical_outputs_shapes_dtypes_and_ranges(tiny):
 
 
 def test_feature_unit_norm_at_lab4d_size():
-  module = fields.CanonicalField(sdf_depth=2, sdf_width=32, feature_dim=16,
-                                 feature_depth=5, feature_width=128)
+  module = fields.CanonicalField(am.ModelConfig(sdf_depth=2, sdf_width=32, feature_dim=16,
+                                                feature_depth=5, feature_width=128))
   x = jax.random.uniform(jax.random.PRNGKey(3), (50, 3), minval=-1, maxval=1)
   variables = init.host_init(module, (x,), seed=4)
   feat = module.apply(variables, x)["feature"]

@@ -33,6 +33,8 @@ import urllib.parse
 import numpy as np
 
 from animdreamer_jax.errors import UserError
+from animdreamer_jax.geometry import quaternion_np
+from animdreamer_jax.geometry import transforms_np
 
 _COMPONENT_DTYPES = {
     5120: np.dtype("<i1"), 5121: np.dtype("<u1"), 5122: np.dtype("<i2"),
@@ -59,67 +61,6 @@ _POSE_CHUNK = 32  # times posed at once: bounds the (N, V, 3, 4) blend memory
 # Small pure helpers (float64 NumPy).
 
 
-def quaternion_to_matrix(q: np.ndarray) -> np.ndarray:
-  """Rotation matrices of quaternions (x, y, z, w), not renormalised.
-
-  Args:
-    q: (..., 4).
-  Returns:
-    (..., 3, 3) matrices acting on column vectors.
-  """
-  x, y, z, w = np.moveaxis(np.asarray(q, np.float64), -1, 0)
-  return np.stack([
-      np.stack([1 - 2 * (y * y + z * z), 2 * (x * y - z * w),
-                2 * (x * z + y * w)], -1),
-      np.stack([2 * (x * y + z * w), 1 - 2 * (x * x + z * z),
-                2 * (y * z - x * w)], -1),
-      np.stack([2 * (x * z - y * w), 2 * (y * z + x * w),
-                1 - 2 * (x * x + y * y)], -1),
-  ], -2)
-
-
-def compose_trs(translation: np.ndarray, rotation: np.ndarray,
-                scale: np.ndarray) -> np.ndarray:
-  """T * R * S as 4x4 matrices.
-
-  Args:
-    translation: (..., 3).
-    rotation: (..., 4) quaternions (x, y, z, w).
-    scale: (..., 3).
-  Returns:
-    (..., 4, 4).
-  """
-  rs = quaternion_to_matrix(rotation) * np.asarray(scale)[..., None, :]
-  out = np.zeros(rs.shape[:-2] + (4, 4))
-  out[..., :3, :3] = rs
-  out[..., :3, 3] = translation
-  out[..., 3, 3] = 1.0
-  return out
-
-
-def _matrix_to_quaternion(m: np.ndarray) -> np.ndarray:
-  """(x, y, z, w) of a 3x3 rotation matrix (Shepperd's method)."""
-  trace = np.trace(m)
-  if trace > 0:
-    s = 2.0 * np.sqrt(trace + 1.0)
-    q = [(m[2, 1] - m[1, 2]) / s, (m[0, 2] - m[2, 0]) / s,
-         (m[1, 0] - m[0, 1]) / s, 0.25 * s]
-  elif m[0, 0] > m[1, 1] and m[0, 0] > m[2, 2]:
-    s = 2.0 * np.sqrt(1.0 + m[0, 0] - m[1, 1] - m[2, 2])
-    q = [0.25 * s, (m[0, 1] + m[1, 0]) / s, (m[0, 2] + m[2, 0]) / s,
-         (m[2, 1] - m[1, 2]) / s]
-  elif m[1, 1] > m[2, 2]:
-    s = 2.0 * np.sqrt(1.0 + m[1, 1] - m[0, 0] - m[2, 2])
-    q = [(m[0, 1] + m[1, 0]) / s, 0.25 * s, (m[1, 2] + m[2, 1]) / s,
-         (m[0, 2] - m[2, 0]) / s]
-  else:
-    s = 2.0 * np.sqrt(1.0 + m[2, 2] - m[0, 0] - m[1, 1])
-    q = [(m[0, 2] + m[2, 0]) / s, (m[1, 2] + m[2, 1]) / s, 0.25 * s,
-         (m[1, 0] - m[0, 1]) / s]
-  q = np.asarray(q)
-  return q / np.linalg.norm(q)
-
-
 def _decompose_matrix(m: np.ndarray):
   """T, R (x,y,z,w), S of a TRS 4x4 matrix (glTF forbids shear)."""
   translation = m[:3, 3].copy()
@@ -127,30 +68,7 @@ def _decompose_matrix(m: np.ndarray):
   if np.linalg.det(m[:3, :3]) < 0:
     scale[0] = -scale[0]
   rotation = m[:3, :3] / np.where(scale == 0, 1.0, scale)[None, :]
-  return translation, _matrix_to_quaternion(rotation), scale
-
-
-def slerp(q0: np.ndarray, q1: np.ndarray, u: np.ndarray) -> np.ndarray:
-  """Shortest-path spherical interpolation of unit quaternions, renormalised.
-
-  Args:
-    q0, q1: (N, 4) quaternions (x, y, z, w).
-    u: (N,) interpolation parameter in [0, 1].
-  Returns:
-    (N, 4) unit quaternions.
-  """
-  dot = np.sum(q0 * q1, axis=-1)
-  q1 = np.where(dot[:, None] < 0, -q1, q1)  # q and -q are the same rotation
-  dot = np.abs(dot)
-  theta = np.arccos(np.clip(dot, -1.0, 1.0))
-  sin_theta = np.sin(theta)
-  # Nearly parallel: sin(theta) -> 0, lerp is exact to first order.
-  nearly_parallel = sin_theta < 1e-6
-  safe_sin = np.where(nearly_parallel, 1.0, sin_theta)
-  w0 = np.where(nearly_parallel, 1.0 - u, np.sin((1.0 - u) * theta) / safe_sin)
-  w1 = np.where(nearly_parallel, u, np.sin(u * theta) / safe_sin)
-  q = w0[:, None] * q0 + w1[:, None] * q1
-  return q / np.linalg.norm(q, axis=-1, keepdims=True)
+  return translation, quaternion_np.matrix_to_quaternion(rotation), scale
 
 
 def sample_keyframes(key_times: np.ndarray, key_values: np.ndarray,
@@ -192,7 +110,7 @@ def sample_keyframes(key_times: np.ndarray, key_values: np.ndarray,
     return values[np.where(times >= t1, i + 1, i)].copy()
   if interpolation == "LINEAR":
     if rotation:
-      return slerp(values[i], values[i + 1], u)
+      return quaternion_np.slerp(values[i], values[i + 1], u)
     return values[i] + u[:, None] * (values[i + 1] - values[i])
   if interpolation == "CUBICSPLINE":
     u2, u3 = u * u, u * u * u
@@ -550,7 +468,7 @@ class GltfAsset:
 
   def _globals(self, translation, rotation, scale) -> np.ndarray:
     """(N, nodes, 4, 4) global transforms from (N, nodes, .) local TRS."""
-    local = compose_trs(translation, rotation, scale)
+    local = transforms_np.compose_trs(translation, rotation, scale)
     glob = np.empty_like(local)
     for n in self._node_order:
       p = self._node_parents[n]

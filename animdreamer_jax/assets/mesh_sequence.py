@@ -17,7 +17,6 @@ from __future__ import annotations
 import dataclasses
 import os
 import pathlib
-import tempfile
 import zipfile
 
 import numpy as np
@@ -25,6 +24,7 @@ from scipy import sparse
 from scipy.sparse import csgraph
 from scipy.spatial import cKDTree
 
+from animdreamer_jax import files
 from animdreamer_jax.assets import gltf
 from animdreamer_jax.errors import UserError
 
@@ -188,16 +188,7 @@ def save_sequence_npz(path: str | os.PathLike, seq: MeshSequence) -> None:
   for key in _OPTIONAL_KEYS:
     if getattr(seq, key) is not None:
       arrays[key] = getattr(seq, key)
-  path.parent.mkdir(parents=True, exist_ok=True)
-  fd, tmp = tempfile.mkstemp(prefix=path.name + ".tmp-", dir=path.parent)
-  try:
-    with os.fdopen(fd, "wb") as f:
-      np.savez_compressed(f, **arrays)
-    os.replace(tmp, path)
-  except BaseException:
-    if os.path.exists(tmp):
-      os.unlink(tmp)
-    raise
+  files.save_npz(path, **arrays)
 
 
 # ----------------------------------------------------------------------------

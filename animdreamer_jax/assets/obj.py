@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import os
 import pathlib
-import tempfile
 
 import numpy as np
 
+from animdreamer_jax import files
 from animdreamer_jax.errors import UserError
 
 
@@ -116,13 +116,4 @@ def write_obj(path: str | os.PathLike, vertices: np.ndarray, faces: np.ndarray,
   vertex_rows = np.concatenate(columns, 1)
   lines = [fmt % tuple(row) for row in vertex_rows]
   lines += ["f %d %d %d" % tuple(row) for row in faces.astype(np.int64) + 1]
-  path.parent.mkdir(parents=True, exist_ok=True)
-  fd, tmp = tempfile.mkstemp(prefix=path.name + ".tmp-", dir=path.parent)
-  try:
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-      f.write("\n".join(lines) + "\n")
-    os.replace(tmp, path)
-  except BaseException:
-    if os.path.exists(tmp):
-      os.unlink(tmp)
-    raise
+  files.save_text(path, "\n".join(lines) + "\n")

@@ -16,16 +16,15 @@ averaged to --out as JSON.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import pathlib
 import re
-import tempfile
 import time
 from typing import Any
 
 import numpy as np
 
+from animdreamer_jax import files
 from animdreamer_jax.errors import UserError
 
 FORMAT_NAME = "animdreamer-eval"
@@ -92,20 +91,6 @@ def load_predicted_meshes(path: str | os.PathLike, pattern: str = "*.obj"
   sequence = assets.load_sequence_npz(path)
   return (np.asarray(sequence.vertices, np.float32),
           np.asarray(sequence.faces, np.int32))
-
-
-def _write_json_atomic(path: pathlib.Path, payload: dict[str, Any]) -> None:
-  path.parent.mkdir(parents=True, exist_ok=True)
-  fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-  try:
-    with os.fdopen(fd, "w") as f:
-      json.dump(payload, f, indent=1)
-      f.write("\n")
-    os.replace(tmp, path)
-  except BaseException:
-    if os.path.exists(tmp):
-      os.unlink(tmp)
-    raise
 
 
 def _fmt(value: float | None, spec: str) -> str:
@@ -175,6 +160,6 @@ def run(args: argparse.Namespace) -> int:
              **report, "seconds": round(time.time() - start, 3)}
   print(format_table(payload))
   if args.out:
-    _write_json_atomic(pathlib.Path(args.out), payload)
+    files.save_json(args.out, payload)
     print(f"wrote {args.out}")
   return 0

@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import os
 import pathlib
 import shutil
@@ -43,7 +42,9 @@ from typing import Optional
 
 import numpy as np
 
+from animdreamer_jax import files
 from animdreamer_jax.errors import UserError
+from animdreamer_jax.geometry import transforms_np
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -103,15 +104,10 @@ class Staging:
     return self.dir / self.final[role].name
 
   def commit(self) -> dict[str, str]:
-    from animdreamer_jax.export import gltf_writer  # pylint: disable=g-import-not-at-top
-    file_mode = gltf_writer.default_file_mode()
-    dir_mode = file_mode | ((file_mode & 0o444) >> 2)  # x wherever r is allowed
+    # Every helper writes through `files` (0o644), so the staged files move as they are.
     order = [r for r in self.written if r != "glb"] + [r for r in self.written if r == "glb"]
     for role in order:
       src, dst = self.dir / self.final[role].name, self.final[role]
-      # Helpers write through mkstemp (0o600); outputs are ordinary files.
-      for item in [src, *src.rglob("*")] if src.is_dir() else [src]:
-        os.chmod(item, dir_mode if item.is_dir() else file_mode)
       if dst.is_dir() and not dst.is_symlink():
         shutil.rmtree(dst)
       os.replace(src, dst)
@@ -202,7 +198,7 @@ def export_rig(job: ExportJob) -> dict:
   diagonal = float(np.linalg.norm(extent))
 
   # The model's own forward warp, both blendings (object frame -> export frame).
-  posed = {b: rig_from_run.apply_transforms(root, rig_from_run.forward_warp_np(rig, job.weights, b))
+  posed = {b: transforms_np.to_camera(rig_from_run.forward_warp_np(rig, job.weights, b), root)
            for b in ("dqs", "lbs")}
 
   staging = Staging(job.out)
@@ -268,7 +264,7 @@ def export_rig(job: ExportJob) -> dict:
 
     log["seconds"] = round(time.time() - start, 2)
     log_path = staging.path("log")
-    gltf_writer.write_bytes_atomic(log_path, (json.dumps(log, indent=1) + "\n").encode())
+    files.save_json(log_path, log)
     log["files"] = staging.commit()
     return log
   except BaseException:

@@ -17,9 +17,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import functools
-import os
 import pathlib
-import tempfile
 import time
 from typing import Any
 
@@ -27,6 +25,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from animdreamer_jax import files
 from animdreamer_jax.errors import UserError
 from animdreamer_jax.prior import ddim, guidance, schedule, text_encoder, tokenizer, vae
 from animdreamer_jax.prior import unet as unet_lib
@@ -216,23 +215,6 @@ def make_grid(views: np.ndarray, layout: str = "1x4") -> np.ndarray:
   return views.reshape(rows, cols, h, w, c).transpose(0, 2, 1, 3, 4).reshape(rows * h, cols * w, c)
 
 
-def write_png(path: pathlib.Path, image: np.ndarray) -> None:
-  """Writes an RGB uint8 image atomically (temp file in the same folder, then rename)."""
-  import cv2  # pylint: disable=import-outside-toplevel
-  ok, data = cv2.imencode(".png", np.ascontiguousarray(image[..., ::-1]))
-  if not ok:
-    raise UserError(f"{path}: PNG encoding failed")
-  path.parent.mkdir(parents=True, exist_ok=True)
-  fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-  try:
-    with os.fdopen(fd, "wb") as f:
-      f.write(data.tobytes())
-    os.replace(tmp, path)
-  finally:
-    if os.path.exists(tmp):
-      os.remove(tmp)
-
-
 def run(args: argparse.Namespace) -> int:
   if args.out.suffix.lower() != ".png":
     raise UserError(f"{args.out}: --out must be a .png file")
@@ -249,7 +231,7 @@ def run(args: argparse.Namespace) -> int:
                        steps=args.steps, guidance_scale=args.guidance, eta=args.eta, seed=args.seed,
                        elevation=args.elevation, azimuth_start=args.azimuth_start, dtype=args.dtype,
                        progress=True)
-  write_png(args.out, make_grid(views, args.layout))
+  files.save_png(args.out, make_grid(views, args.layout))
   print(f"wrote {args.out} (4 views, {size}x{size}, {args.steps} DDIM steps, guidance {args.guidance}"
         f"{', tiny random model' if args.tiny else ''}) in {time.time() - start:.0f} s")
   return 0

@@ -38,6 +38,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from animdreamer_jax.geometry import rays
 from animdreamer_jax.prior import camera_embedding
 
 NUM_VIEWS = 4
@@ -71,32 +72,6 @@ class CsdCameras(NamedTuple):
   pixels: Optional[jnp.ndarray] = None
 
 
-def look_at_w2c(eye: jnp.ndarray, target: jnp.ndarray,
-                up: tuple[float, float, float] = (0.0, 1.0, 0.0)) -> jnp.ndarray:
-  """OpenCV world-to-camera poses of cameras at `eye` looking at `target`.
-
-  Args:
-    eye: (..., 3) camera centres.
-    target: (..., 3) points on the optical axes.
-    up: world up; image rows run along -up.
-
-  Returns:
-    (..., 4, 4): rotation rows are camera x (right), y (down), z (forward).
-  """
-  eye, target = jnp.broadcast_arrays(jnp.asarray(eye, jnp.float32),
-                                     jnp.asarray(target, jnp.float32))
-  forward = target - eye
-  forward = forward / jnp.linalg.norm(forward, axis=-1, keepdims=True)
-  right = jnp.cross(forward, jnp.broadcast_to(jnp.asarray(up, jnp.float32), forward.shape))
-  right = right / jnp.linalg.norm(right, axis=-1, keepdims=True)
-  down = jnp.cross(forward, right)
-  rot = jnp.stack([right, down, forward], axis=-2)
-  trans = -jnp.einsum("...ij,...j->...i", rot, eye)
-  top = jnp.concatenate([rot, trans[..., None]], axis=-1)
-  bottom = jnp.broadcast_to(jnp.array([0.0, 0.0, 0.0, 1.0], jnp.float32), top.shape[:-2] + (1, 4))
-  return jnp.concatenate([top, bottom], axis=-2)
-
-
 def orbit_positions(elevation_deg: jnp.ndarray, azimuth_deg: jnp.ndarray) -> jnp.ndarray:
   """Unit offsets from the target (cos e sin a, sin e, cos e cos a). (...) -> (..., 3)."""
   el = jnp.deg2rad(jnp.asarray(elevation_deg, jnp.float32))
@@ -120,7 +95,7 @@ def orbit_w2c(elevation_deg: jnp.ndarray, azimuth_deg: jnp.ndarray, distance: jn
   """
   offsets = orbit_positions(elevation_deg, azimuth_deg)
   eye = jnp.asarray(target, jnp.float32) + jnp.asarray(distance, jnp.float32)[..., None] * offsets
-  return look_at_w2c(eye, jnp.broadcast_to(jnp.asarray(target, jnp.float32), eye.shape))
+  return rays.look_at(eye, target, xp=jnp)
 
 
 def pinhole_intrinsics(resolution: int, fov_deg: jnp.ndarray) -> jnp.ndarray:

@@ -47,6 +47,7 @@ from animdreamer_jax.csd import cameras as cameras_lib
 from animdreamer_jax.csd import settings as settings_lib
 from animdreamer_jax.data import synthetic
 from animdreamer_jax.errors import UserError
+from animdreamer_jax.geometry import transforms_np
 from animdreamer_jax.prior import convert
 from animdreamer_jax.prior import schedule as schedule_lib
 from animdreamer_jax.prior import text_encoder
@@ -210,7 +211,7 @@ class GroundTruthRenderer:
     s = self.supersample
     verts = self.vertices[int(frame)]
     w2c = np.asarray(w2c, np.float64)
-    v_cam = synthetic.to_camera(verts, w2c)
+    v_cam = transforms_np.to_camera(verts, w2c)
     raster = rasterize.rasterize(v_cam, self.faces, s * np.asarray(intrinsics, np.float64),
                                  s * resolution, s * resolution)
     rotation = w2c[:3, :3]

@@ -7,12 +7,8 @@ principal components over the shown foreground pixels), depth (near = bright).
 
 from __future__ import annotations
 
-import os
-
 import cv2
 import numpy as np
-
-from animdreamer_jax.errors import UserError
 
 _LABEL_WIDTH = 64
 _INVALID_GREY = 40
@@ -132,9 +128,3 @@ def make_contact_sheet(video, num_columns: int = 6) -> np.ndarray:
     cv2.putText(header, f"t={f}", (x, 11), cv2.FONT_HERSHEY_SIMPLEX, 0.35, (0, 0, 0), 1,
                 cv2.LINE_AA)
   return np.concatenate([header] + out_rows[:-1], axis=0)
-
-
-def write_png(path: str | os.PathLike, image: np.ndarray) -> None:
-  """Writes an RGB uint8 image as PNG."""
-  if not cv2.imwrite(str(path), np.ascontiguousarray(image[..., ::-1])):
-    raise UserError(f"{path}: could not write PNG")

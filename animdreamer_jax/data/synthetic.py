@@ -30,6 +30,8 @@ import tqdm
 from animdreamer_jax.assets import rasterize as rz
 from animdreamer_jax.data import video as video_lib
 from animdreamer_jax.errors import UserError
+from animdreamer_jax.geometry import rays
+from animdreamer_jax.geometry import transforms_np
 
 ORACLE_FEATURE_DIM = 16
 CAMERA_PATHS = ("orbit", "arc", "fixed")
@@ -166,29 +168,6 @@ _oracle_feature_jit = jax.jit(oracle_feature)
 # ----------------------------------------------------------------------------- cameras
 
 
-def look_at(eye: np.ndarray, target: np.ndarray, up=(0.0, 1.0, 0.0)) -> np.ndarray:
-  """OpenCV world-to-camera pose of a camera at `eye` looking at `target`.
-
-  Args:
-    eye: (3,) camera centre.
-    target: (3,) point on the optical axis.
-    up: (3,) world up; image rows run along -up.
-
-  Returns:
-    (4, 4) w2c: rows of the rotation are camera x (right), y (down), z (forward).
-  """
-  eye, target, up = (np.asarray(a, np.float64) for a in (eye, target, up))
-  forward = target - eye
-  forward /= np.linalg.norm(forward)
-  right = np.cross(forward, up)
-  right /= np.linalg.norm(right)
-  down = np.cross(forward, right)
-  w2c = np.eye(4)
-  w2c[:3, :3] = np.stack([right, down, forward])
-  w2c[:3, 3] = -w2c[:3, :3] @ eye
-  return w2c
-
-
 def path_azimuths(camera_path: str, num_frames: int, azimuth_degrees: float,
                   arc_degrees: float) -> np.ndarray:
   """(T,) camera azimuths in degrees for a path.
@@ -219,7 +198,7 @@ def camera_poses(azimuths_degrees: np.ndarray, elevation_degrees: float, distanc
   poses = []
   for az in np.radians(azimuths_degrees):
     offset = np.array([math.cos(el) * math.sin(az), math.sin(el), math.cos(el) * math.cos(az)])
-    poses.append(look_at(target + distance * offset, target))
+    poses.append(rays.look_at(target + distance * offset, target))
   return np.stack(poses)
 
 
@@ -287,12 +266,6 @@ def perturb_poses(w2c: np.ndarray, rot_noise_deg: float, trans_noise: float,
 
 
 # ----------------------------------------------------------------------------- geometry helpers
-
-
-def to_camera(points: np.ndarray, w2c: np.ndarray) -> np.ndarray:
-  """(..., 3) world points -> camera frame of one (4, 4) w2c (float64)."""
-  w2c = np.asarray(w2c, np.float64)
-  return np.asarray(points, np.float64) @ w2c[:3, :3].T + w2c[:3, 3]
 
 
 def weld_index(rest_vertices: np.ndarray) -> np.ndarray:
@@ -482,7 +455,7 @@ def synthesize(seq: Any, options: SynthOptions, source: dict | None = None,
   face_visible = np.zeros(len(faces), bool)
   rasters, verts_cam = [], []
   for t in tqdm.trange(num_frames, desc="render", disable=not progress, leave=False):
-    v_cam = to_camera(verts[t], w2c[t])
+    v_cam = transforms_np.to_camera(verts[t], w2c[t])
     raster = rz.rasterize(v_cam, faces, intrinsics, res, res)
     normals_cam = vertex_normals(verts[t], faces, weld) @ w2c[t, :3, :3].T
     color = shade(raster, faces, v_cam, normals_cam, colors, background)

@@ -42,12 +42,11 @@ import dataclasses
 import json
 import os
 import pathlib
-import shutil
-import tempfile
 from typing import Any
 
 import numpy as np
 
+from animdreamer_jax import files
 from animdreamer_jax.errors import UserError
 
 FORMAT_NAME = "animdreamer-video"
@@ -359,8 +358,9 @@ def write_video(path: str | os.PathLike, video: Video, overwrite: bool = False,
                 contact_sheet: bool = True) -> pathlib.Path:
   """Validates `video` and writes it as a folder, atomically.
 
-  Everything goes into DIR.tmp-xxxx next to DIR, which is renamed to DIR only
-  once complete, so an interrupted write never leaves a folder that looks done.
+  Everything goes into a temporary folder next to DIR (`files.atomic_folder`),
+  renamed to DIR only once complete, so an interrupted write never leaves a
+  folder that looks done.
 
   Args:
     path: the folder DIR to create.
@@ -380,9 +380,7 @@ def write_video(path: str | os.PathLike, video: Video, overwrite: bool = False,
   meta.update(format=FORMAT_NAME, version=FORMAT_VERSION, num_frames=video.num_frames,
               height=video.height, width=video.width, feature_dim=video.feature_dim,
               flow_gaps=video.flow_gaps)
-  root.parent.mkdir(parents=True, exist_ok=True)
-  tmp = pathlib.Path(tempfile.mkdtemp(prefix=f"{root.name}.tmp-", dir=root.parent))
-  try:
+  with files.atomic_folder(root, replace=overwrite) as tmp:
     (tmp / "video.json").write_text(json.dumps(_jsonable(meta), indent=1) + "\n")
     for name in ("rgb", "mask", "depth", "feature"):
       np.save(tmp / f"{name}.npy", getattr(video, name))
@@ -395,18 +393,7 @@ def write_video(path: str | os.PathLike, video: Video, overwrite: bool = False,
     if contact_sheet:
       # pylint: disable-next=import-outside-toplevel
       from animdreamer_jax.data import contact_sheet as sheet
-      sheet.write_png(tmp / "contact_sheet.png", sheet.make_contact_sheet(video))
-    if root.exists():
-      # Move the old folder aside first so that DIR is never half old, half new.
-      old = pathlib.Path(tempfile.mkdtemp(prefix=f"{root.name}.old-", dir=root.parent))
-      os.replace(root, old / root.name)
-      os.replace(tmp, root)
-      shutil.rmtree(old, ignore_errors=True)
-    else:
-      os.replace(tmp, root)
-  except BaseException:
-    shutil.rmtree(tmp, ignore_errors=True)
-    raise
+      files.save_png(tmp / "contact_sheet.png", sheet.make_contact_sheet(video))
   return root
 
 

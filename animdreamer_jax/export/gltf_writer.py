@@ -33,13 +33,14 @@ import json
 import os
 import pathlib
 import struct
-import tempfile
 from typing import Optional
 
 import numpy as np
-from scipy.spatial import transform
 
+from animdreamer_jax import files
 from animdreamer_jax.errors import UserError
+from animdreamer_jax.geometry import quaternion_np
+from animdreamer_jax.geometry import transforms_np
 
 NUM_INFLUENCES = 4  # glTF players (three.js, engines) read one set of 4
 _FLOAT, _UBYTE, _USHORT, _UINT = 5126, 5121, 5123, 5125
@@ -205,43 +206,15 @@ def srgb_to_linear(srgb_uint8: np.ndarray) -> np.ndarray:
 
 
 def rigid_matrix(quat: np.ndarray, trans: np.ndarray) -> np.ndarray:
-  """(..., 4) quaternions (x, y, z, w) + (..., 3) translations -> (..., 4, 4)."""
-  quat = np.asarray(quat, np.float64)
-  lead = quat.shape[:-1]
-  rot = transform.Rotation.from_quat(quat.reshape(-1, 4)).as_matrix().reshape(lead + (3, 3))
-  out = np.zeros(lead + (4, 4))
-  out[..., :3, :3] = rot
-  out[..., :3, 3] = trans
-  out[..., 3, 3] = 1.0
-  return out
+  """(..., 4) quaternions (x, y, z, w), renormalised, + (..., 3) translations -> (..., 4, 4)."""
+  quat = quaternion_np.normalize(quat)
+  return transforms_np.compose_trs(trans, quat, np.ones(quat.shape[:-1] + (3,)))
 
 
 def matrix_to_quat_trans(matrix: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
   """(..., 4, 4) rigid transforms -> unit quaternions (..., 4) (x, y, z, w), (..., 3)."""
   matrix = np.asarray(matrix, np.float64)
-  lead = matrix.shape[:-2]
-  quat = transform.Rotation.from_matrix(matrix[..., :3, :3].reshape(-1, 3, 3)).as_quat()
-  return quat.reshape(lead + (4,)), matrix[..., :3, 3].copy()
-
-
-def continuous_quaternions(quat: np.ndarray) -> np.ndarray:
-  """Flips signs along axis 0 so consecutive keys lie in the same hemisphere.
-
-  q and -q are the same rotation; keeping neighbours close makes every
-  player's slerp/nlerp between keys take the short way.
-
-  Args:
-    quat: (T, ..., 4).
-  Returns:
-    (T, ..., 4) unit quaternions.
-  """
-  quat = np.asarray(quat, np.float64)
-  quat = quat / np.linalg.norm(quat, axis=-1, keepdims=True)
-  out = quat.copy()
-  for t in range(1, quat.shape[0]):
-    flip = np.sum(out[t - 1] * quat[t], axis=-1, keepdims=True) < 0
-    out[t] = np.where(flip, -quat[t], quat[t])
-  return out
+  return quaternion_np.matrix_to_quaternion(matrix[..., :3, :3]), matrix[..., :3, 3].copy()
 
 
 def joint_globals(rig: Rig, root_motion: bool = True) -> np.ndarray:
@@ -358,7 +331,7 @@ def build_gltf(rig: Rig, root_motion: bool = True,
                              .astype(np.float32), _FLOAT, "MAT4")
 
   # Nodes: 0 mesh, 1 root joint, 2.. bones (rest pose as their static TRS).
-  rest_quat = continuous_quaternions(np.asarray(rig.rest_bone_quat)[None])[0]
+  rest_quat = quaternion_np.continuous_quaternions(np.asarray(rig.rest_bone_quat)[None])[0]
   nodes = [{"name": f"{rig.name}_mesh", "mesh": 0, "skin": 0},
            {"name": ROOT_NODE_NAME, "children": list(range(2, 2 + num_bones))}]
   for b in range(num_bones):
@@ -381,8 +354,8 @@ def build_gltf(rig: Rig, root_motion: bool = True,
 
   if root_motion and rig.root_to_world is not None:
     root_quat, root_trans = matrix_to_quat_trans(rig.root_to_world)
-    animate(1, continuous_quaternions(root_quat), root_trans)
-  bone_quat = continuous_quaternions(rig.bone_quat)
+    animate(1, quaternion_np.continuous_quaternions(root_quat), root_trans)
+  bone_quat = quaternion_np.continuous_quaternions(rig.bone_quat)
   for b in range(num_bones):
     animate(2 + b, bone_quat[:, b], np.asarray(rig.bone_trans)[:, b])
 
@@ -430,29 +403,6 @@ def glb_bytes(rig: Rig, root_motion: bool = True, extras: Optional[dict] = None)
   return encode_glb(doc, binary)
 
 
-def default_file_mode() -> int:
-  """0o666 minus the process umask (mkstemp files are 0o600 otherwise)."""
-  umask = os.umask(0)
-  os.umask(umask)
-  return 0o666 & ~umask
-
-
-def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> None:
-  """Writes `data` to a temp file next to `path`, then renames it into place."""
-  path = pathlib.Path(path)
-  path.parent.mkdir(parents=True, exist_ok=True)
-  fd, tmp = tempfile.mkstemp(prefix=path.name + ".tmp-", dir=path.parent)
-  try:
-    with os.fdopen(fd, "wb") as f:
-      f.write(data)
-    os.chmod(tmp, default_file_mode())
-    os.replace(tmp, path)
-  except BaseException:
-    if os.path.exists(tmp):
-      os.unlink(tmp)
-    raise
-
-
 def write_glb(path: str | os.PathLike, rig: Rig, root_motion: bool = True,
               extras: Optional[dict] = None) -> dict:
   """Writes a rigged, animated .glb atomically.
@@ -468,7 +418,7 @@ def write_glb(path: str | os.PathLike, rig: Rig, root_motion: bool = True,
   """
   rig = validate_rig(rig, str(path))
   data = encode_glb(*build_gltf(rig, root_motion=root_motion, extras=extras))
-  write_bytes_atomic(path, data)
+  files.save_bytes(path, data)
   return {"path": str(path), "bytes": len(data),
           "num_vertices": int(rig.rest_vertices.shape[0]), "num_faces": int(rig.faces.shape[0]),
           "num_joints": rig.num_bones + 1, "num_frames": rig.num_frames,

@@ -37,6 +37,7 @@ from typing import Optional
 
 import numpy as np
 
+from animdreamer_jax import files
 from animdreamer_jax.errors import UserError
 from animdreamer_jax.export import gltf_writer
 
@@ -178,7 +179,7 @@ def _kind(path: pathlib.Path) -> str:
 def save_motion(path: str | os.PathLike, motion: Motion) -> None:
   """Writes a motion file (.json or .npz by suffix), atomically."""
   path = pathlib.Path(path)
-  gltf_writer.write_bytes_atomic(path, motion_bytes(motion, _kind(path)))
+  files.save_bytes(path, motion_bytes(motion, _kind(path)))
 
 
 def load_motion(path: str | os.PathLike) -> Motion:

@@ -39,6 +39,7 @@ from animdreamer_jax.data import video as video_lib
 from animdreamer_jax.errors import UserError
 from animdreamer_jax.export import gltf_writer
 from animdreamer_jax.export import motion_file
+from animdreamer_jax.geometry import transforms_np
 from animdreamer_jax.model import skinning
 from animdreamer_jax.model.skinning import Bones
 from animdreamer_jax.render import warp_render
@@ -118,13 +119,6 @@ def forward_warp_np(rig: gltf_writer.Rig, weights: np.ndarray, blend: str) -> np
         jnp.asarray(rig.bone_quat[t:t + 1], jnp.float32),
         jnp.asarray(rig.bone_trans[t:t + 1], jnp.float32), blend=blend))[0])
   return np.stack(out).astype(np.float32)
-
-
-def apply_transforms(matrices: np.ndarray, points: np.ndarray) -> np.ndarray:
-  """(T, 4, 4) rigid transforms applied to (T, V, 3) points -> (T, V, 3) float64."""
-  matrices = np.asarray(matrices, np.float64)
-  return (np.einsum("tij,tvj->tvi", matrices[:, :3, :3], np.asarray(points, np.float64))
-          + matrices[:, None, :3, 3])
 
 
 def root_from_cameras(object_to_camera: np.ndarray, w2c: np.ndarray) -> np.ndarray:
@@ -256,9 +250,9 @@ def model_meshes_in_frame(run: RunRig, posed_object: np.ndarray,
   if frame == "object":
     return posed_object
   if frame == "camera":
-    return apply_transforms(run.object_to_camera, posed_object).astype(np.float32)
+    return transforms_np.to_camera(posed_object, run.object_to_camera).astype(np.float32)
   if frame == "world" and run.rig.root_to_world is not None:
-    return apply_transforms(run.rig.root_to_world, posed_object).astype(np.float32)
+    return transforms_np.to_camera(posed_object, run.rig.root_to_world).astype(np.float32)
   return None
 
 

@@ -21,14 +21,16 @@ from __future__ import annotations
 import colorsys
 import os
 import pathlib
-import tempfile
 import warnings
-from typing import Iterable, Optional, Sequence
+from typing import Iterable, Optional
 
 import numpy as np
 
+from animdreamer_jax import files
 from animdreamer_jax.assets import rasterize as rasterize_lib
 from animdreamer_jax.errors import UserError
+from animdreamer_jax.geometry import rays
+from animdreamer_jax.geometry import transforms_np
 
 BACKGROUND = np.array([1.0, 1.0, 1.0])
 _LIGHT_DIR_CAM = np.array([-0.35, -0.55, -0.75]) / np.linalg.norm([-0.35, -0.55, -0.75])
@@ -37,24 +39,6 @@ _SKIN_OPACITY = 0.45  # how much of the skin covers a bone seen through it
 
 # ----------------------------------------------------------------------------
 # Cameras.
-
-
-def look_at(eye: np.ndarray, target: np.ndarray, up: Sequence[float] = (0.0, 1.0, 0.0)
-            ) -> np.ndarray:
-  """OpenCV world-to-camera (4, 4) of a camera at `eye` looking at `target`, `up` upwards."""
-  eye, target, up = (np.asarray(a, np.float64) for a in (eye, target, up))
-  forward = target - eye
-  forward /= np.linalg.norm(forward)
-  right = np.cross(forward, up)
-  if np.linalg.norm(right) < 1e-9:  # looking along `up`: any right vector will do
-    right = np.cross(forward, [1.0, 0.0, 0.0])
-  right /= np.linalg.norm(right)
-  down = np.cross(forward, right)
-  rot = np.stack([right, down, forward])
-  w2c = np.eye(4)
-  w2c[:3, :3] = rot
-  w2c[:3, 3] = -rot @ eye
-  return w2c
 
 
 def orbit_camera(center: np.ndarray, radius: float, azimuth_deg: float, elevation_deg: float,
@@ -73,7 +57,7 @@ def orbit_camera(center: np.ndarray, radius: float, azimuth_deg: float, elevatio
   direction = np.array([np.cos(el) * np.sin(az), np.sin(el), np.cos(el) * np.cos(az)])
   eye = np.asarray(center, np.float64) + distance * direction
   focal = 0.5 * min(height, width) / np.tan(half_fov)
-  return look_at(eye, center), np.array([focal, focal, width / 2.0, height / 2.0])
+  return rays.look_at(eye, center), np.array([focal, focal, width / 2.0, height / 2.0])
 
 
 def bounding_ball(points: np.ndarray) -> tuple[np.ndarray, float]:
@@ -81,11 +65,6 @@ def bounding_ball(points: np.ndarray) -> tuple[np.ndarray, float]:
   flat = np.asarray(points, np.float64).reshape(-1, 3)
   center = (flat.min(0) + flat.max(0)) / 2
   return center, float(max(np.linalg.norm(flat - center, axis=1).max(), 1e-6))
-
-
-def to_camera(w2c: np.ndarray, points: np.ndarray) -> np.ndarray:
-  """(4, 4) w2c applied to (N, 3) points."""
-  return np.asarray(points, np.float64) @ w2c[:3, :3].T + w2c[:3, 3]
 
 
 # ----------------------------------------------------------------------------
@@ -233,10 +212,10 @@ def turntable_frames(rest_vertices: np.ndarray, faces: np.ndarray,
   frames = []
   for i in range(num_frames):
     w2c, intr = orbit_camera(center, radius, 360.0 * i / num_frames, elevation_deg, size, size)
-    v_cam = to_camera(w2c, rest_vertices)
+    v_cam = transforms_np.to_camera(rest_vertices, w2c)
     left = over_background(shade(v_cam, faces, colors, intr, size, size))
     skin = shade(v_cam, faces, skin_colors, intr, size, size)
-    bones = shade(to_camera(w2c, bone_v), bone_f, palette[owner], intr, size, size)
+    bones = shade(transforms_np.to_camera(bone_v, w2c), bone_f, palette[owner], intr, size, size)
     right = composite_xray(skin, bones)
     frames.append(to_uint8(np.concatenate([left, right], axis=1)))
     if progress is not None:
@@ -254,8 +233,8 @@ def animation_frames(posed_vertices: np.ndarray, faces: np.ndarray,
   colors = colors_float(vertex_colors, posed_vertices.shape[1])
   frames = []
   for verts in posed_vertices:
-    frames.append(to_uint8(over_background(shade(to_camera(w2c, verts), faces, colors, intr,
-                                                 size, size))))
+    v_cam = transforms_np.to_camera(verts, w2c)
+    frames.append(to_uint8(over_background(shade(v_cam, faces, colors, intr, size, size))))
     if progress is not None:
       progress()
   return np.stack(frames)
@@ -295,12 +274,6 @@ def upscale(frames: np.ndarray, min_height: int = 256) -> np.ndarray:
   return frames.repeat(factor, axis=1).repeat(factor, axis=2)
 
 
-def _umask() -> int:
-  mask = os.umask(0)
-  os.umask(mask)
-  return mask
-
-
 def write_mp4(path: str | os.PathLike, frames: Iterable[np.ndarray] | np.ndarray,
               fps: float) -> None:
   """H.264 MP4 (yuv420p, even sizes padded) via imageio-ffmpeg, written atomically.
@@ -317,20 +290,12 @@ def write_mp4(path: str | os.PathLike, frames: Iterable[np.ndarray] | np.ndarray
   pad_h, pad_w = frames.shape[1] % 2, frames.shape[2] % 2
   if pad_h or pad_w:
     frames = np.pad(frames, ((0, 0), (0, pad_h), (0, pad_w), (0, 0)), mode="edge")
-  path.parent.mkdir(parents=True, exist_ok=True)
-  fd, tmp = tempfile.mkstemp(prefix=path.stem + ".tmp-", suffix=".mp4", dir=path.parent)
-  os.close(fd)
   try:
-    with warnings.catch_warnings():
+    # ffmpeg writes to a file name, not a file object.
+    with files.atomic_path(path) as tmp, warnings.catch_warnings():
       # ffmpeg is exec'd at once, so JAX's "fork with threads" warning does not apply.
       warnings.simplefilter("ignore", RuntimeWarning)
       imageio.mimwrite(tmp, list(frames.astype(np.uint8)), fps=float(fps), codec="libx264",
                        pixelformat="yuv420p", macro_block_size=1)
-    os.chmod(tmp, 0o666 & ~_umask())
-    os.replace(tmp, path)
-  except BaseException as e:
-    if os.path.exists(tmp):
-      os.unlink(tmp)
-    if isinstance(e, (RuntimeError, OSError)):
-      raise UserError(f"{path}: cannot encode the video ({e})") from e
-    raise
+  except (RuntimeError, OSError) as e:
+    raise UserError(f"{path}: cannot encode the video ({e})") from e

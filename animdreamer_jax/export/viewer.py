@@ -31,6 +31,7 @@ import pathlib
 import re
 from typing import Optional
 
+from animdreamer_jax import files
 from animdreamer_jax.errors import UserError
 from animdreamer_jax.export import gltf_writer
 
@@ -275,4 +276,4 @@ def write_viewer(path: str | os.PathLike, glb: bytes, title: str, center, radius
                  fps: float, num_frames: int, three_dir: Optional[pathlib.Path] = None) -> None:
   """Writes the viewer page (see `viewer_html`) atomically."""
   text = viewer_html(glb, title, center, radius, fps, num_frames, three_dir)
-  gltf_writer.write_bytes_atomic(path, text.encode("utf-8"))
+  files.save_text(path, text)

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import jax.numpy as jnp
 
+from animdreamer_jax.geometry import vector
+
 # Below this squared angle / squared sine, Taylor expansions replace divisions.
 _SMALL_SQ = 1e-12
 
@@ -45,16 +47,9 @@ def quat_conjugate(q: jnp.ndarray) -> jnp.ndarray:
   return q * jnp.array([-1.0, -1.0, -1.0, 1.0], dtype=q.dtype)
 
 
-def _safe_norm(x: jnp.ndarray, axis: int = -1, keepdims: bool = True) -> jnp.ndarray:
-  """Euclidean norm whose gradient is finite (zero) at x = 0."""
-  sq = jnp.sum(x * x, axis=axis, keepdims=keepdims)
-  is_zero = sq <= 0.0
-  return jnp.where(is_zero, 0.0, jnp.sqrt(jnp.where(is_zero, 1.0, sq)))
-
-
 def quat_normalize(q: jnp.ndarray, eps: float = 1e-12) -> jnp.ndarray:
   """Scales q to unit norm. (..., 4) -> (..., 4). A zero q maps to zero."""
-  return q / jnp.maximum(_safe_norm(q), eps)
+  return q / jnp.maximum(vector.safe_norm(q, keepdims=True), eps)
 
 
 def quat_rotate(q: jnp.ndarray, v: jnp.ndarray) -> jnp.ndarray:

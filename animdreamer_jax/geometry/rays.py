@@ -1,4 +1,4 @@
-"""Pinhole (OpenCV) camera rays and projection.
+"""Pinhole (OpenCV) camera rays, projection and look-at poses.
 
 Conventions (see README): camera x right, y down, z forward; a pose is a
 world-to-camera 4x4 `w2c`; intrinsics are (fx, fy, cx, cy) in pixels; the
@@ -10,8 +10,11 @@ the difference of two `project` results.
 
 from __future__ import annotations
 
+from typing import Any, Sequence
+
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from animdreamer_jax.geometry import se3
 
@@ -86,3 +89,38 @@ def pixel_grid(height: int, width: int) -> jnp.ndarray:
   """All pixel indices of an image, row-major. Returns (height * width, 2) (u, v)."""
   v, u = jnp.meshgrid(jnp.arange(height), jnp.arange(width), indexing="ij")
   return jnp.stack([u.reshape(-1), v.reshape(-1)], axis=-1).astype(jnp.float32)
+
+
+def look_at(eye: Any, target: Any, up: Sequence[float] = (0.0, 1.0, 0.0), xp: Any = np) -> Any:
+  """OpenCV world-to-camera poses of cameras at `eye` looking at `target`.
+
+  Written against an array namespace so that one implementation serves the
+  host and jit: `xp=np` computes in float64 (synthetic videos, exports),
+  `xp=jnp` in float32 (CSD's cameras, inside jit).
+
+  Args:
+    eye: (..., 3) camera centres.
+    target: (..., 3) points on the optical axes (broadcast against `eye`).
+    up: (3,) world up; image rows run along -up. A camera looking along `up`
+      takes its right vector from +X instead.
+    xp: the array namespace, `numpy` or `jax.numpy`.
+
+  Returns:
+    (..., 4, 4): rotation rows are camera x (right), y (down), z (forward).
+  """
+  dtype = np.float64 if xp is np else np.float32
+  eye, target = xp.broadcast_arrays(xp.asarray(eye, dtype), xp.asarray(target, dtype))
+  forward = target - eye
+  forward = forward / xp.linalg.norm(forward, axis=-1, keepdims=True)
+  right = xp.cross(forward, xp.broadcast_to(xp.asarray(up, dtype), forward.shape))
+  # Picked before normalising, so neither branch of `where` divides by zero
+  # (a NaN in the unused branch would still poison gradients under jit).
+  along_up = xp.linalg.norm(right, axis=-1, keepdims=True) < 1e-9
+  right = xp.where(along_up, xp.cross(forward, xp.asarray([1.0, 0.0, 0.0], dtype)), right)
+  right = right / xp.linalg.norm(right, axis=-1, keepdims=True)
+  down = xp.cross(forward, right)
+  rot = xp.stack([right, down, forward], axis=-2)
+  trans = -(rot @ eye[..., None])[..., 0]
+  top = xp.concatenate([rot, trans[..., None]], axis=-1)
+  bottom = xp.broadcast_to(xp.asarray([0.0, 0.0, 0.0, 1.0], dtype), top.shape[:-2] + (1, 4))
+  return xp.concatenate([top, bottom], axis=-2)

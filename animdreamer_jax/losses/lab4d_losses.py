@@ -15,6 +15,8 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from animdreamer_jax.geometry import vector
+
 _EPS = 1e-6
 
 
@@ -96,13 +98,6 @@ def depth_loss(depth: jnp.ndarray, target: jnp.ndarray, fg_mask: jnp.ndarray) ->
   return mean_over_positive(jnp.abs(depth - target) * fg_mask.astype(depth.dtype))
 
 
-def _safe_norm(x: jnp.ndarray) -> jnp.ndarray:
-  """L2 norm over the last axis with a finite gradient at 0."""
-  sq = jnp.sum(jnp.square(x), axis=-1)
-  safe = jnp.where(sq > 0, sq, 1.0)
-  return jnp.where(sq > 0, jnp.sqrt(safe), 0.0)
-
-
 def flow_loss(flow: jnp.ndarray, target: jnp.ndarray, valid: jnp.ndarray, fg_mask: jnp.ndarray,
               train_res: float) -> jnp.ndarray:
   """L2 flow error in pixels / train_res, where the flow is valid and foreground.
@@ -115,7 +110,7 @@ def flow_loss(flow: jnp.ndarray, target: jnp.ndarray, valid: jnp.ndarray, fg_mas
     train_res: pixels that one unit of loss corresponds to (lab4d: 256).
   """
   gate = (valid > 0).astype(flow.dtype) * fg_mask.astype(flow.dtype)
-  return mean_over_positive(_safe_norm(flow - target) * gate / train_res)
+  return mean_over_positive(vector.safe_norm(flow - target) * gate / train_res)
 
 
 def feature_loss(feature: jnp.ndarray, target: jnp.ndarray, fg_mask: jnp.ndarray) -> jnp.ndarray:
@@ -124,7 +119,7 @@ def feature_loss(feature: jnp.ndarray, target: jnp.ndarray, fg_mask: jnp.ndarray
   Args:
     feature: (N, K, C); target: (N, K, C); fg_mask: (N, K).
   """
-  return mean_over_positive(_safe_norm(feature - target) * fg_mask.astype(feature.dtype))
+  return mean_over_positive(vector.safe_norm(feature - target) * fg_mask.astype(feature.dtype))
 
 
 def soft_argmax_match(query: jnp.ndarray, candidate_feature: jnp.ndarray,
@@ -162,7 +157,7 @@ def reprojection_loss(projected_uv: jnp.ndarray, pixel_uv: jnp.ndarray, fg_mask:
     pixel_uv: (N, K, 2) the pixels the features came from.
     fg_mask: (N, K).
   """
-  dist = _safe_norm(projected_uv - pixel_uv) * fg_mask.astype(projected_uv.dtype)
+  dist = vector.safe_norm(projected_uv - pixel_uv) * fg_mask.astype(projected_uv.dtype)
   return mean_over_positive(dist / train_res)
 
 
@@ -189,7 +184,7 @@ def cycle_loss(cycle_distance: jnp.ndarray, weights: jnp.ndarray) -> jnp.ndarray
 
 def eikonal_term(sdf_gradient: jnp.ndarray) -> jnp.ndarray:
   """(|grad s| - 1)^2 per sample; sdf_gradient: (..., 3) -> (...)."""
-  return jnp.square(_safe_norm(sdf_gradient) - 1.0)
+  return jnp.square(vector.safe_norm(sdf_gradient) - 1.0)
 
 
 def eikonal_loss(eikonal: jnp.ndarray, ray_mask: jnp.ndarray | None = None) -> jnp.ndarray:

@@ -61,6 +61,9 @@ CSD_DEFAULT_GROUPS = ("canonical/sdf_trunk", "canonical/sdf_head",
 class ModelConfig:
   """Sizes and initial values of the model (hashable: usable as a static arg).
 
+  The one declaration of the field sizes: `fields.CanonicalField` and
+  `fields.SkinningDelta` read theirs from this config.
+
   Defaults are lab4d's (see `lab4d_config`); lengths are in lab4d's field
   units (initial sphere radius 0.1, bone Gaussians 0.03). For normalised
   sequences (rest bbox diagonal 1) scale `sphere_radius`, `init_gauss_scale`
@@ -204,14 +207,7 @@ class ArticulatedModel(nn.Module):
   def setup(self):
     c = self.config
     vl = tuple(c.video_lengths)
-    self.canonical_field = fields.CanonicalField(
-        sdf_depth=c.sdf_depth, sdf_width=c.sdf_width, sdf_skips=tuple(c.sdf_skips),
-        sdf_freqs=c.sdf_freqs, color_depth=c.color_depth, color_freqs=c.color_freqs,
-        appearance_dim=c.appearance_dim, feature_dim=c.feature_dim,
-        feature_depth=c.feature_depth, feature_width=c.feature_width,
-        feature_freqs=c.feature_freqs, use_visibility=c.use_visibility,
-        vis_depth=c.vis_depth, vis_width=c.vis_width, vis_freqs=c.vis_freqs,
-        name="canonical")
+    self.canonical_field = fields.CanonicalField(c, name="canonical")
     if c.appearance_dim > 0:
       self.appearance_code = articulation.AppearanceCode(
           vl, c.appearance_dim, c.appearance_depth, c.appearance_width,
@@ -226,9 +222,7 @@ class ArticulatedModel(nn.Module):
     if c.use_delta_skin:
       self.delta_time = encoding.TimeEmbedding(
           vl, c.delta_time_freqs, c.delta_time_dim, name="delta_time")
-      self.delta_mlp = fields.SkinningDelta(
-          c.num_bones, c.delta_depth, c.delta_width, c.delta_scale, c.delta_time_dim,
-          name="delta_mlp")
+      self.delta_mlp = fields.SkinningDelta(c, name="delta_mlp")
     consts = constant_params(c)
     self.log_gauss = self.param("log_gauss", _constant(consts[("log_gauss",)]))
     self.logibeta = self.param("logibeta", _constant(consts[("logibeta",)]))

@@ -19,7 +19,7 @@ Deliberate differences from lab4d:
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import Any, Optional
 
 import flax.linen as nn
 import jax.numpy as jnp
@@ -40,7 +40,8 @@ class CanonicalField(nn.Module):
   `rgb_hidden`, `rgb_out` (geometry and colour), `feature_mlp`,
   `visibility_mlp`.
 
-  Attributes:
+  Sizes are read from `config`, an `articulated_model.ModelConfig` (where
+  they are declared, with lab4d's defaults):
     sdf_depth, sdf_width, sdf_skips, sdf_freqs: geometry trunk (lab4d 8x256,
       skip at 4, 10 bands, annealed by alpha). The trunk ends with a W -> W
       ReLU layer (lab4d's `final_act`), then `sdf_head` Linear(W -> 1).
@@ -53,45 +54,34 @@ class CanonicalField(nn.Module):
     use_visibility, vis_depth, vis_width, vis_freqs: visibility logit field
       (lab4d 2x64, 10 bands).
   """
-  sdf_depth: int = 8
-  sdf_width: int = 256
-  sdf_skips: tuple[int, ...] = (4,)
-  sdf_freqs: int = 10
-  color_depth: int = 2
-  color_freqs: int = 12
-  appearance_dim: int = 32
-  feature_dim: int = 16
-  feature_depth: int = 5
-  feature_width: int = 128
-  feature_freqs: int = 6
-  use_visibility: bool = True
-  vis_depth: int = 2
-  vis_width: int = 64
-  vis_freqs: int = 10
+  # Typed loosely: articulated_model imports this module.
+  config: Any
 
   def setup(self):
-    w = self.sdf_width
-    self.sdf_trunk = mlp_lib.MLP(self.sdf_depth, w, w, self.sdf_skips,
+    c = self.config
+    w = c.sdf_width
+    self.sdf_trunk = mlp_lib.MLP(c.sdf_depth, w, w, tuple(c.sdf_skips),
                                  final_activation=True)
     self.sdf_head = mlp_lib.TorchDense(1)
-    self.color_mlp = mlp_lib.MLP(self.color_depth, w, w, (),
+    self.color_mlp = mlp_lib.MLP(c.color_depth, w, w, (),
                                  final_activation=True)
     self.rgb_hidden = mlp_lib.SplitDense(w // 2)
     self.rgb_out = mlp_lib.TorchDense(3)
-    if self.feature_dim > 0:
-      self.feature_mlp = mlp_lib.MLP(self.feature_depth, self.feature_width,
-                                     self.feature_dim, (4,))
-    if self.use_visibility:
-      self.visibility_mlp = mlp_lib.MLP(self.vis_depth, self.vis_width, 1, (4,))
+    if c.feature_dim > 0:
+      self.feature_mlp = mlp_lib.MLP(c.feature_depth, c.feature_width,
+                                     c.feature_dim, (4,))
+    if c.use_visibility:
+      self.visibility_mlp = mlp_lib.MLP(c.vis_depth, c.vis_width, 1, (4,))
 
   def _embedding(self, x: jnp.ndarray, num_freqs: int) -> jnp.ndarray:
     """lab4d-layout Fourier features of x with `num_freqs` bands, no window."""
     return encoding.fourier_features(x, num_freqs)
 
   def _max_freqs(self) -> int:
-    return max(self.sdf_freqs, self.color_freqs,
-               self.feature_freqs if self.feature_dim > 0 else 0,
-               self.vis_freqs if self.use_visibility else 0, 0)
+    c = self.config
+    return max(c.sdf_freqs, c.color_freqs,
+               c.feature_freqs if c.feature_dim > 0 else 0,
+               c.vis_freqs if c.use_visibility else 0, 0)
 
   @staticmethod
   def _prefix(emb: jnp.ndarray, num_freqs: int) -> jnp.ndarray:
@@ -100,27 +90,27 @@ class CanonicalField(nn.Module):
     return emb[..., :encoding.fourier_dim(3, num_freqs)]
 
   def _geometry(self, emb, alpha):
-    scale = encoding.fourier_row_scales(3, self.sdf_freqs, alpha)
-    trunk = self.sdf_trunk(self._prefix(emb, self.sdf_freqs), input_scale=scale)
+    scale = encoding.fourier_row_scales(3, self.config.sdf_freqs, alpha)
+    trunk = self.sdf_trunk(self._prefix(emb, self.config.sdf_freqs), input_scale=scale)
     return self.sdf_head(trunk)[..., 0], trunk
 
   def sdf(self, x: jnp.ndarray, alpha: Optional[jnp.ndarray] = None) -> jnp.ndarray:
     """Signed distance (negative inside). (..., 3) -> (...,)."""
-    return self._geometry(self._embedding(x, self.sdf_freqs), alpha)[0]
+    return self._geometry(self._embedding(x, self.config.sdf_freqs), alpha)[0]
 
   def feature(self, x: jnp.ndarray) -> jnp.ndarray:
     """Unit-norm feature descriptor. (..., 3) -> (..., feature_dim)."""
-    return self._feature(self._embedding(x, self.feature_freqs))
+    return self._feature(self._embedding(x, self.config.feature_freqs))
 
   def _feature(self, emb):
-    return l2_normalize(self.feature_mlp(self._prefix(emb, self.feature_freqs)))
+    return l2_normalize(self.feature_mlp(self._prefix(emb, self.config.feature_freqs)))
 
   def visibility(self, x: jnp.ndarray) -> jnp.ndarray:
     """Visibility logit (> 0: observed). (..., 3) -> (...,)."""
-    return self._visibility(self._embedding(x, self.vis_freqs))
+    return self._visibility(self._embedding(x, self.config.vis_freqs))
 
   def _visibility(self, emb):
-    return self.visibility_mlp(self._prefix(emb, self.vis_freqs))[..., 0]
+    return self.visibility_mlp(self._prefix(emb, self.config.vis_freqs))[..., 0]
 
   def __call__(self, x: jnp.ndarray, appearance: Optional[jnp.ndarray] = None,
                alpha: Optional[jnp.ndarray] = None) -> dict[str, jnp.ndarray]:
@@ -141,19 +131,19 @@ class CanonicalField(nn.Module):
     emb = self._embedding(x, self._max_freqs())
     sdf, trunk = self._geometry(emb, alpha)
     color_feat = trunk + self.color_mlp(
-        self._prefix(emb, self.color_freqs),
-        input_scale=encoding.fourier_row_scales(3, self.color_freqs, alpha))
-    if self.appearance_dim > 0:
+        self._prefix(emb, self.config.color_freqs),
+        input_scale=encoding.fourier_row_scales(3, self.config.color_freqs, alpha))
+    if self.config.appearance_dim > 0:
       if appearance is None:
-        appearance = jnp.zeros((1,) * (x.ndim - 1) + (self.appearance_dim,), x.dtype)
+        appearance = jnp.zeros((1,) * (x.ndim - 1) + (self.config.appearance_dim,), x.dtype)
       hidden = self.rgb_hidden(color_feat, appearance)
     else:
       hidden = self.rgb_hidden(color_feat)
     rgb = nn.sigmoid(self.rgb_out(nn.relu(hidden)))
     out = {"sdf": sdf, "rgb": rgb}
-    if self.feature_dim > 0:
+    if self.config.feature_dim > 0:
       out["feature"] = self._feature(emb)
-    if self.use_visibility:
+    if self.config.use_visibility:
       out["vis"] = self._visibility(emb)
     return out
 
@@ -167,32 +157,29 @@ class SkinningDelta(nn.Module):
   reduce a bone's influence). Layers: Linear(3B + T -> W) (as `kernel_0`,
   `kernel_1`, `bias`), depth - 1 more ReLU layers, Linear(W -> B).
 
-  Attributes:
-    num_bones: B.
-    depth, width: lab4d 2 x 64.
-    scale: lab4d 0.1.
+  Sizes are read from `config`, an `articulated_model.ModelConfig`:
+  num_bones (B), delta_depth and delta_width (lab4d 2 x 64), delta_scale
+  (lab4d 0.1) and delta_time_dim (the time code's width).
   """
-  num_bones: int
-  depth: int = 2
-  width: int = 64
-  scale: float = 0.1
-  time_dim: int = 128
+  # Typed loosely: articulated_model imports this module.
+  config: Any
 
   def setup(self):
-    fan_in = 3 * self.num_bones + self.time_dim
-    init = mlp_lib.torch_kernel_init_fan(fan_in)
-    self.kernel_0 = self.param("kernel_0", init, (3 * self.num_bones, self.width))
-    self.kernel_1 = self.param("kernel_1", init, (self.time_dim, self.width))
-    self.bias = self.param("bias", mlp_lib.torch_bias_init(fan_in), (self.width,))
-    self.hidden = [mlp_lib.TorchDense(self.width, name=f"hidden_{i}")
-                   for i in range(1, self.depth)]
-    self.output = mlp_lib.TorchDense(self.num_bones)
+    c = self.config
+    fan_in = 3 * c.num_bones + c.delta_time_dim
+    init = mlp_lib.torch_uniform_init(fan_in)
+    self.kernel_0 = self.param("kernel_0", init, (3 * c.num_bones, c.delta_width))
+    self.kernel_1 = self.param("kernel_1", init, (c.delta_time_dim, c.delta_width))
+    self.bias = self.param("bias", mlp_lib.torch_uniform_init(fan_in), (c.delta_width,))
+    self.hidden = [mlp_lib.TorchDense(c.delta_width, name=f"hidden_{i}")
+                   for i in range(1, c.delta_depth)]
+    self.output = mlp_lib.TorchDense(c.num_bones)
 
   def _tail(self, h):
     h = nn.relu(h)
     for layer in self.hidden:
       h = nn.relu(layer(h))
-    return nn.relu(self.output(h)) * self.scale
+    return nn.relu(self.output(h)) * self.config.delta_scale
 
   def __call__(self, local_coords: jnp.ndarray, time_code: jnp.ndarray) -> jnp.ndarray:
     """Delta skinning.
@@ -206,7 +193,7 @@ class SkinningDelta(nn.Module):
     Returns:
       (..., B) non-negative offsets.
     """
-    flat = local_coords.reshape(local_coords.shape[:-2] + (3 * self.num_bones,))
+    flat = local_coords.reshape(local_coords.shape[:-2] + (3 * self.config.num_bones,))
     return self._tail(flat @ self.kernel_0 + time_code @ self.kernel_1 + self.bias)
 
   def affine(self, x: jnp.ndarray, linear: jnp.ndarray, offset: jnp.ndarray,

@@ -167,13 +167,8 @@ def fit_sdf(model: am.ArticulatedModel, variables: dict,
   canonical = variables["params"]["canonical"]
   optimizer = optax.adam(learning_rate)
 
-  def field_params(canonical_params):
-    params = dict(variables["params"])
-    params["canonical"] = canonical_params
-    return {**variables, "params": params}
-
   def loss_fn(canonical_params, points):
-    v = field_params(canonical_params)
+    v = _replace(variables, ("canonical",), canonical_params)
     sdf = model.apply(v, points, alpha, method="sdf")
     target = target_sdf(points)
     # lab4d aligns the scale of the prediction to the target (detached); a
@@ -205,7 +200,7 @@ def fit_sdf(model: am.ArticulatedModel, variables: dict,
     return params, losses[-1], mses[-1]
 
   fitted, loss, mse = run(canonical, jax.random.PRNGKey(seed))
-  return field_params(fitted), {"loss": float(loss), "sdf_mse": float(mse)}
+  return _replace(variables, ("canonical",), fitted), {"loss": float(loss), "sdf_mse": float(mse)}
 
 
 def fit_sphere(model: am.ArticulatedModel, variables: dict,
@@ -246,9 +241,7 @@ def fit_root_pose(model: am.ArticulatedModel, variables: dict, obj2cam: np.ndarr
   optimizer = optax.adam(learning_rate)
 
   def with_root(root_params):
-    params = dict(variables["params"])
-    params["root_pose"] = root_params
-    return {**variables, "params": params}
+    return _replace(variables, ("root_pose",), root_params)
 
   def loss_fn(root_params):
     pred = model.apply(with_root(root_params), frames, method="root_pose")

@@ -20,8 +20,12 @@ import jax.numpy as jnp
 torch_kernel_init = nn.initializers.variance_scaling(1.0 / 3.0, "fan_in", "uniform")
 
 
-def torch_bias_init(fan_in: int) -> Callable:
-  """U(-1/sqrt(fan_in), 1/sqrt(fan_in)) bias initialiser."""
+def torch_uniform_init(fan_in: int) -> Callable:
+  """U(-1/sqrt(fan_in), 1/sqrt(fan_in)) initialiser with an explicit fan-in.
+
+  PyTorch's `nn.Linear` bias, and its weight where the kernel is split into
+  blocks whose own shape does not carry the layer's fan-in (`SplitDense`).
+  """
   bound = 1.0 / float(max(fan_in, 1)) ** 0.5
 
   def init(key, shape, dtype=jnp.float32):
@@ -46,7 +50,7 @@ class TorchDense(nn.Module):
     fan_in = x.shape[-1]
     return nn.Dense(self.features, use_bias=self.use_bias,
                     kernel_init=torch_kernel_init,
-                    bias_init=torch_bias_init(fan_in), name="dense")(x)
+                    bias_init=torch_uniform_init(fan_in), name="dense")(x)
 
 
 class SplitDense(nn.Module):
@@ -81,24 +85,14 @@ class SplitDense(nn.Module):
     fan_in = sum(int(x.shape[-1]) for x in inputs)
     out = None
     for i, x in enumerate(inputs):
-      kernel = self.param(f"kernel_{i}", torch_kernel_init_fan(fan_in),
+      kernel = self.param(f"kernel_{i}", torch_uniform_init(fan_in),
                           (x.shape[-1], self.features))
       if row_scales is not None and row_scales[i] is not None:
         kernel = kernel * row_scales[i].astype(kernel.dtype)[:, None]
       term = x @ kernel
       out = term if out is None else out + term
-    bias = self.param("bias", torch_bias_init(fan_in), (self.features,))
+    bias = self.param("bias", torch_uniform_init(fan_in), (self.features,))
     return out + bias
-
-
-def torch_kernel_init_fan(fan_in: int) -> Callable:
-  """Kernel initialiser U(-1/sqrt(fan_in), 1/sqrt(fan_in)) with an explicit fan-in."""
-  bound = 1.0 / float(max(fan_in, 1)) ** 0.5
-
-  def init(key, shape, dtype=jnp.float32):
-    return jax.random.uniform(key, shape, dtype, -bound, bound)
-
-  return init
 
 
 class MLP(nn.Module):

@@ -35,6 +35,7 @@ import jax.numpy as jnp
 
 from animdreamer_jax.geometry import dual_quaternion as dq_lib
 from animdreamer_jax.geometry import quaternion as quat_lib
+from animdreamer_jax.geometry import vector
 
 DeltaFn = Callable[[jnp.ndarray], jnp.ndarray]
 BlendFn = Callable[[jnp.ndarray, jnp.ndarray, jnp.ndarray], jnp.ndarray]
@@ -299,13 +300,6 @@ def forward_warp(x_c: jnp.ndarray, bones_rest: Bones, bones_t: Bones,
   return _skin_and_warp(x_c, bones_rest, log_scale, delta_fn, rel, blend)
 
 
-def _safe_norm(v: jnp.ndarray) -> jnp.ndarray:
-  """L2 norm over the last axis with a zero (not NaN) gradient at v = 0."""
-  sq = jnp.sum(v * v, axis=-1)
-  is_zero = sq <= 0.0
-  return jnp.where(is_zero, 0.0, jnp.sqrt(jnp.where(is_zero, 1.0, sq)))
-
-
 def cycle_distance(x_t: jnp.ndarray, bones_t: Bones, bones_rest: Bones,
                    log_scale: jnp.ndarray,
                    backward_delta_fn: Optional[DeltaFn] = None,
@@ -333,7 +327,7 @@ def cycle_distance(x_t: jnp.ndarray, bones_t: Bones, bones_rest: Bones,
                                    backward_delta_fn, blend)
   x_cycled, _ = forward_warp(x_canonical, bones_rest, bones_t, log_scale,
                              forward_delta_fn, blend)
-  return _safe_norm(x_cycled - x_t)
+  return vector.safe_norm(x_cycled - x_t)
 
 
 # ----------------------------------------------------------------------------
@@ -406,18 +400,23 @@ def skinning_weights_points(points: jnp.ndarray, bones: Bones,
   return weights.reshape(lead + weights.shape[-1:])
 
 
+def _warp_points(warp, points, bones_from, bones_to, log_scale, delta_fn, blend):
+  """`warp` (backward_warp or forward_warp) vmapped over (..., 3) points; aux becomes (..., B)."""
+  rel = relative_transforms(bones_from, bones_to)
+  flat, lead = _flatten_points(points)
+  warped, aux = jax.vmap(lambda x: warp(
+      x, bones_from, bones_to, log_scale, delta_fn, blend, rel))(flat)
+  aux = {k: v.reshape(lead + v.shape[1:]) for k, v in aux.items()}
+  return warped.reshape(lead + (3,)), aux
+
+
 def backward_warp_points(points: jnp.ndarray, bones_t: Bones, bones_rest: Bones,
                          log_scale: jnp.ndarray,
                          delta_fn: Optional[DeltaFn] = None,
                          blend: Blend = "dqs"
                          ) -> tuple[jnp.ndarray, dict[str, jnp.ndarray]]:
   """`backward_warp` for (..., 3) points; aux entries become (..., B)."""
-  rel = relative_transforms(bones_t, bones_rest)
-  flat, lead = _flatten_points(points)
-  warped, aux = jax.vmap(lambda x: backward_warp(
-      x, bones_t, bones_rest, log_scale, delta_fn, blend, rel))(flat)
-  aux = {k: v.reshape(lead + v.shape[1:]) for k, v in aux.items()}
-  return warped.reshape(lead + (3,)), aux
+  return _warp_points(backward_warp, points, bones_t, bones_rest, log_scale, delta_fn, blend)
 
 
 def forward_warp_points(points: jnp.ndarray, bones_rest: Bones, bones_t: Bones,
@@ -426,9 +425,4 @@ def forward_warp_points(points: jnp.ndarray, bones_rest: Bones, bones_t: Bones,
                         blend: Blend = "dqs"
                         ) -> tuple[jnp.ndarray, dict[str, jnp.ndarray]]:
   """`forward_warp` for (..., 3) points; aux entries become (..., B)."""
-  rel = relative_transforms(bones_rest, bones_t)
-  flat, lead = _flatten_points(points)
-  warped, aux = jax.vmap(lambda x: forward_warp(
-      x, bones_rest, bones_t, log_scale, delta_fn, blend, rel))(flat)
-  aux = {k: v.reshape(lead + v.shape[1:]) for k, v in aux.items()}
-  return warped.reshape(lead + (3,)), aux
+  return _warp_points(forward_warp, points, bones_rest, bones_t, log_scale, delta_fn, blend)

@@ -32,13 +32,12 @@ import json
 import os
 import pathlib
 import re
-import shutil
 import struct
-import tempfile
 from typing import Any, Callable, Mapping
 
 import numpy as np
 
+from animdreamer_jax import files
 from animdreamer_jax.errors import UserError
 from animdreamer_jax.prior.unet import UNetConfig, unet_param_shapes
 
@@ -579,9 +578,8 @@ def save_prior(result: Mapping[str, Any], out_dir: str | os.PathLike, dtype: str
   if out_dir.is_dir() and any(out_dir.iterdir()) and not overwrite:
     raise UserError(f"{out_dir}: folder exists and is not empty (pass --overwrite to replace it)")
   np_dtype = {"float32": np.float32, "float16": np.float16}[dtype]
-  out_dir.parent.mkdir(parents=True, exist_ok=True)
-  tmp = pathlib.Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
-  try:
+  # An existing folder is replaced: one with files only with `overwrite` (checked above).
+  with files.atomic_folder(out_dir, replace=True) as tmp:
     config: dict[str, Any] = {"format": FORMAT, "dtype": dtype, "source": source,
                               "ignored_keys": list(result.get("ignored_keys", []))}
     for part in ("unet", "vae", "text_encoder"):
@@ -593,16 +591,6 @@ def save_prior(result: Mapping[str, Any], out_dir: str | os.PathLike, dtype: str
               for k, v in flatten_params(params).items()}
       save_file(flat, str(tmp / f"{part}.safetensors"))
     (tmp / "config.json").write_text(json.dumps(config, indent=1))
-    if out_dir.exists():
-      old = out_dir.with_name(f".{out_dir.name}.old-{os.getpid()}")
-      os.replace(out_dir, old)
-      os.replace(tmp, out_dir)
-      shutil.rmtree(old, ignore_errors=True)
-    else:
-      os.replace(tmp, out_dir)
-  finally:
-    if tmp.exists():
-      shutil.rmtree(tmp, ignore_errors=True)
   return out_dir
 
 

@@ -83,6 +83,16 @@ def ddim_step(x_t: jax.Array, eps: jax.Array, alpha: jax.Array, alpha_prev: jax.
 EpsFn = Callable[[jax.Array, jax.Array], jax.Array]
 
 
+def _step_keys(schedule: DdimSchedule, key: jax.Array | None, caller: str
+               ) -> tuple[bool, jax.Array]:
+  """Whether any step adds noise (sigma > 0), and one PRNG key per step (dummies if none does)."""
+  stochastic = bool(np.any(np.asarray(schedule.sigmas) > 0))
+  if stochastic and key is None:
+    raise ValueError(f"{caller}: eta > 0 needs a PRNG key")
+  keys = jax.random.split(key if key is not None else jax.random.PRNGKey(0), len(schedule.timesteps))
+  return stochastic, keys
+
+
 def ddim_sample(eps_fn: EpsFn, x_T: jax.Array, schedule: DdimSchedule,
                 key: jax.Array | None = None) -> jax.Array:
   """Runs all DDIM steps with `lax.scan` (jit-able).
@@ -96,10 +106,7 @@ def ddim_sample(eps_fn: EpsFn, x_T: jax.Array, schedule: DdimSchedule,
   Returns:
     (N, ...) final latents x_0.
   """
-  stochastic = bool(np.any(np.asarray(schedule.sigmas) > 0))
-  if stochastic and key is None:
-    raise ValueError("ddim_sample: eta > 0 needs a PRNG key")
-  keys = jax.random.split(key if key is not None else jax.random.PRNGKey(0), len(schedule.timesteps))
+  stochastic, keys = _step_keys(schedule, key, "ddim_sample")
 
   def body(x, step):
     t, alpha, alpha_prev, sigma, k = step
@@ -119,10 +126,7 @@ def ddim_sample_loop(eps_fn: EpsFn, x_T: jax.Array, schedule: DdimSchedule,
 
   Use it when each step is expensive (the full UNet) and progress should be visible.
   """
-  stochastic = bool(np.any(np.asarray(schedule.sigmas) > 0))
-  if stochastic and key is None:
-    raise ValueError("ddim_sample_loop: eta > 0 needs a PRNG key")
-  keys = jax.random.split(key if key is not None else jax.random.PRNGKey(0), len(schedule.timesteps))
+  stochastic, keys = _step_keys(schedule, key, "ddim_sample_loop")
   step_fn = jax.jit(ddim_step)
   indices = range(len(schedule.timesteps))
   if progress:

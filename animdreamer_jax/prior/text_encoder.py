@@ -25,6 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from animdreamer_jax.errors import UserError
+from animdreamer_jax.prior import state_reader
 
 LAYER_NORM_EPS = 1e-5  # torch.nn.LayerNorm default, used by OpenCLIP.
 
@@ -200,33 +201,6 @@ def encode_text(params: Any, tokens: jax.Array, config: TextEncoderConfig,
 # --- conversion from the OpenCLIP / LDM state dict ---------------------------------------------
 
 
-class _StateReader:
-  """Takes tensors out of a flat state dict by name, checking shapes and recording what was used."""
-
-  def __init__(self, state: Mapping[str, Any], prefix: str):
-    self.state = state
-    self.prefix = prefix
-    self.consumed: set[str] = set()
-
-  def has(self, name: str) -> bool:
-    return self.prefix + name in self.state
-
-  def take(self, name: str, shape: tuple[int, ...]) -> np.ndarray:
-    key = self.prefix + name
-    if key not in self.state:
-      raise UserError(f"{key}: missing from the checkpoint")
-    value = np.asarray(self.state[key], dtype=np.float32)
-    if value.shape != tuple(shape):
-      raise UserError(f"{key}: shape {value.shape}, expected {tuple(shape)}")
-    self.consumed.add(key)
-    return value
-
-  def skip(self, name: str) -> None:
-    """Marks a key as deliberately unused (if present)."""
-    if self.prefix + name in self.state:
-      self.consumed.add(self.prefix + name)
-
-
 def text_encoder_config_from_state(state: Mapping[str, Any],
                                    prefix: str = "cond_stage_model.model.",
                                    head_dim: int = 64, skip_last_layers: int = 1
@@ -284,7 +258,7 @@ def convert_text_encoder_state(state: Mapping[str, Any], prefix: str = "cond_sta
     UserError: a missing key or a shape mismatch (the message names the key).
   """
   cfg = config or text_encoder_config_from_state(state, prefix)
-  reader = _StateReader(state, prefix)
+  reader = state_reader.StateReader(state, prefix)
   w = cfg.width
 
   def dense(name: str, n_in: int, n_out: int) -> dict:

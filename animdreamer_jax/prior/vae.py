@@ -31,6 +31,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from animdreamer_jax.errors import UserError
+from animdreamer_jax.prior import state_reader
 
 SCALE_FACTOR = 0.18215
 NORM_EPS = 1e-6
@@ -306,25 +307,6 @@ def decode_latents(params: Any, latents: jax.Array, config: VaeConfig,
 # --- conversion ------------------------------------------------------------------------------------
 
 
-class _StateReader:
-  """Takes tensors out of a flat state dict by name, checking shapes and recording what was used."""
-
-  def __init__(self, state: Mapping[str, Any], prefix: str):
-    self.state = state
-    self.prefix = prefix
-    self.consumed: set[str] = set()
-
-  def take(self, name: str, shape: tuple[int, ...]) -> np.ndarray:
-    key = self.prefix + name
-    if key not in self.state:
-      raise UserError(f"{key}: missing from the checkpoint")
-    value = np.asarray(self.state[key], dtype=np.float32)
-    if value.shape != tuple(shape):
-      raise UserError(f"{key}: shape {value.shape}, expected {tuple(shape)}")
-    self.consumed.add(key)
-    return value
-
-
 def vae_config_from_state(state: Mapping[str, Any], prefix: str = "first_stage_model."
                          ) -> VaeConfig:
   """Infers `VaeConfig` from the shapes of an LDM-named VAE state dict."""
@@ -371,7 +353,7 @@ def convert_vae_state(state: Mapping[str, Any], prefix: str = "first_stage_model
     UserError: a missing key or a shape mismatch (the message names the key).
   """
   cfg = config or vae_config_from_state(state, prefix)
-  reader = _StateReader(state, prefix)
+  reader = state_reader.StateReader(state, prefix)
 
   def conv(name, c_in, c_out, k):
     return {"kernel": reader.take(name + ".weight", (c_out, c_in, k, k)).transpose(2, 3, 1, 0),

@@ -60,6 +60,7 @@ import jax.numpy as jnp
 from animdreamer_jax.geometry import quaternion as quat_lib
 from animdreamer_jax.geometry import rays as rays_lib
 from animdreamer_jax.geometry import se3
+from animdreamer_jax.geometry import vector
 from animdreamer_jax.model import skinning
 from animdreamer_jax.model.skinning import Bones
 from animdreamer_jax.render import compositing
@@ -317,12 +318,6 @@ class RenderOptions:
 # Rendering.
 
 
-def _safe_norm(v: jnp.ndarray) -> jnp.ndarray:
-  sq = jnp.sum(v * v, axis=-1)
-  zero = sq <= 0.0
-  return jnp.where(zero, 0.0, jnp.sqrt(jnp.where(zero, 1.0, sq)))
-
-
 def sdf_and_gradient(sdf_fn: Callable[[jnp.ndarray], jnp.ndarray],
                      points: jnp.ndarray) -> tuple[jnp.ndarray, jnp.ndarray]:
   """SDF values and their spatial gradient by one VJP.
@@ -344,7 +339,7 @@ def sdf_and_gradient(sdf_fn: Callable[[jnp.ndarray], jnp.ndarray],
 
 def eikonal_term(gradient: jnp.ndarray) -> jnp.ndarray:
   """(|grad sdf| - 1)^2 per point. (N, 3) -> (N,)."""
-  return (_safe_norm(gradient) - 1.0) ** 2
+  return (vector.safe_norm(gradient) - 1.0) ** 2
 
 
 def _field_fns(model, params, options: RenderOptions):
@@ -426,7 +421,7 @@ def _frame_outputs(uv, geo, field, grad_c, frame, partner, rest, ctx, warp, *, d
   flat_c = x_c.reshape(-1, 3)
   x_fwd, aux_fwd = jax.vmap(lambda x: warp.forward(ctx, x))(flat_c)  # (P, K, 3)
   x_fwd = x_fwd.reshape(num_rays, num_s, -1, 3)
-  cyc = _safe_norm(x_fwd[..., 0, :] - x_t)
+  cyc = vector.safe_norm(x_fwd[..., 0, :] - x_t)
   out["cyc_dist"] = compositing.composite(weights, cyc, detach_weights=True)
   skin_entropy = 0.5 * (geo["skin_entropy"] + aux_fwd["skin_entropy"].reshape(num_rays, num_s))
   out["skin_entropy"] = compositing.composite(weights, skin_entropy, detach_weights=True)
@@ -457,9 +452,9 @@ def _frame_outputs(uv, geo, field, grad_c, frame, partner, rest, ctx, warp, *, d
                           x_t.reshape(-1, 3))
     (grad_t,) = warp_vjp(grad_c.reshape(-1, 3))
     grad_cam = grad_t @ se3.se3_inverse(frame.obj2cam)[:3, :3]
-    normal = grad_cam / jnp.maximum(_safe_norm(grad_cam), 1e-12)[..., None]
+    normal = grad_cam / jnp.maximum(vector.safe_norm(grad_cam), 1e-12)[..., None]
     normal = compositing.composite(weights, normal.reshape(num_rays, num_s, 3))
-    out["normal"] = normal / jnp.maximum(_safe_norm(normal), 1e-12)[..., None]
+    out["normal"] = normal / jnp.maximum(vector.safe_norm(normal), 1e-12)[..., None]
   return out
 
 
