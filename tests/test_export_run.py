@@ -3,17 +3,17 @@
 The run folder is made here the way the extraction writes it: a tiny
 ArticulatedModel with random parameters (moving bones, non-zero delta
 skinning), its checkpoint through train/checkpoint.py, and meshes.npz from the
-extraction's own forward warp (`extract_outputs.posed_sequence`, the
+extraction's own forward warp (`render.posing.posed_sequence`, the
 renderer's SkinningWarp), which is the independent reference for the
 export's array-based warp.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import pathlib
 import shutil
-import types
 
 import jax
 import jax.numpy as jnp
@@ -24,12 +24,22 @@ from scipy.spatial.transform import Rotation
 
 from animdreamer_jax import assets
 from animdreamer_jax import cli
+from animdreamer_jax import files
+from animdreamer_jax import settings as settings_lib
 from animdreamer_jax.export import gltf_writer
 from animdreamer_jax.export import motion_file
 from animdreamer_jax.export import rig_from_run
 from animdreamer_jax.export import viewer
 from animdreamer_jax.geometry import transforms_np
 from animdreamer_jax.errors import UserError
+from animdreamer_jax.model import articulated_model
+from animdreamer_jax.model import skinning
+from animdreamer_jax.render import posing
+from animdreamer_jax.stages.extraction import plan as plan_lib
+from animdreamer_jax.stages.extraction import settings as extraction
+from animdreamer_jax.train import checkpoint as checkpoint_lib
+from animdreamer_jax.train import optimizer as optimizer_lib
+from animdreamer_jax.train import state as state_lib
 
 NUM_FRAMES, NUM_BONES, FPS = 6, 5, 12.0
 
@@ -58,37 +68,29 @@ def _random_params(shapes, seed):
 
 
 def make_run(folder: pathlib.Path, seed: int = 0) -> pathlib.Path:
-  """A finished-looking run folder (config, checkpoint, rest/meshes/motion npz)."""
-  # pylint: disable=g-import-not-at-top
-  from animdreamer_jax.model import articulated_model
-  from animdreamer_jax.model import skinning
-  from animdreamer_jax.train import checkpoint as checkpoint_lib
-  from animdreamer_jax.train import config as config_lib
-  from animdreamer_jax.train import extract_outputs
-  from animdreamer_jax.train import state as state_lib
-  from animdreamer_jax.train import step as step_lib
-  # pylint: enable=g-import-not-at-top
+  """A finished-looking run folder (config, model.json, checkpoint, rest/meshes/motion npz)."""
   folder.mkdir(parents=True)
-  config = config_lib.extract_base_config("tiny")
-  config.model.num_bones = NUM_BONES
+  settings = extraction.defaults("tiny")
+  settings = dataclasses.replace(settings, model=dataclasses.replace(settings.model,
+                                                                     num_bones=NUM_BONES))
   # The feature width follows the video (here 6, not the config's): the export
-  # must find it in the checkpoint.
+  # must take the model from model.json.
   model = articulated_model.ArticulatedModel(
-      step_lib.model_config(config, NUM_FRAMES, (32, 32), feature_dim=6))
-  assert model.config.feature_dim != config.model.feature_dim
+      plan_lib.model_config(settings, NUM_FRAMES, (32, 32), feature_dim=6))
+  assert model.config.feature_dim != settings.model.feature_dim
   shapes = jax.eval_shape(model.init, jax.random.PRNGKey(0), jnp.zeros((4, 3)), jnp.int32(0))
   params = _random_params(shapes, seed)
   # Put the object 2 units in front of the camera.
   head = params["params"]["root_pose"]["trans_head"]["output"]["dense"]
   head["bias"] = head["bias"] + jnp.array([0.0, 0.0, 2.0])
-  tx = step_lib.make_optimizer(config, params)
-  aux = step_lib.initial_aux(config, types.SimpleNamespace(
-      prior_w2c=np.zeros((NUM_FRAMES, 4, 4), np.float32)))
-  state = state_lib.create(params, tx, aux, seed=int(config.train.seed) + 1)
+  tx = optimizer_lib.make_optimizer(params, settings.optim)
+  aux = plan_lib.initial_aux(settings, NUM_FRAMES)
+  state = state_lib.create(params, tx, aux, seed=settings.train.seed + 1)
   checkpointer = checkpoint_lib.Checkpointer(folder / "checkpoints")
   assert checkpointer.save(state)
   checkpointer.close()
-  config_lib.save_config(config, folder / "config.json")
+  settings_lib.save_config(extraction.to_config(settings), folder / "config.json")
+  files.save_json(folder / "model.json", dataclasses.asdict(model.config))
 
   # Rest mesh: a closed ellipsoid (convex hull of a UV grid).
   u, v = np.meshgrid(np.linspace(0, np.pi, 9), np.linspace(0, 2 * np.pi, 12, endpoint=False),
@@ -99,7 +101,8 @@ def make_run(folder: pathlib.Path, seed: int = 0) -> pathlib.Path:
   hull = ConvexHull(points)
   rest_v = points[np.unique(hull.simplices)].astype(np.float32)
   rest_f = ConvexHull(rest_v).simplices.astype(np.int32)
-  posed, obj2cam = extract_outputs.posed_sequence(model, params, config, rest_v, NUM_FRAMES)
+  posed, obj2cam = posing.posed_sequence(model, params, rest_v, range(NUM_FRAMES),
+                                         blend=settings.render.blend)
 
   @jax.jit
   def motion_arrays(params):
@@ -120,9 +123,8 @@ def make_run(folder: pathlib.Path, seed: int = 0) -> pathlib.Path:
   w2c = obj2cam.astype(np.float64) @ np.linalg.inv(root)
   assets.save_sequence_npz(folder / "meshes.npz", assets.MeshSequence(
       vertices=posed, faces=rest_f, fps=FPS, vertex_colors=colors, rest_vertices=rest_v))
-  extract_outputs.save_npz(folder / "rest.npz", vertices=rest_v, faces=rest_f,
-                           vertex_colors=colors)
-  extract_outputs.save_npz(
+  files.save_npz(folder / "rest.npz", vertices=rest_v, faces=rest_f, vertex_colors=colors)
+  files.save_npz(
       folder / "motion.npz", object_to_camera=obj2cam, mesh_frame=np.array("object"),
       bone_quat=np.asarray(bones.quat), bone_trans=np.asarray(bones.trans),
       rest_bone_quat=np.asarray(rest_bones.quat), rest_bone_trans=np.asarray(rest_bones.trans),
@@ -289,7 +291,7 @@ def test_bad_run_folders(run_dir, tmp_path, capsys):
   shutil.copytree(run_dir, broken)
   (broken / "meshes.npz").unlink()
   _expect_error(["export", "--run", str(broken), "--out", str(out)],
-                "not a finished extraction run (missing meshes.npz)", capsys)
+                "not a finished run (missing meshes.npz)", capsys)
   shutil.copy(run_dir / "meshes.npz", broken / "meshes.npz")
   shutil.rmtree(broken / "checkpoints")
   _expect_error(["export", "--run", str(broken), "--out", str(out)], "missing checkpoint", capsys)
@@ -357,9 +359,9 @@ def test_root_motion_from_the_video_folder(run_dir, tmp_path, capsys):
 def test_checkpoint_of_another_model(run_dir, tmp_path, capsys):
   other = tmp_path / "other"
   shutil.copytree(run_dir, other)
-  config = json.loads((other / "config.json").read_text())
-  config["model"]["delta_width"] = config["model"]["delta_width"] + 4
-  (other / "config.json").write_text(json.dumps(config))
+  model = json.loads((other / "model.json").read_text())  # the model the run describes
+  model["delta_width"] = model["delta_width"] + 4
+  (other / "model.json").write_text(json.dumps(model))
   _expect_error(["export", "--run", str(other), "--out", str(tmp_path / "o" / "x.glb")],
                 "the checkpoint does not match the model", capsys)
   assert not (tmp_path / "o").exists()

@@ -168,6 +168,7 @@ def _minimal_run(folder: pathlib.Path, num_bones: int = 4, num_frames: int = 3) 
   folder.mkdir(parents=True)
   rig = random_rig(num_frames=num_frames, num_bones=num_bones)
   (folder / "config.json").write_text(json.dumps({"model": {}}))
+  (folder / "model.json").write_text(json.dumps({"num_bones": num_bones}))
   (folder / "checkpoints" / "10").mkdir(parents=True)
   np.savez(folder / "rest.npz", vertices=rig.rest_vertices, faces=rig.faces)
   np.savez(folder / "meshes.npz", vertices=np.repeat(rig.rest_vertices[None], num_frames, 0),
@@ -204,7 +205,7 @@ def test_reanimate_bad_sources(tmp_path, capsys):
   unfinished.mkdir()
   (unfinished / "config.json").write_text("{}")
   cases = [(tmp_path / "nothing.json", "motion not found"),
-           (unfinished, "not a finished extraction run")]
+           (unfinished, "not a finished run")]
   for source, message in cases:
     code, err = _run_cli(["reanimate", "--run", str(model_run), "--motion", str(source), "--out",
                           str(tmp_path / "o.glb")], capsys)
