@@ -97,11 +97,10 @@ def test_pinhole_intrinsics():
 def test_sample_cameras_ranges_and_sharing():
   center = jnp.array([0.05, 0.0, -0.1])
   size, radius = 0.8, 0.6
-  root = jnp.eye(4)
 
   def draw(key):
     return cameras_lib.sample_cameras(key, resolution=16, object_center=center, object_size=size,
-                                      object_radius=radius, frame=3, root_pose=root)
+                                      object_radius=radius, frame=3)
 
   cams = jax.jit(jax.vmap(draw))(jax.random.split(jax.random.PRNGKey(0), 256))
   el, fov, dist, az = (np.asarray(x) for x in (cams.elevation, cams.fov, cams.distance,
@@ -150,8 +149,7 @@ def test_sample_elevation_mixture():
 
 def test_repeat_views():
   cams = cameras_lib.sample_cameras(jax.random.PRNGKey(0), resolution=8, object_center=jnp.zeros(3),
-                                    object_size=1.0, object_radius=0.7, frame=0,
-                                    root_pose=jnp.eye(4))
+                                    object_size=1.0, object_radius=0.7, frame=0)
   twice = cameras_lib.repeat_views(cams, 2)
   assert twice.w2c.shape == (8, 4, 4) and twice.mvdream.shape == (8, 16)
   np.testing.assert_array_equal(np.asarray(twice.w2c[4:]), np.asarray(cams.w2c))

@@ -326,7 +326,7 @@ def test_pixel_subsets_need_a_pixel_separable_prior(tiny):
   settings = csd_settings.CsdSettings(prior="oracle", resolution=4, pixels_per_view=5)
   whole_images = priors.function_prior(lambda pp, x, t, c, cams: x, conditional=False)
   with pytest.raises(UserError, match="pixels_per_view"):
-    csd_term.make_csd_term(model, settings, whole_images, NUM_FRAMES, _renderer(model, _SETTINGS))
+    csd_term.make_csd_term(settings, whole_images, NUM_FRAMES, _renderer(model, _SETTINGS))
   with pytest.raises(UserError, match="pixels_per_view"):
     csd_settings.CsdSettings(resolution=4, pixels_per_view=17)
   with pytest.raises(UserError, match="patches"):
@@ -372,7 +372,7 @@ def _term_gradient(model, params, settings, groups, prior_params):
   from animdreamer_jax.losses.term import StepContext  # pylint: disable=g-import-not-at-top
   from animdreamer_jax.train import step as step_lib  # pylint: disable=g-import-not-at-top
   prior = _linear_prior()
-  term = csd_term.make_csd_term(model, settings, prior, NUM_FRAMES, _renderer(model, settings))
+  term = csd_term.make_csd_term(settings, prior, NUM_FRAMES, _renderer(model, settings))
 
   @jax.jit
   def f(params, prior_params):

@@ -144,12 +144,11 @@ def check_prior(settings: CsdSettings, prior: priors.DiffusionPrior) -> None:
                     "use 0")
 
 
-def make_csd_term(model, settings: CsdSettings, prior: priors.DiffusionPrior, num_frames: int,
+def make_csd_term(settings: CsdSettings, prior: priors.DiffusionPrior, num_frames: int,
                   render: gradient.RenderFn) -> LossTerm:
   """The CSD loss term (see the module docstring).
 
   Args:
-    model: the ArticulatedModel.
     settings: the csd section.
     prior: the DiffusionPrior; its params and text come from `ctx.data.prior`.
     num_frames: frames of the video (t is drawn uniformly).
@@ -158,7 +157,6 @@ def make_csd_term(model, settings: CsdSettings, prior: priors.DiffusionPrior, nu
   Returns:
     LossTerm "csd": losses {"csd"}, metrics csd_loss, csd_t, csd_frame, ... .
   """
-  del model
   check_prior(settings, prior)
 
   def fn(params, ctx: StepContext):

@@ -151,7 +151,7 @@ def build_plan(settings: ExtractionSettings, video, source: str = "video",
     diffusion_prior, prior_params, text = prior or priors_lib.build_prior(settings.csd, video)
     renderer = csd_term.make_view_renderer(model, settings.render.options(
         num_samples=settings.csd.samples_per_ray(settings.render.num_samples)))
-    term = csd_term.make_csd_term(model, settings.csd, diffusion_prior, video.num_frames, renderer)
+    term = csd_term.make_csd_term(settings.csd, diffusion_prior, video.num_frames, renderer)
     mask = csd_term.param_group_mask(template.params, settings.csd.param_groups)
     kinds[CSD] = step_lib.StepKind(CSD, (term,), trainable=mask)
     prior_inputs = {"params": prior_params, "text": text}
