@@ -57,7 +57,7 @@ def test_oracle_eps_is_the_point_mass_denoiser():
   t = np.array([10, 200, 500, 900])
   a = ABAR[t][:, None, None, None].astype(np.float64)
   noisy = np.sqrt(a) * clean + np.sqrt(1 - a) * noise
-  got = prior_interface.oracle_eps(jnp.asarray(noisy, jnp.float32), jnp.asarray(t),
+  got = priors.oracle_eps(jnp.asarray(noisy, jnp.float32), jnp.asarray(t),
                                    jnp.asarray(clean), ABAR)
   np.testing.assert_allclose(np.asarray(got), noise, atol=2e-4)
 
