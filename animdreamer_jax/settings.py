@@ -268,7 +268,3 @@ def read_config_json(path: str | os.PathLike) -> dict:
   if not isinstance(data, dict):
     raise UserError(f"{path}: not a config (expected a JSON object)")
   return data
-
-
-def describe_overrides(overrides: Sequence[tuple[str, str]]) -> str:
-  return " ".join(f"{OVERRIDE_PREFIX}{k}={v}" for k, v in overrides)
