@@ -5,6 +5,5 @@ Modules (imported on use; this package imports nothing heavy):
   attention         scaled dot-product attention and LDM's CrossAttention
   camera_embedding  MVDream's 16-D camera vectors (orbit cameras, from OpenCV world-to-camera matrices)
   convert           checkpoint conversion (.pt / .safetensors / diffusers folder) and loading of converted folders
-  bench_unet        `animdreamer bench unet`
   text_encoder, tokenizer, vae, schedule, ddim, guidance: the rest of the prior (text, latents, sampling)
 """

@@ -26,9 +26,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from animdreamer_jax.bench import common
 from animdreamer_jax.errors import UserError
 from animdreamer_jax.prior.convert import diffusers_unet_to_ldm, flatten_params, flax_path_to_torch_key
 from animdreamer_jax.prior.unet import MultiViewUNet, UNetConfig, init_unet_params, unet_param_shapes
+
+# torch and diffusers are optional (the parity extra): imported inside the functions of the
+# PyTorch reference only, so the JAX side and the memory part run without them.
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -75,12 +79,7 @@ def _jax_step(config: UNetConfig, dtype=jnp.float32, remat: bool = False, vjp: b
 
 
 def _median_time(fn, repeats: int) -> float:
-  times = []
-  for _ in range(repeats):
-    start = time.perf_counter()
-    fn()
-    times.append(time.perf_counter() - start)
-  return float(np.median(times))
+  return float(np.median(common.time_calls(fn, repeats)))
 
 
 class _JointViewsProcessor:
@@ -91,7 +90,7 @@ class _JointViewsProcessor:
 
   def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None,
                **kwargs):
-    import torch.nn.functional as F  # pylint: disable=import-outside-toplevel
+    import torch.nn.functional as F
     n, length, channels = hidden_states.shape
     x = hidden_states.reshape(n // self.num_views, self.num_views * length, channels)
 
@@ -105,8 +104,8 @@ class _JointViewsProcessor:
 
 def torch_reference(config: UNetConfig, params) -> "torch.nn.Module":  # noqa: F821
   """diffusers' UNet with `config`'s layout, multi-view attn1, loaded with the JAX `params`."""
-  import torch  # pylint: disable=import-outside-toplevel
-  from diffusers import UNet2DConditionModel  # pylint: disable=import-outside-toplevel
+  import torch
+  from diffusers import UNet2DConditionModel
   widths = [m * config.model_channels for m in config.channel_mult]
   attention = [config.level_has_attention(level) for level in range(len(widths))]
   unet = UNet2DConditionModel(
@@ -162,8 +161,8 @@ def bench_speed(args) -> None:
   print(f"  JAX   forward + input VJP: {jax_time * 1e3:8.1f} ms (median of {args.repeats})")
 
   try:
-    import torch  # pylint: disable=import-outside-toplevel
-    import diffusers  # noqa: F401  pylint: disable=import-outside-toplevel,unused-import
+    import torch
+    import diffusers  # noqa: F401  (only whether it is installed)
   except ImportError:
     print("  PyTorch reference: torch/diffusers not installed (pip install -e '.[parity]'); no ratio")
     return
@@ -215,15 +214,13 @@ def bench_memory(args) -> None:
     extra = (spec((n, latent, latent, 4)),) if vjp else ()
     compiled = jax.jit(fn).lower(params, *data, *extra).compile()
     seconds = time.perf_counter() - start
-    stats = compiled.memory_analysis()
-    if stats is None:
+    if compiled.memory_analysis() is None:
       print(f"  {name:22s} memory_analysis() unavailable on this backend")
       continue
-    gib = lambda b: f"{b / 2**30:.2f} GiB"
-    peak = (stats.argument_size_in_bytes + stats.output_size_in_bytes + stats.temp_size_in_bytes
-            - stats.alias_size_in_bytes)
-    print(f"  {name:22s} {gib(stats.argument_size_in_bytes):>13s} {gib(stats.output_size_in_bytes):>9s} "
-          f"{gib(stats.temp_size_in_bytes):>12s} {gib(peak):>9s} {seconds:7.0f}s", flush=True)
+    m = common.memory_figures(compiled)
+    gib = lambda b: f"{b / common.GIB:.2f} GiB"  # noqa: E731
+    print(f"  {name:22s} {gib(m['argument_size_in_bytes']):>13s} {gib(m['output_size_in_bytes']):>9s} "
+          f"{gib(m['temp_size_in_bytes']):>12s} {gib(m['peak_bytes']):>9s} {seconds:7.0f}s", flush=True)
 
 
 def run(args: argparse.Namespace) -> int:

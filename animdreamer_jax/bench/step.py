@@ -1,0 +1,170 @@
+"""`animdreamer bench step`: FLOP/s of the extraction's reconstruction train step.
+
+Builds the step exactly as extraction trains it: the extraction stage's plan
+(`stages.extraction.plan.build_plan`) on a synthetic 64-frame 256 x 256 video,
+and its "reconstruction" StepKind through `train.step.make_train_step`, one
+`jax.jit` with the state donated: the batch drawn on the device (frame pairs,
+R rays per step, S uniform samples per ray), warp-composed rendering (DQS
+skinning with delta MLP, flow to the partner frame, cycle, eikonal on a share
+of the rays, bone mask, feature matching), lab4d's losses with the stage's
+scheduled weights, value_and_grad, and the one update rule (`train.update`:
+global-norm clip, AdamW with the explicit parameters at x10).
+
+It reads the step's FLOP count from XLA's `cost_analysis()` of the compiled
+step, times the step (warm-up excluded; best and median of --steps runs),
+times a dense fp32 matmul in the same process, and prints
+
+  achieved FLOP/s = step FLOPs / step time,  ratio = achieved / matmul FLOP/s.
+
+Examples:
+  animdreamer bench step --config cpu                 # 1024 rays x 32 samples
+  animdreamer bench step --config lab4d --rays 1024 --samples 64
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import statistics
+import time
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from animdreamer_jax import files
+from animdreamer_jax.bench import common
+from animdreamer_jax.errors import UserError
+from animdreamer_jax.model import articulated_model as am
+from animdreamer_jax.stages.extraction import plan as plan_lib
+from animdreamer_jax.stages.extraction import settings as extraction_settings
+from animdreamer_jax.train import step as step_lib
+
+PRESETS = ("cpu", "lab4d", "tiny")
+DEFAULT_SAMPLES = {"cpu": 32, "lab4d": 64, "tiny": 8}
+IMAGE_SIZE = (256, 256)
+NUM_FRAMES = 64
+NEAR_FAR = (1.5, 3.5)  # the synthetic cameras stand 2.5 from the origin
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+  parser.add_argument("--config", choices=PRESETS, default="cpu",
+                      help="model sizes: 'cpu' (small), 'lab4d' (8x256 trunk, 5x256 time MLPs) "
+                           "or 'tiny' (smoke runs)")
+  parser.add_argument("--rays", type=int, default=1024, help="rays per step (default 1024)")
+  parser.add_argument("--samples", type=int, default=None,
+                      help="samples per ray (default: 32 for cpu, 64 for lab4d, 8 for tiny)")
+  parser.add_argument("--rays-per-frame", type=int, default=16,
+                      help="rays per frame (lab4d: 16); rays / this frames, in pairs")
+  parser.add_argument("--eikonal-fraction", type=float, default=1.0 / 16.0,
+                      help="fraction of each frame's rays with the eikonal term (lab4d 1/16)")
+  parser.add_argument("--bones", type=int, default=None,
+                      help="number of bones (default: the preset's, 25 for cpu and lab4d)")
+  parser.add_argument("--blend", choices=("dqs", "lbs"), default="dqs")
+  parser.add_argument("--steps", type=int, default=5, help="timed steps after warm-up")
+  parser.add_argument("--matmul-size", type=int, default=2048,
+                      help="side of the square fp32 matmul used as the peak")
+  parser.add_argument("--json", default=None, help="also write the figures to this JSON file")
+
+
+def bench_settings(preset: str, rays: int, samples: int, rays_per_frame: int,
+                   eikonal_fraction: float, bones: int | None, blend: str
+                   ) -> extraction_settings.ExtractionSettings:
+  """The extraction settings of the preset with the benchmark's batch, sampling and bones."""
+  base = extraction_settings.defaults(preset)
+  model = base.model if bones is None else dataclasses.replace(base.model, num_bones=bones)
+  return dataclasses.replace(
+      base, model=model,
+      data=dataclasses.replace(base.data, pairs_per_batch=rays // (2 * rays_per_frame),
+                               pixels_per_frame=rays_per_frame),
+      render=dataclasses.replace(base.render, num_samples=samples,
+                                 eikonal_ray_fraction=eikonal_fraction, blend=blend))
+
+
+def benchmark(preset: str, rays: int, samples: int, rays_per_frame: int,
+              eikonal_fraction: float, bones: int | None, blend: str, steps: int,
+              matmul_size: int) -> dict[str, Any]:
+  """Builds, compiles and times the step; returns the figures."""
+  settings = bench_settings(preset, rays, samples, rays_per_frame, eikonal_fraction, bones, blend)
+  video = common.synthetic_video(NUM_FRAMES, *IMAGE_SIZE, settings.model.feature_dim)
+  plan = plan_lib.build_plan(settings, video, source="synthetic video")
+  kind, scalars = plan.schedule(0, settings.train.total_steps)
+  step = step_lib.make_train_step(plan.kinds[kind], plan.tx)
+  state = plan.initial_state(False)  # random init: the mlp_init fits change no shape
+  near_far = np.tile(np.asarray([NEAR_FAR], np.float32), (NUM_FRAMES, 1))
+  state = state.replace(aux={**state.aux, "near_far": jnp.asarray(near_far)})
+  num_params = am.count_params(state.params)
+
+  start = time.perf_counter()
+  compiled = step.lower(state, plan.data, scalars).compile()
+  compile_s = time.perf_counter() - start
+  flops = common.compiled_flops(compiled, "bench step")
+
+  # Step and matmul timings are interleaved so both see the same machine load
+  # (other processes share the cores); the best of each is the unloaded figure.
+  mm, (a, b) = common.matmul_setup(matmul_size)
+  state, metrics = compiled(state, plan.data, scalars)  # warm-up
+  jax.block_until_ready(metrics["loss"])
+  times, mm_times, applied = [], common.time_calls(lambda: mm(a, b), 2), 0
+  for _ in range(steps):
+    start = time.perf_counter()
+    state, metrics = compiled(state, plan.data, scalars)
+    jax.block_until_ready(metrics["loss"])
+    times.append(time.perf_counter() - start)
+    applied += int(metrics["applied"])  # a refused update (spike test) costs the same
+    mm_times += common.time_calls(lambda: mm(a, b), 2)
+  loss = float(metrics["loss"])
+  if not np.isfinite(loss):
+    raise UserError("bench step: the loss is not finite")
+  mm_flops = common.matmul_flops(matmul_size)
+  peak, peak_median = mm_flops / min(mm_times), mm_flops / statistics.median(mm_times)
+  best, median = min(times), statistics.median(times)
+  return {
+      "config": preset, "rays": rays, "samples": samples, "frames": rays // rays_per_frame,
+      "bones": settings.model.num_bones, "blend": blend,
+      "eikonal_rays_per_frame": max(1, int(round(rays_per_frame * eikonal_fraction))),
+      "losses": sorted(settings.loss.enabled()),
+      "params": num_params, "compile_s": compile_s,
+      "step_flops": flops, "step_s_best": best, "step_s_median": median,
+      "achieved_flops_per_s": flops / best, "achieved_flops_per_s_median": flops / median,
+      "matmul_size": matmul_size, "matmul_flops_per_s": peak,
+      "matmul_flops_per_s_median": peak_median,
+      "ratio": flops / best / peak, "ratio_median": flops / median / peak_median,
+      "devices": str(jax.devices()[0].platform), "loss": loss, "applied_steps": applied,
+  }
+
+
+def run(args: argparse.Namespace) -> int:
+  samples = args.samples or DEFAULT_SAMPLES[args.config]
+  for name in ("rays", "steps", "rays_per_frame", "matmul_size"):
+    if getattr(args, name) < 1:
+      raise UserError(f"--{name.replace('_', '-')}: must be >= 1")
+  if args.bones is not None and args.bones < 1:
+    raise UserError("--bones: must be >= 1")
+  if samples < 2:
+    raise UserError("--samples: must be >= 2")
+  if args.rays % (2 * args.rays_per_frame):
+    raise UserError(f"--rays: {args.rays} is not a multiple of 2 x --rays-per-frame "
+                    f"({args.rays_per_frame}); frames come in pairs")
+  if not 0.0 <= args.eikonal_fraction <= 1.0:
+    raise UserError("--eikonal-fraction: must be in [0, 1]")
+  print(f"bench step: config={args.config} rays={args.rays} samples={samples} "
+        f"bones={args.bones or 'preset'} blend={args.blend} "
+        f"backend={jax.devices()[0].platform}", flush=True)
+  r = benchmark(args.config, args.rays, samples, args.rays_per_frame, args.eikonal_fraction,
+                args.bones, args.blend, args.steps, args.matmul_size)
+  g = 1e9
+  print(f"  model parameters        {r['params']:,} ({r['bones']} bones)")
+  print(f"  losses                  {', '.join(r['losses'])}")
+  print(f"  compile                 {r['compile_s']:.1f} s")
+  print(f"  step FLOPs (XLA)        {r['step_flops'] / g:.2f} GFLOP")
+  print(f"  step time best/median   {r['step_s_best'] * 1e3:.1f} / {r['step_s_median'] * 1e3:.1f} ms")
+  print(f"  achieved                {r['achieved_flops_per_s'] / g:.1f} GFLOP/s "
+        f"(median {r['achieved_flops_per_s_median'] / g:.1f})")
+  print(f"  matmul {r['matmul_size']}^2 fp32      {r['matmul_flops_per_s'] / g:.1f} GFLOP/s "
+        f"(median {r['matmul_flops_per_s_median'] / g:.1f})")
+  print(f"  ratio achieved/matmul   {r['ratio']:.2f} (median {r['ratio_median']:.2f})")
+  if args.json:
+    files.save_json(args.json, r, indent=2)
+  return 0

@@ -1,0 +1,101 @@
+"""`animdreamer bench`: flags and their errors, the shared figures, the host initialiser, and
+tiny step and CSD benchmarks end to end (slow; paper scale runs on a GPU)."""
+import json
+import subprocess
+import sys
+import types
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from animdreamer_jax.bench import common
+from animdreamer_jax.bench import csd as bench_csd
+from animdreamer_jax.errors import UserError
+
+
+def _bench(repo_root, which, *args):
+  return subprocess.run([sys.executable, str(repo_root / "bin" / "animdreamer"), "bench", which,
+                         *args], capture_output=True, text=True, timeout=600)
+
+
+@pytest.mark.parametrize("which", ["step", "unet", "csd"])
+def test_each_benchmark_has_help(repo_root, which):
+  res = _bench(repo_root, which, "--help")
+  assert res.returncode == 0, res.stderr
+  assert res.stdout.startswith(f"usage: animdreamer bench {which}")
+
+
+@pytest.mark.parametrize("which, args, line", [
+    ("csd", ["--resolution", "0"], "error: --resolution: must be >= 2"),
+    ("csd", ["--patches", "3"],
+     "error: --patches: 3 must divide the pixels of a view, --resolution^2 = 40000"),
+    ("step", ["--rays", "100"],
+     "error: --rays: 100 is not a multiple of 2 x --rays-per-frame (16); frames come in pairs"),
+])
+def test_bad_arguments_give_one_error_line(repo_root, which, args, line):
+  res = _bench(repo_root, which, *args)
+  assert res.returncode == 2
+  assert res.stderr.strip().splitlines() == [line]
+
+
+def test_memory_figures_count_donated_buffers_once():
+  analysis = types.SimpleNamespace(argument_size_in_bytes=10 << 30, output_size_in_bytes=3 << 30,
+                                   alias_size_in_bytes=2 << 30, temp_size_in_bytes=5 << 30,
+                                   generated_code_size_in_bytes=0)
+  figures = common.memory_figures(types.SimpleNamespace(memory_analysis=lambda: analysis))
+  assert figures["peak_bytes"] == (10 + 3 - 2 + 5) << 30
+  assert figures["peak_gib"] == 16.0 and figures["temp_gib"] == 5.0
+
+
+def test_compiled_flops_of_a_matmul_and_none_is_an_error():
+  a = jax.ShapeDtypeStruct((64, 32), jnp.float32)
+  b = jax.ShapeDtypeStruct((32, 16), jnp.float32)
+  compiled = jax.jit(jnp.matmul).lower(a, b).compile()
+  assert common.compiled_flops(compiled, "test") == pytest.approx(2 * 64 * 32 * 16, rel=0.01)
+  with pytest.raises(UserError, match="test: XLA's cost_analysis"):
+    common.compiled_flops(types.SimpleNamespace(cost_analysis=lambda: {}), "test")
+
+
+def test_host_random_params_follow_the_shapes_and_fan_in():
+  spec = jax.ShapeDtypeStruct
+  shapes = {"conv": {"kernel": spec((3, 3, 64, 32), jnp.float32), "bias": spec((32,), jnp.float32)},
+            "norm": {"scale": spec((64,), jnp.float32), "bias": spec((64,), jnp.float32)},
+            "dense": {"kernel": spec((512, 256), jnp.bfloat16)}}
+  params = bench_csd.host_random_params(shapes, seed=0)
+  assert jax.tree_util.tree_map(lambda a: (a.shape, a.dtype), params) == \
+      jax.tree_util.tree_map(lambda s: (s.shape, s.dtype), shapes)
+  np.testing.assert_array_equal(params["norm"]["scale"], 1.0)
+  np.testing.assert_array_equal(params["norm"]["bias"], 0.0)
+  np.testing.assert_array_equal(params["conv"]["bias"], 0.0)
+  for kernel, fan_in in ((params["conv"]["kernel"], 3 * 3 * 64), (params["dense"]["kernel"], 512)):
+    std = float(np.std(np.asarray(kernel, np.float32)))
+    assert abs(std * np.sqrt(fan_in) - 1.0) < 0.03
+
+
+@pytest.mark.slow
+def test_tiny_csd_step_runs_and_reports_ratios_and_memory(repo_root, tmp_path):
+  out = tmp_path / "bench.json"
+  res = _bench(repo_root, "csd", "--model", "tiny", "--prior", "mvdream-tiny", "--resolution", "8",
+               "--samples", "4", "--patches", "2", "--steps", "1", "--encode-resolution", "32",
+               "--dtype", "float32", "--matmul-size", "256", "--json", str(out))
+  assert res.returncode == 0, res.stderr
+  assert "ratio achieved/matmul" in res.stdout
+  r = json.loads(out.read_text())
+  assert r["samples_per_step"] == 4 * 8 * 8 * 4
+  assert np.isfinite(r["loss"]) and r["loss"] == pytest.approx(r["csd_loss"])  # w_csd = 1
+  for name in ("step_flops", "step_s_best", "ratio_f32_matmul", "xla_peak_bytes"):
+    assert r[name] > 0, name
+
+
+@pytest.mark.slow
+def test_tiny_reconstruction_step_runs_and_reports_the_ratio(repo_root, tmp_path):
+  out = tmp_path / "bench.json"
+  res = _bench(repo_root, "step", "--config", "tiny", "--rays", "64", "--steps", "2",
+               "--matmul-size", "256", "--json", str(out))
+  assert res.returncode == 0, res.stderr
+  r = json.loads(out.read_text())
+  assert r["frames"] == 4 and r["bones"] == 3
+  assert np.isfinite(r["loss"]) and r["step_flops"] > 0 and r["ratio"] > 0
+  assert "feat_reproj" in r["losses"]  # the stage's own loss set, not a hand-picked one
