@@ -179,6 +179,9 @@ def test_schedule_gives_lab4d_weights_and_alternates_with_csd(trainer):
   assert [k for k, _ in kinds] == ["csd", "reconstruction", "reconstruction"] * 2 + ["csd"]
   assert len({tuple(sorted(s)) for _, s in kinds}) == 1  # never re-traced
   assert kinds[0][1]["w_csd"] == np.float32(0.2)
+  # CSD steps: no spike test (0), only non-finite ones are refused; reconstruction: lab4d's.
+  assert kinds[0][1]["grad_spike_threshold"] == 0.0
+  assert kinds[1][1]["grad_spike_threshold"] == np.float32(settings.train.grad_spike_threshold)
 
 
 def test_resumed_run_ends_in_the_same_state(trainer, tmp_path):

@@ -6,9 +6,10 @@ Two kinds of step share one trainer and one update rule:
 - "csd" (`csd.term`, only with `csd.prior` set): 4 views of a random frame
   judged by the diffusion prior; trains the `csd.param_groups` only.
 Iteration i is a CSD step when i % csd.every_k == 0 (lab4d `gen3d_freq`).
-The schedule gives every step the same scalars (learning rate, spike
+The schedule gives every step the same scalar names (learning rate, spike
 threshold, the root-pose hold, the reconstruction weights and alpha, and the
-CSD weight and timestep range), so neither program is ever re-traced.
+CSD weight and timestep range), so neither program is ever re-traced; CSD
+steps get no spike test (only non-finite steps are refused).
 """
 
 from __future__ import annotations
@@ -116,15 +117,20 @@ def make_schedule(settings: ExtractionSettings):
   csd = settings.csd
 
   def schedule(step: int, total: int) -> tuple[str, dict[str, Any]]:
+    kind = CSD if csd_settings.is_csd_step(csd, step) else RECONSTRUCTION
     hold = int(round(settings.optim.root_pose_warmup_fraction * total))
+    # lab4d refuses (and rolls back) a reconstruction step whose gradient norm spikes;
+    # CSD steps are refused only when non-finite (0 = no spike test): AnimatableDreamer's
+    # check uses a threshold of 5e4 there, and a diffusion prior's gradient is large by nature.
+    spike = settings.train.grad_spike_threshold if kind == RECONSTRUCTION else 0.0
     scalars = {"lr": np.float32(settings.optim.learning_rate(step, total)),
-               "grad_spike_threshold": np.float32(settings.train.grad_spike_threshold),
+               "grad_spike_threshold": np.float32(spike),
                # The root pose is held at its camera fit for the first steps (0 = off).
                update.UPDATE_SCALE_PREFIX + "root_pose": np.float32(step >= hold),
                **reconstruction.scalars(settings.loss, step, total)}
     if csd.enabled:
       scalars.update(csd_settings.scalars(csd, step, total))
-    return (CSD if csd_settings.is_csd_step(csd, step) else RECONSTRUCTION), scalars
+    return kind, scalars
 
   return schedule
 
