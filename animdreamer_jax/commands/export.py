@@ -41,9 +41,17 @@ import time
 from typing import Optional
 
 import numpy as np
+from tqdm import tqdm
 
+from animdreamer_jax import assets
 from animdreamer_jax import files
+from animdreamer_jax.data import video as video_lib
 from animdreamer_jax.errors import UserError
+from animdreamer_jax.export import gltf_writer
+from animdreamer_jax.export import motion_file
+from animdreamer_jax.export import rig_from_run
+from animdreamer_jax.export import videos
+from animdreamer_jax.export import viewer
 from animdreamer_jax.geometry import transforms_np
 
 
@@ -146,7 +154,6 @@ def truncated_weight(weights: np.ndarray, k: int) -> dict:
 def _progress(total: int, desc: str, enabled: bool):
   if not enabled:
     return None, lambda: None
-  from tqdm import tqdm  # pylint: disable=g-import-not-at-top
   bar = tqdm(total=total, desc=desc, leave=False, file=sys.stderr)
   return bar, lambda: bar.update(1)
 
@@ -158,7 +165,7 @@ def _progress(total: int, desc: str, enabled: bool):
 @dataclasses.dataclass
 class ExportJob:
   """What to write. `weights` are the model's full forward weights (V, B)."""
-  rig: object  # gltf_writer.Rig
+  rig: gltf_writer.Rig
   weights: np.ndarray
   model_blend: str
   out: pathlib.Path
@@ -177,14 +184,6 @@ class ExportJob:
 
 def export_rig(job: ExportJob) -> dict:
   """Writes the .glb and its companions for `job`; returns the log dict."""
-  # pylint: disable=g-import-not-at-top
-  from animdreamer_jax import assets
-  from animdreamer_jax.export import gltf_writer
-  from animdreamer_jax.export import motion_file
-  from animdreamer_jax.export import rig_from_run
-  from animdreamer_jax.export import videos
-  from animdreamer_jax.export import viewer
-  # pylint: enable=g-import-not-at-top
   start = time.time()
   rig = gltf_writer.validate_rig(job.rig, str(job.out))
   blend = job.blend or job.model_blend
@@ -274,10 +273,6 @@ def export_rig(job: ExportJob) -> dict:
 
 def _write_videos(job: ExportJob, rig, player: np.ndarray, root: np.ndarray,
                   staging: Staging) -> dict:
-  # pylint: disable=g-import-not-at-top
-  from animdreamer_jax.export import gltf_writer
-  from animdreamer_jax.export import videos
-  # pylint: enable=g-import-not-at-top
   info = {}
   size = int(job.size)
   if job.log_scale is not None:
@@ -337,14 +332,10 @@ def _summary(log: dict) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-  # pylint: disable=g-import-not-at-top
-  from animdreamer_jax.export import rig_from_run
-  # pylint: enable=g-import-not-at-top
   out = check_out_path(args.out)
   run_rig = rig_from_run.load_run_rig(args.run, video_dir=args.video)
   reference_rgb = None
   if args.video is not None and not args.no_videos:
-    from animdreamer_jax.data import video as video_lib  # pylint: disable=g-import-not-at-top
     reference_rgb = video_lib.load_video(args.video).rgb
   meshes_check = None
   expected = rig_from_run.model_meshes_in_frame(
