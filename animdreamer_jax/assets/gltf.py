@@ -30,6 +30,7 @@ import pathlib
 import struct
 import urllib.parse
 
+import cv2
 import numpy as np
 
 from animdreamer_jax.errors import UserError
@@ -363,8 +364,6 @@ class _Document:
 
   def image(self, index: int) -> np.ndarray:
     """Decoded image as (H, W, C) float in [0, 1], RGB(A) channel order."""
-    import cv2  # pylint: disable=g-import-not-at-top
-
     spec = self.get("images", index)
     if "uri" in spec:
       data = self._uri_bytes(spec["uri"], f"images[{index}]")

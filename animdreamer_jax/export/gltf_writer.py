@@ -32,7 +32,10 @@ import dataclasses
 import json
 import os
 import pathlib
+import shutil
 import struct
+import subprocess
+import warnings
 from typing import Optional
 
 import numpy as np
@@ -456,13 +459,10 @@ def khronos_validate(path: str | os.PathLike, timeout_s: float = 120.0) -> Optio
   Raises:
     RuntimeError: the validator itself failed.
   """
-  import shutil  # pylint: disable=g-import-not-at-top
-  import subprocess  # pylint: disable=g-import-not-at-top
   node = shutil.which("node")
   package = khronos_validator_dir()
   if node is None or package is None:
     return None
-  import warnings  # pylint: disable=g-import-not-at-top
   with warnings.catch_warnings():
     # The child execs node at once, so JAX's "fork with threads" warning does not apply.
     warnings.simplefilter("ignore", RuntimeWarning)

@@ -24,6 +24,7 @@ import pathlib
 import warnings
 from typing import Iterable, Optional
 
+import imageio.v2 as imageio
 import numpy as np
 
 from animdreamer_jax import files
@@ -281,7 +282,6 @@ def write_mp4(path: str | os.PathLike, frames: Iterable[np.ndarray] | np.ndarray
   Raises:
     UserError: no frames, or the encoder is missing.
   """
-  import imageio.v2 as imageio  # pylint: disable=g-import-not-at-top
   path = pathlib.Path(path)
   frames = np.asarray(frames)
   if frames.ndim != 4 or frames.shape[0] == 0 or frames.shape[-1] != 3:
