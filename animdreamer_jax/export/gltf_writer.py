@@ -297,11 +297,42 @@ def build_gltf(rig: Rig, root_motion: bool = True,
   Returns:
     (document dict, binary buffer bytes).
   """
-  num_bones, num_frames = rig.num_bones, rig.num_frames
-  num_joints = num_bones + 1
+  num_bones = rig.num_bones
+  # The order of the `builder.add` calls fixes the accessor indices and byte layout.
   builder = _BinaryBuilder()
+  attributes, indices = _add_mesh(builder, rig)
+  ibm = inverse_bind_matrices(rig)
+  # glTF matrices are column-major: the transpose's row-major bytes.
+  ibm_accessor = builder.add(np.transpose(ibm, (0, 2, 1)).reshape(num_bones + 1, 16)
+                             .astype(np.float32), _FLOAT, "MAT4")
+  animation = _add_animation(builder, rig, root_motion)
 
-  # Mesh attributes.
+  asset = {"version": "2.0", "generator": "animdreamer_jax export"}
+  if extras:
+    asset["extras"] = extras
+  doc = {
+      "asset": asset,
+      "scene": 0,
+      "scenes": [{"name": rig.name, "nodes": [0, 1]}],
+      "nodes": _nodes(rig),
+      "meshes": [{"name": rig.name, "primitives": [{
+          "attributes": attributes, "indices": indices, "material": 0,
+          "mode": _TRIANGLES}]}],
+      "materials": [{"name": f"{rig.name}_vertex_color", "pbrMetallicRoughness": {
+          "baseColorFactor": [1.0, 1.0, 1.0, 1.0], "metallicFactor": 0.0,
+          "roughnessFactor": 0.85}}],
+      "skins": [{"name": f"{rig.name}_bones", "joints": list(range(1, 2 + num_bones)),
+                 "skeleton": 1, "inverseBindMatrices": ibm_accessor}],
+      "animations": [animation],
+      "accessors": builder.accessors,
+      "bufferViews": builder.buffer_views,
+      "buffers": [{"byteLength": builder.length}],
+  }
+  return doc, builder.data()
+
+
+def _add_mesh(builder: _BinaryBuilder, rig: Rig) -> tuple[dict, int]:
+  """The mesh's vertex attributes (accessor per name) and its index accessor."""
   positions = np.asarray(rig.rest_vertices, np.float32)
   faces = np.asarray(rig.faces, np.int64)
   attributes = {
@@ -316,7 +347,7 @@ def build_gltf(rig: Rig, root_motion: bool = True,
   # Joint 0 is the root; bone b is joint b + 1. Empty slots (fewer than 4
   # bones) point at the root with weight 0.
   joints = np.where(bones >= 0, bones + 1, 0)
-  joint_dtype, joint_component = ((np.uint8, _UBYTE) if num_joints <= 256
+  joint_dtype, joint_component = ((np.uint8, _UBYTE) if rig.num_bones + 1 <= 256
                                   else (np.uint16, _USHORT))
   attributes["JOINTS_0"] = builder.add(joints.astype(joint_dtype), joint_component, "VEC4",
                                        _ARRAY_BUFFER)
@@ -326,25 +357,25 @@ def build_gltf(rig: Rig, root_motion: bool = True,
                                   else (np.uint32, _UINT))
   indices = builder.add(faces.reshape(-1).astype(index_dtype), index_component, "SCALAR",
                         _ELEMENT_ARRAY_BUFFER)
+  return attributes, indices
 
-  # Skin.
-  ibm = inverse_bind_matrices(rig)
-  # glTF matrices are column-major: the transpose's row-major bytes.
-  ibm_accessor = builder.add(np.transpose(ibm, (0, 2, 1)).reshape(num_joints, 16)
-                             .astype(np.float32), _FLOAT, "MAT4")
 
-  # Nodes: 0 mesh, 1 root joint, 2.. bones (rest pose as their static TRS).
+def _nodes(rig: Rig) -> list[dict]:
+  """Nodes: 0 mesh, 1 root joint, 2.. bones (rest pose as their static TRS)."""
   rest_quat = quaternion_np.continuous_quaternions(np.asarray(rig.rest_bone_quat)[None])[0]
   nodes = [{"name": f"{rig.name}_mesh", "mesh": 0, "skin": 0},
-           {"name": ROOT_NODE_NAME, "children": list(range(2, 2 + num_bones))}]
-  for b in range(num_bones):
+           {"name": ROOT_NODE_NAME, "children": list(range(2, 2 + rig.num_bones))}]
+  for b in range(rig.num_bones):
     nodes.append({"name": f"bone_{b:03d}",
                   "translation": [float(x) for x in np.asarray(rig.rest_bone_trans[b],
                                                                np.float32)],
                   "rotation": [float(x) for x in rest_quat[b].astype(np.float32)]})
+  return nodes
 
-  # Animation: one key per frame.
-  times = (np.arange(num_frames, dtype=np.float64) / rig.fps).astype(np.float32)
+
+def _add_animation(builder: _BinaryBuilder, rig: Rig, root_motion: bool) -> dict:
+  """The clip: one LINEAR key per frame for the root (with root motion) and every bone."""
+  times = (np.arange(rig.num_frames, dtype=np.float64) / rig.fps).astype(np.float32)
   time_accessor = builder.add(times, _FLOAT, "SCALAR", with_bounds=True)
   samplers, channels = [], []
 
@@ -359,31 +390,9 @@ def build_gltf(rig: Rig, root_motion: bool = True,
     root_quat, root_trans = matrix_to_quat_trans(rig.root_to_world)
     animate(1, quaternion_np.continuous_quaternions(root_quat), root_trans)
   bone_quat = quaternion_np.continuous_quaternions(rig.bone_quat)
-  for b in range(num_bones):
+  for b in range(rig.num_bones):
     animate(2 + b, bone_quat[:, b], np.asarray(rig.bone_trans)[:, b])
-
-  asset = {"version": "2.0", "generator": "animdreamer_jax export"}
-  if extras:
-    asset["extras"] = extras
-  doc = {
-      "asset": asset,
-      "scene": 0,
-      "scenes": [{"name": rig.name, "nodes": [0, 1]}],
-      "nodes": nodes,
-      "meshes": [{"name": rig.name, "primitives": [{
-          "attributes": attributes, "indices": indices, "material": 0,
-          "mode": _TRIANGLES}]}],
-      "materials": [{"name": f"{rig.name}_vertex_color", "pbrMetallicRoughness": {
-          "baseColorFactor": [1.0, 1.0, 1.0, 1.0], "metallicFactor": 0.0,
-          "roughnessFactor": 0.85}}],
-      "skins": [{"name": f"{rig.name}_bones", "joints": list(range(1, 2 + num_bones)),
-                 "skeleton": 1, "inverseBindMatrices": ibm_accessor}],
-      "animations": [{"name": CLIP_NAME, "samplers": samplers, "channels": channels}],
-      "accessors": builder.accessors,
-      "bufferViews": builder.buffer_views,
-      "buffers": [{"byteLength": builder.length}],
-  }
-  return doc, builder.data()
+  return {"name": CLIP_NAME, "samplers": samplers, "channels": channels}
 
 
 def encode_glb(doc: dict, binary: bytes) -> bytes:
