@@ -31,6 +31,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from animdreamer_jax.errors import UserError
+from animdreamer_jax.prior import norms
 from animdreamer_jax.prior import state_reader
 
 SCALE_FACTOR = 0.18215
@@ -89,12 +90,6 @@ class VaeConfig:
     return cls(base_channels=32, channel_mult=(1, 2, 2))
 
 
-def _group_norm(groups: int, name: str) -> nn.GroupNorm:
-  # Statistics in float32 and a two-pass variance, as torch does.
-  return nn.GroupNorm(num_groups=groups, epsilon=NORM_EPS, use_fast_variance=False,
-                      dtype=jnp.float32, name=name)
-
-
 def _conv(features: int, kernel: int, dtype: Any, name: str) -> nn.Conv:
   pad = kernel // 2
   return nn.Conv(features, (kernel, kernel), padding=((pad, pad), (pad, pad)), dtype=dtype,
@@ -109,9 +104,9 @@ class ResnetBlock(nn.Module):
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
-    h = nn.silu(_group_norm(self.groups, "norm1")(x)).astype(self.dtype)
+    h = nn.silu(norms.group_norm(self.groups, NORM_EPS, "norm1")(x)).astype(self.dtype)
     h = _conv(self.out_channels, 3, self.dtype, "conv1")(h)
-    h = nn.silu(_group_norm(self.groups, "norm2")(h)).astype(self.dtype)
+    h = nn.silu(norms.group_norm(self.groups, NORM_EPS, "norm2")(h)).astype(self.dtype)
     h = _conv(self.out_channels, 3, self.dtype, "conv2")(h)
     if x.shape[-1] != self.out_channels:
       x = _conv(self.out_channels, 1, self.dtype, "nin_shortcut")(x.astype(self.dtype))
@@ -126,7 +121,8 @@ class AttnBlock(nn.Module):
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
     n, height, width, channels = x.shape
-    h = _group_norm(self.groups, "norm")(x).astype(self.dtype).reshape(n, height * width, channels)
+    h = norms.group_norm(self.groups, NORM_EPS, "norm")(x).astype(self.dtype)
+    h = h.reshape(n, height * width, channels)
     q = nn.Dense(channels, dtype=self.dtype, name="q")(h)
     k = nn.Dense(channels, dtype=self.dtype, name="k")(h)
     v = nn.Dense(channels, dtype=self.dtype, name="v")(h)
@@ -205,7 +201,7 @@ class Encoder(nn.Module):
       h = _Level(mult * cfg.base_channels, cfg.num_res_blocks, "down" if i != last else None, g,
                  self.dtype, name=f"down.{i}")(h)
     h = MidBlock(g, self.dtype, name="mid")(h)
-    h = nn.silu(_group_norm(g, "norm_out")(h)).astype(self.dtype)
+    h = nn.silu(norms.group_norm(g, NORM_EPS, "norm_out")(h)).astype(self.dtype)
     return _conv(2 * cfg.z_channels, 3, self.dtype, "conv_out")(h)
 
 
@@ -225,7 +221,7 @@ class Decoder(nn.Module):
     for i in reversed(range(len(cfg.channel_mult))):
       h = _Level(cfg.channel_mult[i] * cfg.base_channels, cfg.num_res_blocks + 1,
                  "up" if i != 0 else None, g, self.dtype, name=f"up.{i}")(h)
-    h = nn.silu(_group_norm(g, "norm_out")(h)).astype(self.dtype)
+    h = nn.silu(norms.group_norm(g, NORM_EPS, "norm_out")(h)).astype(self.dtype)
     return _conv(cfg.out_channels, 3, self.dtype, "conv_out")(h)
 
 
