@@ -130,11 +130,13 @@ def sample_keyframes(key_times: np.ndarray, key_values: np.ndarray,
   raise ValueError(f"unknown interpolation {interpolation!r}")
 
 
-def _srgb_to_linear(c: np.ndarray) -> np.ndarray:
+def srgb_to_linear(c: np.ndarray) -> np.ndarray:
+  """sRGB-encoded values in [0, 1] -> linear (glTF: textures are sRGB, COLOR_0 is linear)."""
   return np.where(c <= 0.04045, c / 12.92, ((c + 0.055) / 1.055) ** 2.4)
 
 
-def _linear_to_srgb(c: np.ndarray) -> np.ndarray:
+def linear_to_srgb(c: np.ndarray) -> np.ndarray:
+  """Linear values -> sRGB encoding, clipped to [0, 1]."""
   c = np.clip(c, 0.0, 1.0)
   return np.where(c <= 0.0031308, 12.92 * c, 1.055 * c ** (1 / 2.4) - 0.055)
 
@@ -782,7 +784,7 @@ class GltfAsset:
     self.faces = np.concatenate(
         [prim.faces + start for start, (_, prim) in zip(starts, prims)]).astype(np.int32)
     linear = np.concatenate([prim.colors for _, prim in prims])
-    self.vertex_colors = np.round(_linear_to_srgb(linear) * 255).astype(
+    self.vertex_colors = np.round(linear_to_srgb(linear) * 255).astype(
         np.uint8)
 
     rest = self._base_positions.copy()
@@ -889,7 +891,7 @@ class GltfAsset:
     image = doc.image(source)
     if image.shape[2] == 1:
       image = np.repeat(image, 3, axis=2)
-    image = _srgb_to_linear(image[:, :, :3])  # base colour is sRGB-encoded
+    image = srgb_to_linear(image[:, :, :3])  # base colour is sRGB-encoded
     sampler = {}
     if "sampler" in texture:
       sampler = doc.get("samplers", texture["sampler"])

@@ -41,6 +41,7 @@ from typing import Optional
 import numpy as np
 
 from animdreamer_jax import files
+from animdreamer_jax.assets import gltf as gltf_lib
 from animdreamer_jax.errors import UserError
 from animdreamer_jax.geometry import quaternion_np
 from animdreamer_jax.geometry import transforms_np
@@ -202,12 +203,6 @@ def vertex_normals(vertices: np.ndarray, faces: np.ndarray) -> np.ndarray:
                   np.array([0.0, 1.0, 0.0]))
 
 
-def srgb_to_linear(srgb_uint8: np.ndarray) -> np.ndarray:
-  """uint8 sRGB -> float linear RGB in [0, 1] (glTF COLOR_0 is linear)."""
-  c = np.asarray(srgb_uint8, np.float64) / 255.0
-  return np.where(c <= 0.04045, c / 12.92, ((c + 0.055) / 1.055) ** 2.4)
-
-
 def rigid_matrix(quat: np.ndarray, trans: np.ndarray) -> np.ndarray:
   """(..., 4) quaternions (x, y, z, w), renormalised, + (..., 3) translations -> (..., 4, 4)."""
   quat = quaternion_np.normalize(quat)
@@ -341,8 +336,9 @@ def _add_mesh(builder: _BinaryBuilder, rig: Rig) -> tuple[dict, int]:
                             "VEC3", _ARRAY_BUFFER),
   }
   if rig.vertex_colors is not None:
-    attributes["COLOR_0"] = builder.add(srgb_to_linear(rig.vertex_colors).astype(np.float32),
-                                        _FLOAT, "VEC3", _ARRAY_BUFFER)
+    # COLOR_0 is linear; the rig's colours are uint8 sRGB.
+    linear = gltf_lib.srgb_to_linear(np.asarray(rig.vertex_colors, np.float64) / 255.0)
+    attributes["COLOR_0"] = builder.add(linear.astype(np.float32), _FLOAT, "VEC3", _ARRAY_BUFFER)
   bones, weights = top_k_influences(rig.skin_weights)
   # Joint 0 is the root; bone b is joint b + 1. Empty slots (fewer than 4
   # bones) point at the root with weight 0.
