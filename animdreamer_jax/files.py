@@ -51,24 +51,6 @@ def atomic_path(path: str | os.PathLike) -> Iterator[pathlib.Path]:
     raise
 
 
-@contextlib.contextmanager
-def atomic_path(path: str | os.PathLike) -> Iterator[pathlib.Path]:
-  """Yields a temporary path beside `path` (same suffix) for writers that need a file name
-  (ffmpeg); on success it is renamed to `path`, on an exception removed."""
-  path = pathlib.Path(path)
-  path.parent.mkdir(parents=True, exist_ok=True)
-  fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.tmp-", suffix=path.suffix, dir=path.parent)
-  os.close(fd)
-  try:
-    yield pathlib.Path(tmp)
-    os.chmod(tmp, _FILE_MODE)
-    os.replace(tmp, path)
-  except BaseException:
-    if os.path.exists(tmp):
-      os.unlink(tmp)
-    raise
-
-
 def save_bytes(path: str | os.PathLike, data: bytes) -> None:
   atomic_write(path, lambda f: f.write(data))
 

@@ -10,13 +10,13 @@ from __future__ import annotations
 
 from typing import Any
 
+import jax.numpy as jnp
 import numpy as np
 
 
 def _xp(step: Any):
   """jnp for traced/jax inputs, NumPy otherwise (keeps host calls cheap)."""
   if type(step).__module__.startswith("jax"):
-    import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
     return jnp
   return np
 

@@ -25,11 +25,13 @@ sRGB uint8.
 from __future__ import annotations
 
 import base64
+import dataclasses
 import json
 import pathlib
 import struct
 import urllib.parse
 
+import cv2
 import numpy as np
 
 from animdreamer_jax.errors import UserError
@@ -128,11 +130,13 @@ def sample_keyframes(key_times: np.ndarray, key_values: np.ndarray,
   raise ValueError(f"unknown interpolation {interpolation!r}")
 
 
-def _srgb_to_linear(c: np.ndarray) -> np.ndarray:
+def srgb_to_linear(c: np.ndarray) -> np.ndarray:
+  """sRGB-encoded values in [0, 1] -> linear (glTF: textures are sRGB, COLOR_0 is linear)."""
   return np.where(c <= 0.04045, c / 12.92, ((c + 0.055) / 1.055) ** 2.4)
 
 
-def _linear_to_srgb(c: np.ndarray) -> np.ndarray:
+def linear_to_srgb(c: np.ndarray) -> np.ndarray:
+  """Linear values -> sRGB encoding, clipped to [0, 1]."""
   c = np.clip(c, 0.0, 1.0)
   return np.where(c <= 0.0031308, 12.92 * c, 1.055 * c ** (1 / 2.4) - 0.055)
 
@@ -363,8 +367,6 @@ class _Document:
 
   def image(self, index: int) -> np.ndarray:
     """Decoded image as (H, W, C) float in [0, 1], RGB(A) channel order."""
-    import cv2  # pylint: disable=g-import-not-at-top
-
     spec = self.get("images", index)
     if "uri" in spec:
       data = self._uri_bytes(spec["uri"], f"images[{index}]")
@@ -386,6 +388,35 @@ class _Document:
 
 # ----------------------------------------------------------------------------
 # The asset.
+
+
+class _JointTable:
+  """Joint entries in order of first use: one per (skin, joint) pair or rigid mesh node."""
+
+  def __init__(self):
+    self.nodes: list[int] = []  # the node each entry follows
+    self.ibms: list[np.ndarray] = []  # its (4, 4) inverse bind matrix
+    self._index: dict[tuple, int] = {}
+
+  def entry(self, key: tuple, node: int, ibm: np.ndarray) -> int:
+    """The entry of `key`, added with its node and inverse bind matrix on first use."""
+    if key not in self._index:
+      self._index[key] = len(self.nodes)
+      self.nodes.append(node)
+      self.ibms.append(ibm)
+    return self._index[key]
+
+
+@dataclasses.dataclass
+class _Primitive:
+  """One triangle primitive, in its instance's rest frame (rigid meshes pre-transformed)."""
+  positions: np.ndarray  # (v, 3) base positions, before morph targets
+  faces: np.ndarray  # (f, 3) into the primitive's own vertices
+  entries: np.ndarray  # (v, k) joint-table entries
+  weights: np.ndarray  # (v, k) skin weights, rows sum to 1
+  deltas: np.ndarray  # (targets, v, 3) morph-target offsets
+  default_weights: np.ndarray  # (targets,) morph weights when not animated
+  colors: np.ndarray  # (v, 3) linear RGB
 
 
 class GltfAsset:
@@ -585,8 +616,22 @@ class GltfAsset:
   # -- meshes -----------------------------------------------------------------
 
   def _read_meshes(self) -> None:
+    instances = self._mesh_instances()
+    joints = _JointTable()
+    # Skin joints first (all skins, in order of use) so that for the usual
+    # one-skin asset joint j is the skin's joint j.
+    skin_entries = self._skin_entries(instances, joints)
+    prims = [(n, prim) for n, m, s in instances
+             for prim in self._instance_primitives(n, m, s, skin_entries, joints)]
+    if sum(prim.positions.shape[0] for _, prim in prims) == 0:
+      raise UserError(f"{self.path}: has no triangle meshes")
+    self._store_vertices(prims)
+    self._store_joints(joints)
+
+  def _mesh_instances(self) -> list[tuple[int, int, int | None]]:
+    """(node, mesh index, skin index or None) of the default scene, in scene order."""
     doc = self._doc
-    instances = []  # (node, mesh index, skin index or None) in scene order
+    instances = []
     stack = list(reversed(self._scene_roots))
     visited = set()
     while stack:
@@ -601,153 +646,167 @@ class GltfAsset:
     if not any(skin is not None for _, _, skin in instances):
       raise UserError(f"{self.path}: has no skinned mesh in its scene (a "
                       "skinned, animated glTF is needed)")
+    return instances
 
-    entry_of: dict[tuple, int] = {}
-    entry_nodes, entry_ibms = [], []
-
-    def entry(key, node, ibm):
-      if key not in entry_of:
-        entry_of[key] = len(entry_nodes)
-        entry_nodes.append(node)
-        entry_ibms.append(ibm)
-      return entry_of[key]
-
-    # Skin joints first (all skins, in order of use) so that for the usual
-    # one-skin asset joint j is the skin's joint j.
+  def _skin_entries(self, instances, joints: _JointTable) -> dict[int, np.ndarray]:
+    """Skin index -> (skin joints,) joint-table entries, added to `joints` in order of use."""
+    doc = self._doc
     skin_entries = {}
     for _, _, s in instances:
       if s is not None and s not in skin_entries:
         skin = doc.get("skins", s)
-        joints = list(skin.get("joints", []))
-        if not joints:
+        skin_joints = list(skin.get("joints", []))
+        if not skin_joints:
           raise UserError(f"{self.path}: skins[{s}] has no joints")
         if "inverseBindMatrices" in skin:
           ibm = doc.accessor(skin["inverseBindMatrices"])
-          if ibm.shape != (len(joints), 16):
+          if ibm.shape != (len(skin_joints), 16):
             raise UserError(f"{self.path}: skins[{s}] inverseBindMatrices "
                             "do not match its joints")
           ibm = ibm.reshape(-1, 4, 4).transpose(0, 2, 1)
         else:
-          ibm = np.tile(np.eye(4), (len(joints), 1, 1))
-        for j, node in enumerate(joints):
+          ibm = np.tile(np.eye(4), (len(skin_joints), 1, 1))
+        for node in skin_joints:
           doc.get("nodes", node)
         skin_entries[s] = np.array(
-            [entry(("skin", s, j), node, ibm[j])
-             for j, node in enumerate(joints)], np.int64)
+            [joints.entry(("skin", s, j), node, ibm[j])
+             for j, node in enumerate(skin_joints)], np.int64)
+    return skin_entries
 
-    positions, deltas_list, morph_slices = [], [], []
-    influence_entries, influence_weights, colors, faces = [], [], [], []
-    offset = 0
-    for n, m, s in instances:
-      mesh = doc.get("meshes", m)
-      node = doc.get("nodes", n)
-      where = f"{self.path}: meshes[{m}]"
-      default_weights = np.asarray(
-          node.get("weights", mesh.get("weights", [])), np.float64)
-      for p, prim in enumerate(mesh.get("primitives", [])):
-        mode = prim.get("mode", _TRIANGLES)
-        if mode not in (_TRIANGLES, _TRIANGLE_STRIP, _TRIANGLE_FAN):
-          continue  # points and lines have no surface
-        ext = prim.get("extensions", {})
-        for name in _COMPRESSION_EXTENSIONS:
-          if name in ext:
-            raise UserError(f"{where}.primitives[{p}] uses {name}, which this "
-                            "loader cannot decode; decompress it first")
-        attrs = prim.get("attributes", {})
-        if "POSITION" not in attrs:
-          raise UserError(f"{where}.primitives[{p}] has no POSITION")
-        pos = doc.accessor(attrs["POSITION"])
-        if pos.shape[1] != 3:
-          raise UserError(f"{where}.primitives[{p}] POSITION is not VEC3")
-        num_verts = pos.shape[0]
-        tri = self._triangles(prim, mode, num_verts, f"{where}.primitives[{p}]")
+  def _instance_primitives(self, n: int, m: int, s: int | None,
+                           skin_entries: dict[int, np.ndarray],
+                           joints: _JointTable) -> list[_Primitive]:
+    """The triangle primitives of mesh m placed at node n (skinned by skin s, or rigid)."""
+    mesh = self._doc.get("meshes", m)
+    node = self._doc.get("nodes", n)
+    where = f"{self.path}: meshes[{m}]"
+    default_weights = np.asarray(
+        node.get("weights", mesh.get("weights", [])), np.float64)
+    prims = []
+    for p, prim in enumerate(mesh.get("primitives", [])):
+      mode = prim.get("mode", _TRIANGLES)
+      if mode not in (_TRIANGLES, _TRIANGLE_STRIP, _TRIANGLE_FAN):
+        continue  # points and lines have no surface
+      table = skin_entries[s] if s is not None else None
+      prims.append(self._primitive(prim, mode, f"{where}.primitives[{p}]", n, s,
+                                   table, default_weights, joints))
+    return prims
 
-        targets = prim.get("targets", [])
-        deltas = np.zeros((len(targets), num_verts, 3))
-        for k, target in enumerate(targets):
-          if "POSITION" in target:
-            deltas[k] = doc.accessor(target["POSITION"])
-        weights0 = np.zeros(len(targets))
-        weights0[:min(len(targets), len(default_weights))] = (
-            default_weights[:len(targets)])
+  def _primitive(self, prim: dict, mode: int, where: str, n: int, s: int | None,
+                 skin_table: np.ndarray | None, default_weights: np.ndarray,
+                 joints: _JointTable) -> _Primitive:
+    """One triangle primitive: positions, faces, morph targets, influences, colours."""
+    ext = prim.get("extensions", {})
+    for name in _COMPRESSION_EXTENSIONS:
+      if name in ext:
+        raise UserError(f"{where} uses {name}, which this "
+                        "loader cannot decode; decompress it first")
+    attrs = prim.get("attributes", {})
+    if "POSITION" not in attrs:
+      raise UserError(f"{where} has no POSITION")
+    pos = self._doc.accessor(attrs["POSITION"])
+    if pos.shape[1] != 3:
+      raise UserError(f"{where} POSITION is not VEC3")
+    num_verts = pos.shape[0]
+    tri = self._triangles(prim, mode, num_verts, where)
+    deltas, weights0 = self._morph_targets(prim, num_verts, default_weights)
 
-        skinned = (s is not None and "JOINTS_0" in attrs
-                   and "WEIGHTS_0" in attrs)
-        if skinned:
-          joint_sets, weight_sets, i = [], [], 0
-          while f"JOINTS_{i}" in attrs and f"WEIGHTS_{i}" in attrs:
-            joint_sets.append(doc.accessor(attrs[f"JOINTS_{i}"]))
-            weight_sets.append(doc.accessor(attrs[f"WEIGHTS_{i}"]))
-            i += 1
-          joints = np.concatenate(joint_sets, 1)
-          weights = np.concatenate(weight_sets, 1).astype(np.float64)
-          if joints.shape != weights.shape or joints.shape[0] != num_verts:
-            raise UserError(f"{where}.primitives[{p}] JOINTS/WEIGHTS do not "
-                            "match POSITION")
-          table = skin_entries[s]
-          if joints.min() < 0 or joints.max() >= len(table):
-            raise UserError(f"{where}.primitives[{p}] JOINTS index a joint "
-                            f"outside skins[{s}]")
-          # Zero-weight slots may hold any index: map them, they count 0.
-          entries = table[joints]
-        else:
-          # Rigid mesh: one joint (its node) with bind matrix = inverse rest
-          # global, vertices pre-transformed to the rest pose.
-          g = self._rest_globals[n]
-          e = entry(("rigid", n), n, np.linalg.inv(g))
-          pos = pos @ g[:3, :3].T + g[:3, 3]
-          deltas = deltas @ g[:3, :3].T
-          if np.linalg.det(g[:3, :3]) < 0:  # mirrored: keep CCW facing out
-            tri = tri[:, ::-1]
-          entries = np.full((num_verts, 1), e, np.int64)
-          weights = np.ones((num_verts, 1))
-        total = weights.sum(1, keepdims=True)
-        # Renormalise (exported sums drift); an all-zero row binds to slot 0.
-        weights = np.where(total > 0, weights / np.where(total > 0, total, 1),
-                           np.eye(weights.shape[1])[0])
-        if targets:
-          morph_slices.append((offset, offset + num_verts, n, weights0))
-          deltas_list.append(deltas)
-        positions.append(pos)
-        influence_entries.append(entries)
-        influence_weights.append(weights)
-        colors.append(self._vertex_colors(prim, num_verts,
-                                          f"{where}.primitives[{p}]"))
-        faces.append(tri + offset)
-        offset += num_verts
-    if offset == 0:
-      raise UserError(f"{self.path}: has no triangle meshes")
+    if skin_table is not None and "JOINTS_0" in attrs and "WEIGHTS_0" in attrs:
+      entries, weights = self._skin_influences(attrs, skin_table, s, num_verts, where)
+    else:
+      # Rigid mesh: one joint (its node) with bind matrix = inverse rest
+      # global, vertices pre-transformed to the rest pose.
+      g = self._rest_globals[n]
+      e = joints.entry(("rigid", n), n, np.linalg.inv(g))
+      pos = pos @ g[:3, :3].T + g[:3, 3]
+      deltas = deltas @ g[:3, :3].T
+      if np.linalg.det(g[:3, :3]) < 0:  # mirrored: keep CCW facing out
+        tri = tri[:, ::-1]
+      entries = np.full((num_verts, 1), e, np.int64)
+      weights = np.ones((num_verts, 1))
+    total = weights.sum(1, keepdims=True)
+    # Renormalise (exported sums drift); an all-zero row binds to slot 0.
+    weights = np.where(total > 0, weights / np.where(total > 0, total, 1),
+                       np.eye(weights.shape[1])[0])
+    return _Primitive(positions=pos, faces=tri, entries=entries, weights=weights,
+                      deltas=deltas, default_weights=weights0,
+                      colors=self._vertex_colors(prim, num_verts, where))
 
-    width = max(e.shape[1] for e in influence_entries)
+  def _morph_targets(self, prim: dict, num_verts: int, default_weights: np.ndarray
+                     ) -> tuple[np.ndarray, np.ndarray]:
+    """(targets, V, 3) POSITION offsets and the (targets,) weights used when not animated."""
+    targets = prim.get("targets", [])
+    deltas = np.zeros((len(targets), num_verts, 3))
+    for k, target in enumerate(targets):
+      if "POSITION" in target:
+        deltas[k] = self._doc.accessor(target["POSITION"])
+    weights0 = np.zeros(len(targets))
+    weights0[:min(len(targets), len(default_weights))] = (
+        default_weights[:len(targets)])
+    return deltas, weights0
+
+  def _skin_influences(self, attrs: dict, skin_table: np.ndarray, s: int, num_verts: int,
+                       where: str) -> tuple[np.ndarray, np.ndarray]:
+    """(V, k) joint-table entries and raw weights from all JOINTS_i / WEIGHTS_i sets."""
+    doc = self._doc
+    joint_sets, weight_sets, i = [], [], 0
+    while f"JOINTS_{i}" in attrs and f"WEIGHTS_{i}" in attrs:
+      joint_sets.append(doc.accessor(attrs[f"JOINTS_{i}"]))
+      weight_sets.append(doc.accessor(attrs[f"WEIGHTS_{i}"]))
+      i += 1
+    joint_ids = np.concatenate(joint_sets, 1)
+    weights = np.concatenate(weight_sets, 1).astype(np.float64)
+    if joint_ids.shape != weights.shape or joint_ids.shape[0] != num_verts:
+      raise UserError(f"{where} JOINTS/WEIGHTS do not "
+                      "match POSITION")
+    if joint_ids.min() < 0 or joint_ids.max() >= len(skin_table):
+      raise UserError(f"{where} JOINTS index a joint "
+                      f"outside skins[{s}]")
+    # Zero-weight slots may hold any index: map them, they count 0.
+    return skin_table[joint_ids], weights
+
+  def _store_vertices(self, prims: list[tuple[int, _Primitive]]) -> None:
+    """Concatenates the primitives: base positions, morphs, influences, faces, colours, rest."""
+    width = max(prim.entries.shape[1] for _, prim in prims)
     pad = lambda a, v: np.pad(a, ((0, 0), (0, width - a.shape[1])),
                               constant_values=v)
     self._influence_entries = np.concatenate(
-        [pad(e, 0) for e in influence_entries])
+        [pad(prim.entries, 0) for _, prim in prims])
     self._influence_weights = np.concatenate(
-        [pad(w, 0.0) for w in influence_weights])
-    self._base_positions = np.concatenate(positions)
-    self._morph_slices = morph_slices
-    self._morph_deltas = deltas_list
-    self._entry_nodes = np.asarray(entry_nodes, np.int64)
-    self._entry_ibms = np.asarray(entry_ibms, np.float64)
-    self.faces = np.concatenate(faces).astype(np.int32)
-    linear = np.concatenate(colors)
-    self.vertex_colors = np.round(_linear_to_srgb(linear) * 255).astype(
+        [pad(prim.weights, 0.0) for _, prim in prims])
+    self._base_positions = np.concatenate([prim.positions for _, prim in prims])
+    starts = np.cumsum([0] + [prim.positions.shape[0] for _, prim in prims])
+    morphed = [(start, n, prim) for start, (n, prim) in zip(starts, prims)
+               if prim.deltas.shape[0]]
+    self._morph_slices = [(int(start), int(start) + prim.positions.shape[0], n,
+                           prim.default_weights) for start, n, prim in morphed]
+    self._morph_deltas = [prim.deltas for _, _, prim in morphed]
+    self.faces = np.concatenate(
+        [prim.faces + start for start, (_, prim) in zip(starts, prims)]).astype(np.int32)
+    linear = np.concatenate([prim.colors for _, prim in prims])
+    self.vertex_colors = np.round(linear_to_srgb(linear) * 255).astype(
         np.uint8)
 
     rest = self._base_positions.copy()
-    for (start, end, _, w0), deltas in zip(morph_slices, deltas_list):
+    for (start, end, _, w0), deltas in zip(self._morph_slices, self._morph_deltas):
       rest[start:end] += np.einsum("k,kvc->vc", w0, deltas)
     self._rest = rest
     self.rest_vertices = rest.astype(np.float32)
 
+  def _store_joints(self, joints: _JointTable) -> None:
+    """Joint nodes, bind matrices, dense (V, J) skin weights, names, parents, rest positions."""
+    entry_nodes = joints.nodes
+    self._entry_nodes = np.asarray(entry_nodes, np.int64)
+    self._entry_ibms = np.asarray(joints.ibms, np.float64)
+    num_vertices, width = self._influence_entries.shape
     num_joints = len(entry_nodes)
-    dense = np.zeros((offset, num_joints))
-    rows = np.repeat(np.arange(offset), width)
+    dense = np.zeros((num_vertices, num_joints))
+    rows = np.repeat(np.arange(num_vertices), width)
     np.add.at(dense, (rows, self._influence_entries.reshape(-1)),
               self._influence_weights.reshape(-1))
     self.skin_weights = dense.astype(np.float32)
     self.joint_names = [self._node_names[n] for n in entry_nodes]
+    # A joint's parent is the first entry of its nearest ancestor node that is a joint.
     first_entry = {}
     for e, n in enumerate(entry_nodes):
       first_entry.setdefault(n, e)
@@ -832,7 +891,7 @@ class GltfAsset:
     image = doc.image(source)
     if image.shape[2] == 1:
       image = np.repeat(image, 3, axis=2)
-    image = _srgb_to_linear(image[:, :, :3])  # base colour is sRGB-encoded
+    image = srgb_to_linear(image[:, :, :3])  # base colour is sRGB-encoded
     sampler = {}
     if "sampler" in texture:
       sampler = doc.get("samplers", texture["sampler"])

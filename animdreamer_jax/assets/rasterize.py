@@ -15,6 +15,7 @@ result does not depend on the order in which candidates are visited.
 from __future__ import annotations
 
 import dataclasses
+from typing import NamedTuple
 
 import numpy as np
 
@@ -93,22 +94,8 @@ def rasterize(vertices_cam: np.ndarray, faces: np.ndarray, intrinsics: np.ndarra
   bary_out = np.zeros((height * width, 3), dtype=np.float32)
   depth_out = np.zeros(height * width, dtype=np.float32)
 
-  xy = project_points(vertices_cam, intrinsics)
-  tri_xy = xy[faces]                      # (F, 3, 2)
-  tri_z = vertices_cam[faces, 2]          # (F, 3)
-  area = _edge(tri_xy[:, 0], tri_xy[:, 1], tri_xy[:, 2])
-  usable = (np.all(tri_z > near, axis=1) & np.all(np.isfinite(tri_xy), axis=(1, 2))
-            & (np.abs(area) > 1e-12))
-
-  # Pixel u is a candidate when its centre u + 0.5 is within the triangle's
-  # x-range, i.e. ceil(min - 0.5) <= u <= floor(max - 0.5).
-  lo = np.ceil(tri_xy.min(axis=1) - 0.5)
-  hi = np.floor(tri_xy.max(axis=1) - 0.5)
-  lo = np.clip(lo, 0, [width, height])
-  hi = np.clip(hi, -1, [width - 1, height - 1])
-  extent = np.where(usable[:, None], np.maximum(hi - lo + 1, 0), 0).astype(np.int64)
-  counts = extent[:, 0] * extent[:, 1]
-
+  tris = _screen_triangles(vertices_cam, faces, intrinsics, height, width, near)
+  counts = tris.extent[:, 0] * tris.extent[:, 1]
   candidate_faces = np.nonzero(counts)[0]
   if candidate_faces.size == 0:
     return _finish(face_id, bary_out, depth_out, height, width)
@@ -119,36 +106,8 @@ def rasterize(vertices_cam: np.ndarray, faces: np.ndarray, intrinsics: np.ndarra
   best_key = np.full(height * width, np.inf)
   best_face = np.full(height * width, -1, dtype=np.int64)
   for chunk in np.unique(chunk_of):
-    sel = candidate_faces[chunk_of == chunk]
-    n = counts[sel]
-    f = np.repeat(sel, n)
-    # Index of each candidate inside its face's bounding box.
-    k = np.arange(f.size) - np.repeat(np.cumsum(n) - n, n)
-    w = extent[f, 0]
-    px = lo[f, 0].astype(np.int64) + k % w
-    py = lo[f, 1].astype(np.int64) + k // w
-    p = np.stack([px + 0.5, py + 0.5], axis=-1)
-    a, b, c = tri_xy[f, 0], tri_xy[f, 1], tri_xy[f, 2]
-    area_f = area[f]
-    # Screen-space barycentrics; dividing by the signed area makes both
-    # windings positive inside.
-    l0 = _edge(b, c, p) / area_f
-    l1 = _edge(c, a, p) / area_f
-    l2 = _edge(a, b, p) / area_f
-    inside = (l0 >= 0) & (l1 >= 0) & (l2 >= 0)
-    f, px, py = f[inside], px[inside], py[inside]
-    lam = np.stack([l0[inside], l1[inside], l2[inside]], axis=-1)
-    # Perspective correction: 1/z is affine in screen space.
-    q = lam / tri_z[f]
-    inv_z = q.sum(axis=-1)
-    depth = 1.0 / inv_z
-    pid = py * width + px
-    # Nearest first, then the smaller face id: deterministic tie-break.
-    order = np.lexsort((f, depth, pid))
-    pid_s = pid[order]
-    first = np.ones(pid_s.size, dtype=bool)
-    first[1:] = pid_s[1:] != pid_s[:-1]
-    win = order[first]
+    f, pid, bary, depth = _fragments(tris, candidate_faces[chunk_of == chunk], width)
+    win = _nearest_fragments(f, pid, depth)
     pid_w, depth_w, f_w = pid[win], depth[win], f[win]
     # Merge with earlier chunks (same rule: nearer, then smaller face id).
     better = (depth_w < best_key[pid_w]) | (
@@ -157,9 +116,81 @@ def rasterize(vertices_cam: np.ndarray, faces: np.ndarray, intrinsics: np.ndarra
     best_key[pid_w] = depth[win]
     best_face[pid_w] = f[win]
     face_id[pid_w] = f[win]
-    bary_out[pid_w] = q[win] / inv_z[win, None]
+    bary_out[pid_w] = bary[win]
     depth_out[pid_w] = depth[win]
   return _finish(face_id, bary_out, depth_out, height, width)
+
+
+class _ScreenTriangles(NamedTuple):
+  """The projected triangles and the pixel box each one may cover."""
+  xy: np.ndarray  # (F, 3, 2) pixel coordinates of the corners
+  z: np.ndarray  # (F, 3) camera-space depths of the corners
+  area: np.ndarray  # (F,) twice the signed screen area
+  lo: np.ndarray  # (F, 2) first candidate pixel (u, v)
+  extent: np.ndarray  # (F, 2) int64 candidate box width, height; 0 when not rasterised
+
+
+def _screen_triangles(vertices_cam: np.ndarray, faces: np.ndarray, intrinsics: np.ndarray,
+                      height: int, width: int, near: float) -> _ScreenTriangles:
+  """Projects the faces; those behind `near`, degenerate or off-image get an empty box."""
+  xy = project_points(vertices_cam, intrinsics)
+  tri_xy = xy[faces]                      # (F, 3, 2)
+  tri_z = vertices_cam[faces, 2]          # (F, 3)
+  area = _edge(tri_xy[:, 0], tri_xy[:, 1], tri_xy[:, 2])
+  usable = (np.all(tri_z > near, axis=1) & np.all(np.isfinite(tri_xy), axis=(1, 2))
+            & (np.abs(area) > 1e-12))
+  # Pixel u is a candidate when its centre u + 0.5 is within the triangle's
+  # x-range, i.e. ceil(min - 0.5) <= u <= floor(max - 0.5).
+  lo = np.ceil(tri_xy.min(axis=1) - 0.5)
+  hi = np.floor(tri_xy.max(axis=1) - 0.5)
+  lo = np.clip(lo, 0, [width, height])
+  hi = np.clip(hi, -1, [width - 1, height - 1])
+  extent = np.where(usable[:, None], np.maximum(hi - lo + 1, 0), 0).astype(np.int64)
+  return _ScreenTriangles(tri_xy, tri_z, area, lo, extent)
+
+
+def _fragments(tris: _ScreenTriangles, sel: np.ndarray, width: int
+               ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+  """The pixels whose centre lies in one of the faces `sel` (every box pixel is tested).
+
+  Returns:
+    Per fragment: face (N,), pixel index v * width + u (N,), perspective-correct
+    barycentrics (N, 3) and camera-space depth (N,).
+  """
+  n = tris.extent[sel, 0] * tris.extent[sel, 1]
+  f = np.repeat(sel, n)
+  # Index of each candidate inside its face's bounding box.
+  k = np.arange(f.size) - np.repeat(np.cumsum(n) - n, n)
+  w = tris.extent[f, 0]
+  px = tris.lo[f, 0].astype(np.int64) + k % w
+  py = tris.lo[f, 1].astype(np.int64) + k // w
+  p = np.stack([px + 0.5, py + 0.5], axis=-1)
+  a, b, c = tris.xy[f, 0], tris.xy[f, 1], tris.xy[f, 2]
+  area_f = tris.area[f]
+  # Screen-space barycentrics; dividing by the signed area makes both
+  # windings positive inside.
+  l0 = _edge(b, c, p) / area_f
+  l1 = _edge(c, a, p) / area_f
+  l2 = _edge(a, b, p) / area_f
+  inside = (l0 >= 0) & (l1 >= 0) & (l2 >= 0)
+  f, px, py = f[inside], px[inside], py[inside]
+  lam = np.stack([l0[inside], l1[inside], l2[inside]], axis=-1)
+  # Perspective correction: 1/z is affine in screen space.
+  q = lam / tris.z[f]
+  inv_z = q.sum(axis=-1)
+  return f, py * width + px, q / inv_z[:, None], 1.0 / inv_z
+
+
+def _nearest_fragments(f: np.ndarray, pid: np.ndarray, depth: np.ndarray) -> np.ndarray:
+  """Indices of the fragment kept at each pixel: nearest first, then the smaller face id.
+
+  The tie-break makes the result independent of the order of the candidates.
+  """
+  order = np.lexsort((f, depth, pid))
+  pid_s = pid[order]
+  first = np.ones(pid_s.size, dtype=bool)
+  first[1:] = pid_s[1:] != pid_s[:-1]
+  return order[first]
 
 
 def _finish(face_id, bary, depth, height, width) -> Raster:

@@ -16,6 +16,7 @@ import pathlib
 import time
 
 from animdreamer_jax.errors import UserError
+from animdreamer_jax.prior import convert
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -30,7 +31,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-  from animdreamer_jax.prior import convert  # pylint: disable=import-outside-toplevel
   if not args.ckpt.exists():
     raise UserError(convert.missing_checkpoint_message(args.ckpt))
   if args.out.is_dir() and any(args.out.iterdir()) and not args.overwrite:

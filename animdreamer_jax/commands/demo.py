@@ -18,9 +18,12 @@ import argparse
 import importlib
 import json
 import pathlib
+import shutil
 import time
 
+from animdreamer_jax.commands import extract
 from animdreamer_jax.errors import UserError
+from animdreamer_jax.export import viewer
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[2]
 DEMO_ASSET = REPO_ROOT / "third_party" / "khronos_fox" / "Fox.gltf"
@@ -49,9 +52,8 @@ def _run_subcommand(module_name: str, argv: list[str]) -> int:
 
 def _viewer_available() -> bool:
   try:
-    from animdreamer_jax.export import viewer  # pylint: disable=g-import-not-at-top
     viewer.three_package_dir()
-  except (UserError, ImportError):
+  except UserError:
     return False
   return True
 
@@ -79,7 +81,6 @@ def run(args: argparse.Namespace) -> int:
     _run_subcommand("animdreamer_jax.commands.synth", synth_argv)
 
   print(f"[demo] 2/3 extract: {pathlib.Path(args.config).name} -> {run_dir}")
-  from animdreamer_jax.commands import extract  # pylint: disable=g-import-not-at-top
   result = extract.run_extraction(args.config, video_dir, run_dir, progress=not args.quiet)
 
   print(f"[demo] 3/3 export: rigged glTF -> {export_dir / 'fox.glb'}")
@@ -90,7 +91,6 @@ def run(args: argparse.Namespace) -> int:
           "`npm ci --prefix animdreamer_jax/export/viewer_assets` adds it)")
     export_argv.append("--no-viewer")
   if export_dir.exists():
-    import shutil  # pylint: disable=g-import-not-at-top
     shutil.rmtree(export_dir)
   _run_subcommand("animdreamer_jax.commands.export", export_argv)
 

@@ -24,8 +24,12 @@ from typing import Any
 
 import numpy as np
 
+from animdreamer_jax import assets
 from animdreamer_jax import files
+from animdreamer_jax.data import video as video_lib
 from animdreamer_jax.errors import UserError
+from animdreamer_jax.eval import metrics
+from animdreamer_jax.eval import surface_sampling
 
 FORMAT_NAME = "animdreamer-eval"
 FORMAT_VERSION = 1
@@ -66,9 +70,6 @@ def load_predicted_meshes(path: str | os.PathLike, pattern: str = "*.obj"
   Raises:
     UserError: missing or unreadable files, no frames.
   """
-  # pylint: disable=import-outside-toplevel
-  from animdreamer_jax import assets
-  from animdreamer_jax.eval.surface_sampling import pad_mesh_frames
   path = pathlib.Path(path)
   if path.is_dir():
     files = sorted((p for p in path.glob(pattern) if p.is_file()), key=_natural_key)
@@ -80,7 +81,7 @@ def load_predicted_meshes(path: str | os.PathLike, pattern: str = "*.obj"
     if all(f.shape == faces[0].shape and np.array_equal(f, faces[0]) for f in faces) and \
         all(v.shape == vertices[0].shape for v in vertices):
       return np.stack(vertices).astype(np.float32), faces[0].astype(np.int32)
-    return pad_mesh_frames(vertices, faces)
+    return surface_sampling.pad_mesh_frames(vertices, faces)
   if not path.exists():
     raise UserError(f"{path}: not found")
   if path.suffix.lower() == ".obj":
@@ -133,13 +134,10 @@ def format_table(report: dict[str, Any]) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-  # pylint: disable=import-outside-toplevel
-  from animdreamer_jax.data.video import load_video
-  from animdreamer_jax.eval.metrics import evaluate_sequence
   start = time.time()
   if args.samples < 1:
     raise UserError(f"--samples: must be positive, got {args.samples}")
-  video = load_video(args.gt, mmap=True)
+  video = video_lib.load_video(args.gt, mmap=True)
   if video.gt is None:
     raise UserError(f"{pathlib.Path(args.gt) / 'gt'}: missing (this video has no ground "
                     "truth to score against)")
@@ -151,7 +149,7 @@ def run(args: argparse.Namespace) -> int:
                     f"in {args.gt} has {gt_vertices.shape[0]}")
   rest = np.asarray(gt.rest_vertices, np.float64)
   norm_length = float(np.linalg.norm(rest.max(0) - rest.min(0)))
-  report = evaluate_sequence(
+  report = metrics.evaluate_sequence(
       pred_vertices, pred_faces, gt_vertices, np.asarray(gt.meshes.faces, np.int32),
       face_visible=np.asarray(gt.face_visible, bool), norm_length=norm_length,
       num_samples=args.samples, align=not args.no_align, seed=args.seed)

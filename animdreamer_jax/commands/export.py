@@ -41,9 +41,17 @@ import time
 from typing import Optional
 
 import numpy as np
+from tqdm import tqdm
 
+from animdreamer_jax import assets
 from animdreamer_jax import files
+from animdreamer_jax.data import video as video_lib
 from animdreamer_jax.errors import UserError
+from animdreamer_jax.export import gltf_writer
+from animdreamer_jax.export import motion_file
+from animdreamer_jax.export import rig_from_run
+from animdreamer_jax.export import videos
+from animdreamer_jax.export import viewer
 from animdreamer_jax.geometry import transforms_np
 
 
@@ -146,7 +154,6 @@ def truncated_weight(weights: np.ndarray, k: int) -> dict:
 def _progress(total: int, desc: str, enabled: bool):
   if not enabled:
     return None, lambda: None
-  from tqdm import tqdm  # pylint: disable=g-import-not-at-top
   bar = tqdm(total=total, desc=desc, leave=False, file=sys.stderr)
   return bar, lambda: bar.update(1)
 
@@ -158,7 +165,7 @@ def _progress(total: int, desc: str, enabled: bool):
 @dataclasses.dataclass
 class ExportJob:
   """What to write. `weights` are the model's full forward weights (V, B)."""
-  rig: object  # gltf_writer.Rig
+  rig: gltf_writer.Rig
   weights: np.ndarray
   model_blend: str
   out: pathlib.Path
@@ -177,26 +184,14 @@ class ExportJob:
 
 def export_rig(job: ExportJob) -> dict:
   """Writes the .glb and its companions for `job`; returns the log dict."""
-  # pylint: disable=g-import-not-at-top
-  from animdreamer_jax import assets
-  from animdreamer_jax.export import gltf_writer
-  from animdreamer_jax.export import motion_file
-  from animdreamer_jax.export import rig_from_run
-  from animdreamer_jax.export import videos
-  from animdreamer_jax.export import viewer
-  # pylint: enable=g-import-not-at-top
   start = time.time()
   rig = gltf_writer.validate_rig(job.rig, str(job.out))
-  blend = job.blend or job.model_blend
   root_motion = bool(job.root_motion and rig.root_to_world is not None)
   if job.viewer:
     viewer.three_package_dir()  # fail before any work if three.js is missing
   frame_name = "world" if root_motion else "object"
   root = (np.asarray(rig.root_to_world, np.float64) if root_motion
           else np.tile(np.eye(4), (rig.num_frames, 1, 1)))
-  extent = rig.rest_vertices.max(0) - rig.rest_vertices.min(0)
-  diagonal = float(np.linalg.norm(extent))
-
   # The model's own forward warp, both blendings (object frame -> export frame).
   posed = {b: transforms_np.to_camera(rig_from_run.forward_warp_np(rig, job.weights, b), root)
            for b in ("dqs", "lbs")}
@@ -210,49 +205,16 @@ def export_rig(job: ExportJob) -> dict:
     glb_info = gltf_writer.write_glb(glb_path, rig, root_motion=root_motion, extras=extras)
 
     # What a standard glTF player shows: the project's loader, at the key times.
-    asset = assets.load_gltf(glb_path)
     times = np.arange(rig.num_frames) / rig.fps
-    player = asset.pose(gltf_writer.CLIP_NAME, times).astype(np.float64)
-    log = {
-        "out": str(job.out), "root_motion": root_motion, "frame": frame_name,
-        "model_blend": job.model_blend, "meshes_blend": blend, "fps": rig.fps,
-        "num_frames": rig.num_frames, "num_vertices": int(rig.rest_vertices.shape[0]),
-        "num_faces": int(rig.faces.shape[0]), "num_bones": rig.num_bones,
-        "rest_bbox_diagonal": diagonal,
-        "units": "the run's normalised units (distances below are absolute, "
-                 "rest_bbox_diagonal gives the scale)",
-        "player": "animdreamer_jax.assets.load_gltf (glTF 2.0 LBS, 4 influences)",
-        "player_vs_model_dqs": frame_errors(player, posed["dqs"]),
-        "player_vs_model_lbs": frame_errors(player, posed["lbs"]),
-        "model_dqs_vs_lbs": frame_errors(posed["dqs"], posed["lbs"]),
-        "weight_outside_top4": truncated_weight(job.weights, gltf_writer.NUM_INFLUENCES),
-        "glb": glb_info,
-    }
+    player = assets.load_gltf(glb_path).pose(gltf_writer.CLIP_NAME, times).astype(np.float64)
+    log = _comparison_log(job, rig, player, posed, frame_name, glb_info)
     log.update({k: v for k, v in job.extra_log.items() if k != "asset_extras"})
-
-    validation = gltf_writer.khronos_validate(glb_path)
-    log["khronos_validator"] = (
-        "not installed (" + viewer.INSTALL_HINT + ")" if validation is None else
-        {k: validation[k] for k in ("numErrors", "numWarnings", "numInfos", "numHints")}
-        | {"messages": validation["messages"][:20]})
-    if validation is not None and validation["numErrors"]:
-      raise RuntimeError(f"{job.out}: the Khronos validator reports "
-                         f"{validation['numErrors']} errors: {validation['messages'][:3]}")
+    log["khronos_validator"] = _khronos_check(glb_path, job.out)
 
     motion = motion_file.motion_from_rig(rig, job.object_to_camera, job.log_scale,
                                          source=str(job.extra_log.get("run", "")))
     motion_file.save_motion(staging.path("motion"), motion)
-
-    meshes = posed[blend].astype(np.float32)
-    assets.save_sequence_npz(staging.path("meshes"), assets.MeshSequence(
-        vertices=meshes, faces=rig.faces.astype(np.int32), fps=rig.fps,
-        vertex_colors=rig.vertex_colors, rest_vertices=rig.rest_vertices.astype(np.float32),
-        skin_weights=np.asarray(job.weights, np.float32)))
-    frames_dir = staging.path("frames")
-    frames_dir.mkdir()
-    for t in range(rig.num_frames):
-      assets.write_obj(frames_dir / f"{job.out.stem}_{t:05d}.obj", meshes[t], rig.faces,
-                       rig.vertex_colors)
+    _write_meshes(job, rig, posed[job.blend or job.model_blend].astype(np.float32), staging)
 
     if job.viewer:
       center, radius = videos.bounding_ball(player)
@@ -272,12 +234,60 @@ def export_rig(job: ExportJob) -> dict:
     raise
 
 
-def _write_videos(job: ExportJob, rig, player: np.ndarray, root: np.ndarray,
+def _comparison_log(job: ExportJob, rig: gltf_writer.Rig, player: np.ndarray,
+                    posed: dict[str, np.ndarray], frame_name: str, glb_info: dict) -> dict:
+  """The export log's sizes and the glTF player vs the model's forward warp per frame."""
+  extent = rig.rest_vertices.max(0) - rig.rest_vertices.min(0)
+  return {
+      "out": str(job.out), "root_motion": frame_name == "world", "frame": frame_name,
+      "model_blend": job.model_blend, "meshes_blend": job.blend or job.model_blend,
+      "fps": rig.fps, "num_frames": rig.num_frames,
+      "num_vertices": int(rig.rest_vertices.shape[0]),
+      "num_faces": int(rig.faces.shape[0]), "num_bones": rig.num_bones,
+      "rest_bbox_diagonal": float(np.linalg.norm(extent)),
+      "units": "the run's normalised units (distances below are absolute, "
+               "rest_bbox_diagonal gives the scale)",
+      "player": "animdreamer_jax.assets.load_gltf (glTF 2.0 LBS, 4 influences)",
+      "player_vs_model_dqs": frame_errors(player, posed["dqs"]),
+      "player_vs_model_lbs": frame_errors(player, posed["lbs"]),
+      "model_dqs_vs_lbs": frame_errors(posed["dqs"], posed["lbs"]),
+      "weight_outside_top4": truncated_weight(job.weights, gltf_writer.NUM_INFLUENCES),
+      "glb": glb_info,
+  }
+
+
+def _khronos_check(glb_path: pathlib.Path, out: pathlib.Path) -> str | dict:
+  """The Khronos validator's summary for the log (a note when it is not installed).
+
+  Raises:
+    RuntimeError: the validator reports errors.
+  """
+  validation = gltf_writer.khronos_validate(glb_path)
+  if validation is None:
+    return "not installed (" + viewer.INSTALL_HINT + ")"
+  if validation["numErrors"]:
+    raise RuntimeError(f"{out}: the Khronos validator reports "
+                       f"{validation['numErrors']} errors: {validation['messages'][:3]}")
+  return ({k: validation[k] for k in ("numErrors", "numWarnings", "numInfos", "numHints")}
+          | {"messages": validation["messages"][:20]})
+
+
+def _write_meshes(job: ExportJob, rig: gltf_writer.Rig, meshes: np.ndarray,
+                  staging: Staging) -> None:
+  """The (T, V, 3) per-frame meshes as a mesh-sequence NPZ and as OBJ files."""
+  assets.save_sequence_npz(staging.path("meshes"), assets.MeshSequence(
+      vertices=meshes, faces=rig.faces.astype(np.int32), fps=rig.fps,
+      vertex_colors=rig.vertex_colors, rest_vertices=rig.rest_vertices.astype(np.float32),
+      skin_weights=np.asarray(job.weights, np.float32)))
+  frames_dir = staging.path("frames")
+  frames_dir.mkdir()
+  for t in range(rig.num_frames):
+    assets.write_obj(frames_dir / f"{job.out.stem}_{t:05d}.obj", meshes[t], rig.faces,
+                     rig.vertex_colors)
+
+
+def _write_videos(job: ExportJob, rig: gltf_writer.Rig, player: np.ndarray, root: np.ndarray,
                   staging: Staging) -> dict:
-  # pylint: disable=g-import-not-at-top
-  from animdreamer_jax.export import gltf_writer
-  from animdreamer_jax.export import videos
-  # pylint: enable=g-import-not-at-top
   info = {}
   size = int(job.size)
   if job.log_scale is not None:
@@ -337,14 +347,10 @@ def _summary(log: dict) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-  # pylint: disable=g-import-not-at-top
-  from animdreamer_jax.export import rig_from_run
-  # pylint: enable=g-import-not-at-top
   out = check_out_path(args.out)
   run_rig = rig_from_run.load_run_rig(args.run, video_dir=args.video)
   reference_rgb = None
   if args.video is not None and not args.no_videos:
-    from animdreamer_jax.data import video as video_lib  # pylint: disable=g-import-not-at-top
     reference_rgb = video_lib.load_video(args.video).rgb
   meshes_check = None
   expected = rig_from_run.model_meshes_in_frame(

@@ -27,6 +27,7 @@ import numpy as np
 
 from animdreamer_jax import files
 from animdreamer_jax.errors import UserError
+from animdreamer_jax.prior import convert
 from animdreamer_jax.prior import ddim, guidance, schedule, text_encoder, tokenizer, vae
 from animdreamer_jax.prior import unet as unet_lib
 from animdreamer_jax.prior.camera_embedding import orbit_cameras
@@ -80,7 +81,6 @@ def load_prior(weights: pathlib.Path | None) -> Prior:
   """Loads a converted folder (UserError naming the checkpoint to get when it is absent)."""
   if weights is None or not (weights / "config.json").is_file():
     raise UserError(missing_weights_message(weights))
-  from animdreamer_jax.prior import convert  # pylint: disable=import-outside-toplevel
   loaded = convert.load_prior_params(weights)
   config = loaded["config"]
   for part in ("vae", "text_encoder"):

@@ -21,6 +21,9 @@ import argparse
 import pathlib
 import time
 
+from animdreamer_jax import assets
+from animdreamer_jax.data import synthetic
+from animdreamer_jax.data import video as video_lib
 from animdreamer_jax.errors import UserError
 
 
@@ -62,11 +65,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-  # Heavy imports here so that `--help` stays fast.
-  from animdreamer_jax import assets  # pylint: disable=import-outside-toplevel
-  from animdreamer_jax.data import synthetic  # pylint: disable=import-outside-toplevel
-  from animdreamer_jax.data import video as video_lib  # pylint: disable=import-outside-toplevel
-
   out = pathlib.Path(args.out)
   if out.exists() and not args.overwrite:
     raise UserError(f"{out}: already exists (pass --overwrite to replace it)")

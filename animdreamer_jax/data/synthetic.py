@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Any, Optional
+from typing import Any, NamedTuple, Optional
 
 import jax
 import jax.numpy as jnp
@@ -406,6 +406,26 @@ def surface_flow(raster_t: rz.Raster, vertices_t_cam: np.ndarray, raster_s: rz.R
 # ----------------------------------------------------------------------------- the video
 
 
+class _Cameras(NamedTuple):
+  """The synthetic camera path."""
+  target: np.ndarray  # (3,) look-at point
+  distance: float
+  intrinsics: np.ndarray  # (4,) fx, fy, cx, cy (all frames)
+  w2c: np.ndarray  # (T, 4, 4) noise-free (the ground truth; the video is filmed with these)
+  w2c_used: np.ndarray  # (T, 4, 4) given to reconstruction (noisy when noise is asked for)
+
+
+class _Frames(NamedTuple):
+  """Per-frame renders of the sequence."""
+  rgb: np.ndarray  # uint8 (T, H, W, 3)
+  mask: np.ndarray  # uint8 (T, H, W)
+  depth: np.ndarray  # float32 (T, H, W)
+  feature: np.ndarray  # float16 (T, H, W, C)
+  face_visible: np.ndarray  # bool (F,): seen in any frame
+  rasters: list[rz.Raster]
+  verts_cam: list[np.ndarray]  # (V, 3) each frame's mesh in its camera
+
+
 def synthesize(seq: Any, options: SynthOptions, source: dict | None = None,
                progress: bool = True) -> video_lib.Video:
   """Films a MeshSequence into a Video (with ground truth).
@@ -430,15 +450,29 @@ def synthesize(seq: Any, options: SynthOptions, source: dict | None = None,
   verts = np.asarray(seq.vertices, np.float64)
   faces = np.asarray(seq.faces, np.int64)
   num_frames, num_vertices = verts.shape[:2]
-  res = int(options.resolution)
-  background = np.asarray(options.background, np.float64)
   rest = np.asarray(seq.rest_vertices, np.float64)
   colors = (np.asarray(seq.vertex_colors, np.float64) / 255.0
             if seq.vertex_colors is not None else np.full((num_vertices, 3), DEFAULT_GREY))
+  cameras = _camera_path(verts, options)
+  frames = _render_frames(verts, faces, rest, colors, cameras, options, progress)
+  flow_fw, flow_bw = _flows(frames, faces, cameras.intrinsics, options, progress)
+  intrinsics_t = np.tile(cameras.intrinsics, (num_frames, 1)).astype(np.float32)
+  gt = video_lib.GroundTruth(
+      meshes=seq, rest_vertices=rest.astype(np.float32), rest_faces=faces.astype(np.int32),
+      intrinsics=intrinsics_t, w2c=cameras.w2c.astype(np.float32),
+      face_visible=frames.face_visible)
+  return video_lib.Video(rgb=frames.rgb, mask=frames.mask, depth=frames.depth,
+                         feature=frames.feature, flow_fw=flow_fw, flow_bw=flow_bw,
+                         intrinsics=intrinsics_t, w2c=cameras.w2c_used.astype(np.float32),
+                         meta=_video_meta(seq, options, cameras, center, scale, source), gt=gt)
 
+
+def _camera_path(verts: np.ndarray, options: SynthOptions) -> _Cameras:
+  """Cameras framing every frame of the (T, V, 3) sequence along options.camera_path."""
+  res = int(options.resolution)
   target, distance = framing(verts, options.fov_degrees, options.margin)
   intrinsics = pinhole_intrinsics(res, res, options.fov_degrees)
-  azimuths = path_azimuths(options.camera_path, num_frames, options.azimuth_degrees,
+  azimuths = path_azimuths(options.camera_path, verts.shape[0], options.azimuth_degrees,
                            options.arc_degrees)
   w2c = camera_poses(azimuths, options.elevation_degrees, distance, target)
   if options.rot_noise_deg > 0 or options.trans_noise > 0:
@@ -446,7 +480,15 @@ def synthesize(seq: Any, options: SynthOptions, source: dict | None = None,
                              np.random.default_rng(options.seed))
   else:
     w2c_used = w2c
+  return _Cameras(target, distance, intrinsics, w2c, w2c_used)
 
+
+def _render_frames(verts: np.ndarray, faces: np.ndarray, rest: np.ndarray, colors: np.ndarray,
+                   cameras: _Cameras, options: SynthOptions, progress: bool) -> _Frames:
+  """RGB, mask, depth, oracle feature and face visibility of every frame (noise-free cameras)."""
+  num_frames, res = verts.shape[0], int(options.resolution)
+  background = np.asarray(options.background, np.float64)
+  w2c = cameras.w2c
   weld = weld_index(rest)
   rgb = np.zeros((num_frames, res, res, 3), np.uint8)
   mask = np.zeros((num_frames, res, res), np.uint8)
@@ -456,7 +498,7 @@ def synthesize(seq: Any, options: SynthOptions, source: dict | None = None,
   rasters, verts_cam = [], []
   for t in tqdm.trange(num_frames, desc="render", disable=not progress, leave=False):
     v_cam = transforms_np.to_camera(verts[t], w2c[t])
-    raster = rz.rasterize(v_cam, faces, intrinsics, res, res)
+    raster = rz.rasterize(v_cam, faces, cameras.intrinsics, res, res)
     normals_cam = vertex_normals(verts[t], faces, weld) @ w2c[t, :3, :3].T
     color = shade(raster, faces, v_cam, normals_cam, colors, background)
     rgb[t] = np.round(color * 255).astype(np.uint8)
@@ -469,7 +511,14 @@ def synthesize(seq: Any, options: SynthOptions, source: dict | None = None,
     face_visible[raster.face_id[fg]] = True
     rasters.append(raster)
     verts_cam.append(v_cam)
+  return _Frames(rgb, mask, depth, feature, face_visible, rasters, verts_cam)
 
+
+def _flows(frames: _Frames, faces: np.ndarray, intrinsics: np.ndarray, options: SynthOptions,
+           progress: bool) -> tuple[dict[int, np.ndarray], dict[int, np.ndarray]]:
+  """Forward and backward flows {gap: float16 (T, H, W, 3)} for options.flow_gaps."""
+  num_frames, res = frames.rgb.shape[:2]
+  rasters, verts_cam = frames.rasters, frames.verts_cam
   flow_fw, flow_bw = {}, {}
   gaps = [int(g) for g in options.flow_gaps]
   for gap in tqdm.tqdm(gaps, desc="flow", disable=not progress, leave=False):
@@ -482,12 +531,16 @@ def synthesize(seq: Any, options: SynthOptions, source: dict | None = None,
           out[t] = surface_flow(rasters[t], verts_cam[t], rasters[s], verts_cam[s], faces,
                                 intrinsics, options.depth_tolerance)
     flow_fw[gap], flow_bw[gap] = fw, bw
+  return flow_fw, flow_bw
 
-  intrinsics_t = np.tile(intrinsics, (num_frames, 1)).astype(np.float32)
-  meta = {
+
+def _video_meta(seq: Any, options: SynthOptions, cameras: _Cameras, center: np.ndarray,
+                scale: float, source: dict | None) -> dict:
+  """video.json's producer keys: frame rate, background, camera path, normalisation, provenance."""
+  return {
       "fps": float(seq.fps),
       "feature_kind": "oracle",
-      "background": [float(c) for c in background],
+      "background": [float(c) for c in np.asarray(options.background, np.float64)],
       "camera_path": options.camera_path,
       "normalisation": {"center": [float(c) for c in center], "scale": float(scale),
                         "rule": "x_normalised = (x_asset - center) * scale; center = rest-pose "
@@ -495,8 +548,8 @@ def synthesize(seq: Any, options: SynthOptions, source: dict | None = None,
       "source": {
           **(source or {}),
           "generator": "animdreamer synth",
-          "camera": {"fov_degrees": options.fov_degrees, "distance": distance,
-                     "target": [float(c) for c in target],
+          "camera": {"fov_degrees": options.fov_degrees, "distance": cameras.distance,
+                     "target": [float(c) for c in cameras.target],
                      "elevation_degrees": options.elevation_degrees,
                      "azimuth_degrees": options.azimuth_degrees,
                      "arc_degrees": options.arc_degrees if options.camera_path == "arc" else None,
@@ -510,9 +563,3 @@ def synthesize(seq: Any, options: SynthOptions, source: dict | None = None,
           "flow_depth_tolerance": options.depth_tolerance,
       },
   }
-  gt = video_lib.GroundTruth(
-      meshes=seq, rest_vertices=rest.astype(np.float32), rest_faces=faces.astype(np.int32),
-      intrinsics=intrinsics_t, w2c=w2c.astype(np.float32), face_visible=face_visible)
-  return video_lib.Video(rgb=rgb, mask=mask, depth=depth, feature=feature, flow_fw=flow_fw,
-                         flow_bw=flow_bw, intrinsics=intrinsics_t,
-                         w2c=w2c_used.astype(np.float32), meta=meta, gt=gt)

@@ -46,7 +46,9 @@ from typing import Any
 
 import numpy as np
 
+from animdreamer_jax import assets
 from animdreamer_jax import files
+from animdreamer_jax.data import contact_sheet as sheet
 from animdreamer_jax.errors import UserError
 
 FORMAT_NAME = "animdreamer-video"
@@ -339,7 +341,6 @@ def load_video(path: str | os.PathLike, mmap: bool = False, load_gt: bool = True
 
 
 def _load_gt(root: pathlib.Path) -> GroundTruth:
-  from animdreamer_jax import assets  # pylint: disable=import-outside-toplevel
   meshes_path = root / "meshes.npz"
   if not meshes_path.is_file():
     raise UserError(f"{meshes_path}: missing")
@@ -391,14 +392,11 @@ def write_video(path: str | os.PathLike, video: Video, overwrite: bool = False,
     if video.gt is not None:
       _write_gt(tmp / "gt", video.gt)
     if contact_sheet:
-      # pylint: disable-next=import-outside-toplevel
-      from animdreamer_jax.data import contact_sheet as sheet
       files.save_png(tmp / "contact_sheet.png", sheet.make_contact_sheet(video))
   return root
 
 
 def _write_gt(root: pathlib.Path, gt: GroundTruth) -> None:
-  from animdreamer_jax import assets  # pylint: disable=import-outside-toplevel
   root.mkdir()
   assets.save_sequence_npz(root / "meshes.npz", gt.meshes)
   np.savez(root / "rest.npz", vertices=gt.rest_vertices, faces=gt.rest_faces)

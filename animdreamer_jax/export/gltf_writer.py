@@ -32,12 +32,16 @@ import dataclasses
 import json
 import os
 import pathlib
+import shutil
 import struct
+import subprocess
+import warnings
 from typing import Optional
 
 import numpy as np
 
 from animdreamer_jax import files
+from animdreamer_jax.assets import gltf as gltf_lib
 from animdreamer_jax.errors import UserError
 from animdreamer_jax.geometry import quaternion_np
 from animdreamer_jax.geometry import transforms_np
@@ -199,12 +203,6 @@ def vertex_normals(vertices: np.ndarray, faces: np.ndarray) -> np.ndarray:
                   np.array([0.0, 1.0, 0.0]))
 
 
-def srgb_to_linear(srgb_uint8: np.ndarray) -> np.ndarray:
-  """uint8 sRGB -> float linear RGB in [0, 1] (glTF COLOR_0 is linear)."""
-  c = np.asarray(srgb_uint8, np.float64) / 255.0
-  return np.where(c <= 0.04045, c / 12.92, ((c + 0.055) / 1.055) ** 2.4)
-
-
 def rigid_matrix(quat: np.ndarray, trans: np.ndarray) -> np.ndarray:
   """(..., 4) quaternions (x, y, z, w), renormalised, + (..., 3) translations -> (..., 4, 4)."""
   quat = quaternion_np.normalize(quat)
@@ -294,11 +292,42 @@ def build_gltf(rig: Rig, root_motion: bool = True,
   Returns:
     (document dict, binary buffer bytes).
   """
-  num_bones, num_frames = rig.num_bones, rig.num_frames
-  num_joints = num_bones + 1
+  num_bones = rig.num_bones
+  # The order of the `builder.add` calls fixes the accessor indices and byte layout.
   builder = _BinaryBuilder()
+  attributes, indices = _add_mesh(builder, rig)
+  ibm = inverse_bind_matrices(rig)
+  # glTF matrices are column-major: the transpose's row-major bytes.
+  ibm_accessor = builder.add(np.transpose(ibm, (0, 2, 1)).reshape(num_bones + 1, 16)
+                             .astype(np.float32), _FLOAT, "MAT4")
+  animation = _add_animation(builder, rig, root_motion)
 
-  # Mesh attributes.
+  asset = {"version": "2.0", "generator": "animdreamer_jax export"}
+  if extras:
+    asset["extras"] = extras
+  doc = {
+      "asset": asset,
+      "scene": 0,
+      "scenes": [{"name": rig.name, "nodes": [0, 1]}],
+      "nodes": _nodes(rig),
+      "meshes": [{"name": rig.name, "primitives": [{
+          "attributes": attributes, "indices": indices, "material": 0,
+          "mode": _TRIANGLES}]}],
+      "materials": [{"name": f"{rig.name}_vertex_color", "pbrMetallicRoughness": {
+          "baseColorFactor": [1.0, 1.0, 1.0, 1.0], "metallicFactor": 0.0,
+          "roughnessFactor": 0.85}}],
+      "skins": [{"name": f"{rig.name}_bones", "joints": list(range(1, 2 + num_bones)),
+                 "skeleton": 1, "inverseBindMatrices": ibm_accessor}],
+      "animations": [animation],
+      "accessors": builder.accessors,
+      "bufferViews": builder.buffer_views,
+      "buffers": [{"byteLength": builder.length}],
+  }
+  return doc, builder.data()
+
+
+def _add_mesh(builder: _BinaryBuilder, rig: Rig) -> tuple[dict, int]:
+  """The mesh's vertex attributes (accessor per name) and its index accessor."""
   positions = np.asarray(rig.rest_vertices, np.float32)
   faces = np.asarray(rig.faces, np.int64)
   attributes = {
@@ -307,13 +336,14 @@ def build_gltf(rig: Rig, root_motion: bool = True,
                             "VEC3", _ARRAY_BUFFER),
   }
   if rig.vertex_colors is not None:
-    attributes["COLOR_0"] = builder.add(srgb_to_linear(rig.vertex_colors).astype(np.float32),
-                                        _FLOAT, "VEC3", _ARRAY_BUFFER)
+    # COLOR_0 is linear; the rig's colours are uint8 sRGB.
+    linear = gltf_lib.srgb_to_linear(np.asarray(rig.vertex_colors, np.float64) / 255.0)
+    attributes["COLOR_0"] = builder.add(linear.astype(np.float32), _FLOAT, "VEC3", _ARRAY_BUFFER)
   bones, weights = top_k_influences(rig.skin_weights)
   # Joint 0 is the root; bone b is joint b + 1. Empty slots (fewer than 4
   # bones) point at the root with weight 0.
   joints = np.where(bones >= 0, bones + 1, 0)
-  joint_dtype, joint_component = ((np.uint8, _UBYTE) if num_joints <= 256
+  joint_dtype, joint_component = ((np.uint8, _UBYTE) if rig.num_bones + 1 <= 256
                                   else (np.uint16, _USHORT))
   attributes["JOINTS_0"] = builder.add(joints.astype(joint_dtype), joint_component, "VEC4",
                                        _ARRAY_BUFFER)
@@ -323,25 +353,25 @@ def build_gltf(rig: Rig, root_motion: bool = True,
                                   else (np.uint32, _UINT))
   indices = builder.add(faces.reshape(-1).astype(index_dtype), index_component, "SCALAR",
                         _ELEMENT_ARRAY_BUFFER)
+  return attributes, indices
 
-  # Skin.
-  ibm = inverse_bind_matrices(rig)
-  # glTF matrices are column-major: the transpose's row-major bytes.
-  ibm_accessor = builder.add(np.transpose(ibm, (0, 2, 1)).reshape(num_joints, 16)
-                             .astype(np.float32), _FLOAT, "MAT4")
 
-  # Nodes: 0 mesh, 1 root joint, 2.. bones (rest pose as their static TRS).
+def _nodes(rig: Rig) -> list[dict]:
+  """Nodes: 0 mesh, 1 root joint, 2.. bones (rest pose as their static TRS)."""
   rest_quat = quaternion_np.continuous_quaternions(np.asarray(rig.rest_bone_quat)[None])[0]
   nodes = [{"name": f"{rig.name}_mesh", "mesh": 0, "skin": 0},
-           {"name": ROOT_NODE_NAME, "children": list(range(2, 2 + num_bones))}]
-  for b in range(num_bones):
+           {"name": ROOT_NODE_NAME, "children": list(range(2, 2 + rig.num_bones))}]
+  for b in range(rig.num_bones):
     nodes.append({"name": f"bone_{b:03d}",
                   "translation": [float(x) for x in np.asarray(rig.rest_bone_trans[b],
                                                                np.float32)],
                   "rotation": [float(x) for x in rest_quat[b].astype(np.float32)]})
+  return nodes
 
-  # Animation: one key per frame.
-  times = (np.arange(num_frames, dtype=np.float64) / rig.fps).astype(np.float32)
+
+def _add_animation(builder: _BinaryBuilder, rig: Rig, root_motion: bool) -> dict:
+  """The clip: one LINEAR key per frame for the root (with root motion) and every bone."""
+  times = (np.arange(rig.num_frames, dtype=np.float64) / rig.fps).astype(np.float32)
   time_accessor = builder.add(times, _FLOAT, "SCALAR", with_bounds=True)
   samplers, channels = [], []
 
@@ -356,31 +386,9 @@ def build_gltf(rig: Rig, root_motion: bool = True,
     root_quat, root_trans = matrix_to_quat_trans(rig.root_to_world)
     animate(1, quaternion_np.continuous_quaternions(root_quat), root_trans)
   bone_quat = quaternion_np.continuous_quaternions(rig.bone_quat)
-  for b in range(num_bones):
+  for b in range(rig.num_bones):
     animate(2 + b, bone_quat[:, b], np.asarray(rig.bone_trans)[:, b])
-
-  asset = {"version": "2.0", "generator": "animdreamer_jax export"}
-  if extras:
-    asset["extras"] = extras
-  doc = {
-      "asset": asset,
-      "scene": 0,
-      "scenes": [{"name": rig.name, "nodes": [0, 1]}],
-      "nodes": nodes,
-      "meshes": [{"name": rig.name, "primitives": [{
-          "attributes": attributes, "indices": indices, "material": 0,
-          "mode": _TRIANGLES}]}],
-      "materials": [{"name": f"{rig.name}_vertex_color", "pbrMetallicRoughness": {
-          "baseColorFactor": [1.0, 1.0, 1.0, 1.0], "metallicFactor": 0.0,
-          "roughnessFactor": 0.85}}],
-      "skins": [{"name": f"{rig.name}_bones", "joints": list(range(1, 2 + num_bones)),
-                 "skeleton": 1, "inverseBindMatrices": ibm_accessor}],
-      "animations": [{"name": CLIP_NAME, "samplers": samplers, "channels": channels}],
-      "accessors": builder.accessors,
-      "bufferViews": builder.buffer_views,
-      "buffers": [{"byteLength": builder.length}],
-  }
-  return doc, builder.data()
+  return {"name": CLIP_NAME, "samplers": samplers, "channels": channels}
 
 
 def encode_glb(doc: dict, binary: bytes) -> bytes:
@@ -456,13 +464,10 @@ def khronos_validate(path: str | os.PathLike, timeout_s: float = 120.0) -> Optio
   Raises:
     RuntimeError: the validator itself failed.
   """
-  import shutil  # pylint: disable=g-import-not-at-top
-  import subprocess  # pylint: disable=g-import-not-at-top
   node = shutil.which("node")
   package = khronos_validator_dir()
   if node is None or package is None:
     return None
-  import warnings  # pylint: disable=g-import-not-at-top
   with warnings.catch_warnings():
     # The child execs node at once, so JAX's "fork with threads" warning does not apply.
     warnings.simplefilter("ignore", RuntimeWarning)

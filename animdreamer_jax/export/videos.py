@@ -1,9 +1,9 @@
 """Pictures of an exported rig: turntable with bones, animation, reference vs reconstruction.
 
-All rendering goes through the project's CPU rasteriser
-(`animdreamer_jax.assets.rasterize`), OpenCV cameras (x right, y down, z
+All rendering goes through the project's CPU rasteriser and its flat Lambert
+shader (`animdreamer_jax.assets.shading`), OpenCV cameras (x right, y down, z
 forward; world-to-camera `w2c`), world +Y up. Images are float RGB in [0, 1]
-until `to_uint8`; videos are written as H.264 MP4 through imageio-ffmpeg,
+until `shading.to_uint8`; videos are written as H.264 MP4 through imageio-ffmpeg,
 atomically.
 
 - `turntable_frames`: the rest shape turning about +Y; left its vertex
@@ -24,16 +24,16 @@ import pathlib
 import warnings
 from typing import Iterable, Optional
 
+import imageio.v2 as imageio
 import numpy as np
 
 from animdreamer_jax import files
-from animdreamer_jax.assets import rasterize as rasterize_lib
+from animdreamer_jax.assets import shading
 from animdreamer_jax.errors import UserError
 from animdreamer_jax.geometry import rays
 from animdreamer_jax.geometry import transforms_np
 
 BACKGROUND = np.array([1.0, 1.0, 1.0])
-_LIGHT_DIR_CAM = np.array([-0.35, -0.55, -0.75]) / np.linalg.norm([-0.35, -0.55, -0.75])
 _SKIN_OPACITY = 0.45  # how much of the skin covers a bone seen through it
 
 
@@ -132,39 +132,11 @@ def ellipsoid_meshes(bone_to_object: np.ndarray, log_scale: np.ndarray, n_sigma:
 # Rendering.
 
 
-def shade(vertices_cam: np.ndarray, faces: np.ndarray, colors: np.ndarray,
-          intrinsics: np.ndarray, height: int, width: int
-          ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-  """Lambert-shaded render of a coloured mesh in camera space (two-sided).
-
-  Args:
-    vertices_cam: (V, 3) camera-space positions.
-    faces: (F, 3).
-    colors: (V, 3) float colours in [0, 1].
-    intrinsics: (4,) fx, fy, cx, cy.
-  Returns:
-    image (H, W, 3) float (0 on background), depth (H, W) (inf on background),
-    mask (H, W) bool.
-  """
-  faces = np.asarray(faces, np.int64)
-  raster = rasterize_lib.rasterize(vertices_cam, faces, intrinsics, height, width)
-  mask = raster.mask
-  tri = np.asarray(vertices_cam, np.float64)[faces]
-  normal = np.cross(tri[:, 1] - tri[:, 0], tri[:, 2] - tri[:, 0])
-  normal /= np.maximum(np.linalg.norm(normal, axis=-1, keepdims=True), 1e-20)
-  light = 0.3 + 0.7 * np.abs(normal @ _LIGHT_DIR_CAM)  # two-sided: |n . l|
-  albedo = rasterize_lib.interpolate(raster, faces, colors)
-  image = np.zeros((height, width, 3))
-  image[mask] = albedo[mask] * light[raster.face_id[mask], None]
-  depth = np.where(mask, raster.depth, np.inf)
-  return image, depth, mask
-
-
 def composite_xray(skin: tuple, bones: tuple, background: np.ndarray = BACKGROUND) -> np.ndarray:
   """Bones drawn over the skin, seen through it where they are behind it.
 
   Args:
-    skin, bones: (image, depth, mask) from `shade`.
+    skin, bones: (image, depth, mask) from `shading.shade`.
   Returns:
     (H, W, 3) float image.
   """
@@ -176,15 +148,6 @@ def composite_xray(skin: tuple, bones: tuple, background: np.ndarray = BACKGROUN
   out[front] = bone_img[front]
   out[behind] = _SKIN_OPACITY * skin_img[behind] + (1 - _SKIN_OPACITY) * bone_img[behind]
   return out
-
-
-def over_background(render: tuple, background: np.ndarray = BACKGROUND) -> np.ndarray:
-  image, _, mask = render
-  return np.where(mask[..., None], image, background)
-
-
-def to_uint8(image: np.ndarray) -> np.ndarray:
-  return np.clip(np.asarray(image) * 255 + 0.5, 0, 255).astype(np.uint8)
 
 
 def colors_float(vertex_colors: Optional[np.ndarray], num_vertices: int) -> np.ndarray:
@@ -213,11 +176,13 @@ def turntable_frames(rest_vertices: np.ndarray, faces: np.ndarray,
   for i in range(num_frames):
     w2c, intr = orbit_camera(center, radius, 360.0 * i / num_frames, elevation_deg, size, size)
     v_cam = transforms_np.to_camera(rest_vertices, w2c)
-    left = over_background(shade(v_cam, faces, colors, intr, size, size))
-    skin = shade(v_cam, faces, skin_colors, intr, size, size)
-    bones = shade(transforms_np.to_camera(bone_v, w2c), bone_f, palette[owner], intr, size, size)
+    left = shading.over_background(shading.shade(v_cam, faces, colors, intr, size, size),
+                                   BACKGROUND)
+    skin = shading.shade(v_cam, faces, skin_colors, intr, size, size)
+    bones = shading.shade(transforms_np.to_camera(bone_v, w2c), bone_f, palette[owner], intr,
+                          size, size)
     right = composite_xray(skin, bones)
-    frames.append(to_uint8(np.concatenate([left, right], axis=1)))
+    frames.append(shading.to_uint8(np.concatenate([left, right], axis=1)))
     if progress is not None:
       progress()
   return np.stack(frames)
@@ -234,7 +199,8 @@ def animation_frames(posed_vertices: np.ndarray, faces: np.ndarray,
   frames = []
   for verts in posed_vertices:
     v_cam = transforms_np.to_camera(verts, w2c)
-    frames.append(to_uint8(over_background(shade(v_cam, faces, colors, intr, size, size))))
+    render = shading.shade(v_cam, faces, colors, intr, size, size)
+    frames.append(shading.to_uint8(shading.over_background(render, BACKGROUND)))
     if progress is not None:
       progress()
   return np.stack(frames)
@@ -259,8 +225,9 @@ def reference_frames(reference_rgb: np.ndarray, posed_camera: np.ndarray, faces:
   colors = colors_float(vertex_colors, posed_camera.shape[1])
   frames = []
   for t in range(num):
-    render = over_background(shade(posed_camera[t], faces, colors, intrinsics[t], height, width))
-    frames.append(np.concatenate([reference_rgb[t], to_uint8(render)], axis=1))
+    render = shading.shade(posed_camera[t], faces, colors, intrinsics[t], height, width)
+    frames.append(np.concatenate(
+        [reference_rgb[t], shading.to_uint8(shading.over_background(render, BACKGROUND))], axis=1))
     if progress is not None:
       progress()
   return np.stack(frames)
@@ -281,7 +248,6 @@ def write_mp4(path: str | os.PathLike, frames: Iterable[np.ndarray] | np.ndarray
   Raises:
     UserError: no frames, or the encoder is missing.
   """
-  import imageio.v2 as imageio  # pylint: disable=g-import-not-at-top
   path = pathlib.Path(path)
   frames = np.asarray(frames)
   if frames.ndim != 4 or frames.shape[0] == 0 or frames.shape[-1] != 3:

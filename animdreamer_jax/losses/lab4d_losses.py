@@ -182,16 +182,12 @@ def cycle_loss(cycle_distance: jnp.ndarray, weights: jnp.ndarray) -> jnp.ndarray
   return mean_over_positive(per_ray)
 
 
-def eikonal_term(sdf_gradient: jnp.ndarray) -> jnp.ndarray:
-  """(|grad s| - 1)^2 per sample; sdf_gradient: (..., 3) -> (...)."""
-  return jnp.square(vector.safe_norm(sdf_gradient) - 1.0)
-
-
 def eikonal_loss(eikonal: jnp.ndarray, ray_mask: jnp.ndarray | None = None) -> jnp.ndarray:
   """Eikonal term averaged over samples per ray, then over rays.
 
   Args:
-    eikonal: (R, S) per-sample (|grad s| - 1)^2, or (R,) already per ray.
+    eikonal: (R, S) per-sample (|grad s| - 1)^2 (`render.warp_render.eikonal_term`),
+      or (R,) already per ray.
     ray_mask: (R,) rays that take part (lab4d uses a random 1/16 subset).
   """
   per_ray = jnp.mean(eikonal, axis=-1) if eikonal.ndim > 1 else eikonal

@@ -36,9 +36,12 @@ import struct
 from typing import Any, Callable, Mapping
 
 import numpy as np
+from safetensors.numpy import save_file
 
 from animdreamer_jax import files
 from animdreamer_jax.errors import UserError
+from animdreamer_jax.prior import text_encoder
+from animdreamer_jax.prior import vae
 from animdreamer_jax.prior.unet import UNetConfig, unet_param_shapes
 
 CHECKPOINT_NAME = "sd-v2.1-base-4view.pt"
@@ -119,6 +122,7 @@ def read_torch_checkpoint(path: str | os.PathLike) -> dict[str, np.ndarray]:
   """A PyTorch state dict (`.pt`/`.ckpt`/`.bin`) as numpy arrays; needs torch, loads weights only."""
   path = pathlib.Path(path)
   try:
+    # torch is the optional `parity` extra: imported only when a PyTorch file is read.
     import torch  # pylint: disable=import-outside-toplevel
   except ImportError:
     raise UserError(f"{path}: reading PyTorch files needs torch, which is not installed; convert the "
@@ -354,16 +358,14 @@ def _split_and_convert_ldm(state: Mapping[str, Any], num_head_channels: int,
   consumed |= used
   if any(k.startswith(LDM_VAE_PREFIX) for k in state):
     log("converting the VAE")
-    vae = _import_prior_module("vae")
     params, used = vae.convert_vae_state(state, LDM_VAE_PREFIX)
-    result["vae"] = (_config_dict(vae, "vae_config_from_state", state, LDM_VAE_PREFIX), params)
+    result["vae"] = (vae.vae_config_from_state(state, LDM_VAE_PREFIX).to_dict(), params)
     consumed |= set(used)
   if any(k.startswith(LDM_TEXT_PREFIX) for k in state):
     log("converting the text encoder")
-    text = _import_prior_module("text_encoder")
-    params, used = text.convert_text_encoder_state(state, LDM_TEXT_PREFIX)
-    result["text_encoder"] = (_config_dict(text, "text_encoder_config_from_state", state,
-                                           LDM_TEXT_PREFIX), params)
+    params, used = text_encoder.convert_text_encoder_state(state, LDM_TEXT_PREFIX)
+    result["text_encoder"] = (
+        text_encoder.text_encoder_config_from_state(state, LDM_TEXT_PREFIX).to_dict(), params)
     consumed |= set(used)
   ignored = sorted(k for k in state if k in IGNORED_TOP_LEVEL_KEYS)
   leftover = sorted(k for k in state if k not in consumed and k not in IGNORED_TOP_LEVEL_KEYS)
@@ -375,14 +377,6 @@ def _split_and_convert_ldm(state: Mapping[str, Any], num_head_channels: int,
   return result
 
 
-def _import_prior_module(name: str):
-  import importlib  # pylint: disable=import-outside-toplevel
-  try:
-    return importlib.import_module(f"animdreamer_jax.prior.{name}")
-  except ModuleNotFoundError as e:
-    raise UserError(f"animdreamer_jax.prior.{name}: not available in this build ({e})") from None
-
-
 def _check_all_used(where, state: Mapping[str, Any], used, ignored) -> None:
   leftover = sorted(set(state) - set(used) - set(ignored))
   if leftover:
@@ -391,10 +385,10 @@ def _check_all_used(where, state: Mapping[str, Any], used, ignored) -> None:
                     f"({', '.join(leftover[:5])}{more})")
 
 
-def _vae_config_from_diffusers(vae_module, config_json: Mapping[str, Any]):
+def _vae_config_from_diffusers(config_json: Mapping[str, Any]) -> vae.VaeConfig:
   """VaeConfig from a diffusers `vae/config.json` (SD defaults for absent entries)."""
   widths = [int(c) for c in config_json.get("block_out_channels", (128, 256, 512, 512))]
-  return vae_module.VaeConfig(
+  return vae.VaeConfig(
       in_channels=int(config_json.get("in_channels", 3)),
       out_channels=int(config_json.get("out_channels", 3)), base_channels=widths[0],
       channel_mult=tuple(c // widths[0] for c in widths),
@@ -457,10 +451,6 @@ def hf_clip_text_to_open_clip(state: Mapping[str, Any]) -> tuple[dict[str, np.nd
   return out, ignored
 
 
-def _config_dict(module, function: str, state: Mapping[str, Any], prefix: str) -> dict:
-  return getattr(module, function)(state, prefix).to_dict()
-
-
 def _find_weights_file(folder: pathlib.Path, stem: str) -> pathlib.Path:
   for name in (f"{stem}.safetensors", f"{stem}.fp16.safetensors", f"{stem}.bin", f"{stem}.fp16.bin"):
     if (folder / name).is_file():
@@ -501,24 +491,22 @@ def _convert_diffusers_folder(folder: pathlib.Path, num_head_channels: int,
   result["unet"] = (cfg.to_dict(), params)
   if (folder / "vae").is_dir():
     log("converting the VAE")
-    vae = _import_prior_module("vae")
     state = read_state_dict(_find_weights_file(folder / "vae", "diffusion_pytorch_model"))
     params, used = vae.convert_vae_diffusers_state(state, "")
-    config = _vae_config_from_diffusers(vae, _read_json(folder / "vae" / "config.json"))
+    config = _vae_config_from_diffusers(_read_json(folder / "vae" / "config.json"))
     _check_all_used(folder / "vae", state, used, ignored=())
     result["vae"] = (config.to_dict(), params)
   if (folder / "text_encoder").is_dir():
     log("converting the text encoder")
-    text = _import_prior_module("text_encoder")
     state = read_state_dict(_find_weights_file(folder / "text_encoder", "model"))
     open_clip_state, ignored = hf_clip_text_to_open_clip(state)
     hf_config = _read_json(folder / "text_encoder" / "config.json")
     width = int(np.shape(open_clip_state["token_embedding.weight"])[1])
     head_dim = width // int(hf_config.get("num_attention_heads", width // 64))
     # An HF export holds exactly the blocks that run (23 for SD2 / MVDream): skip none.
-    config = text.text_encoder_config_from_state(open_clip_state, "", head_dim=head_dim,
+    config = text_encoder.text_encoder_config_from_state(open_clip_state, "", head_dim=head_dim,
                                                  skip_last_layers=0)
-    params, used = text.convert_text_encoder_state(open_clip_state, "", config)
+    params, used = text_encoder.convert_text_encoder_state(open_clip_state, "", config)
     _check_all_used(folder / "text_encoder", open_clip_state, used, ignored=())
     result["text_encoder"] = (config.to_dict(), params)
     result["ignored_keys"] += [f"text_encoder/{k}" for k in ignored]
@@ -571,7 +559,6 @@ def unflatten_params(flat: Mapping[str, Any]) -> dict:
 def save_prior(result: Mapping[str, Any], out_dir: str | os.PathLike, dtype: str = "float32",
                overwrite: bool = False, source: str = "") -> pathlib.Path:
   """Writes `convert_checkpoint`'s result to `out_dir` atomically (temp folder + rename)."""
-  from safetensors.numpy import save_file  # pylint: disable=import-outside-toplevel
   out_dir = pathlib.Path(out_dir)
   if out_dir.exists() and not out_dir.is_dir():
     raise UserError(f"{out_dir}: exists and is not a folder")

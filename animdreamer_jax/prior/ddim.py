@@ -20,6 +20,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
+from tqdm import tqdm
 
 from animdreamer_jax.prior.schedule import NUM_TRAIN_TIMESTEPS
 
@@ -130,7 +131,6 @@ def ddim_sample_loop(eps_fn: EpsFn, x_T: jax.Array, schedule: DdimSchedule,
   step_fn = jax.jit(ddim_step)
   indices = range(len(schedule.timesteps))
   if progress:
-    from tqdm import tqdm  # pylint: disable=import-outside-toplevel
     indices = tqdm(indices, desc="DDIM", unit="step")
   x = x_T
   for i in indices:

@@ -25,6 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from animdreamer_jax.errors import UserError
+from animdreamer_jax.prior import norms
 from animdreamer_jax.prior import state_reader
 
 LAYER_NORM_EPS = 1e-5  # torch.nn.LayerNorm default, used by OpenCLIP.
@@ -87,11 +88,6 @@ def causal_mask(length: int) -> jax.Array:
   return jnp.where(above, -jnp.inf, 0.0).astype(jnp.float32)
 
 
-def _layer_norm(name: str) -> nn.LayerNorm:
-  # Statistics in float32 (OpenCLIP's LayerNorm casts to fp32), two-pass variance for parity.
-  return nn.LayerNorm(epsilon=LAYER_NORM_EPS, use_fast_variance=False, dtype=jnp.float32, name=name)
-
-
 class SelfAttention(nn.Module):
   """torch.nn.MultiheadAttention (batch-first) with a fused q/k/v input projection and a mask.
 
@@ -125,9 +121,9 @@ class ResidualAttentionBlock(nn.Module):
   @nn.compact
   def __call__(self, x: jax.Array, mask: jax.Array) -> jax.Array:
     """x: (B, L, W) -> (B, L, W)."""
-    h = _layer_norm("ln_1")(x).astype(self.dtype)
+    h = norms.layer_norm(LAYER_NORM_EPS, "ln_1")(x).astype(self.dtype)
     x = x + SelfAttention(self.num_heads, dtype=self.dtype, name="attn")(h, mask)
-    h = _layer_norm("ln_2")(x).astype(self.dtype)
+    h = norms.layer_norm(LAYER_NORM_EPS, "ln_2")(x).astype(self.dtype)
     return x + Mlp(self.mlp_width, dtype=self.dtype, name="mlp")(h)
 
 
@@ -181,7 +177,7 @@ class OpenClipTextEncoder(nn.Module):
     x = (x + pos[:length]).astype(self.dtype)
     x = Transformer(cfg.num_layers_run, cfg.num_heads, cfg.mlp_width, dtype=self.dtype,
                     name="transformer")(x, causal_mask(length))
-    x = _layer_norm("ln_final")(x)
+    x = norms.layer_norm(LAYER_NORM_EPS, "ln_final")(x)
     return x.astype(jnp.float32)
 
 

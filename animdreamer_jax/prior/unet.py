@@ -28,6 +28,7 @@ import jax
 import jax.numpy as jnp
 
 from animdreamer_jax.errors import UserError
+from animdreamer_jax.prior import norms
 from animdreamer_jax.prior.attention import CrossAttention
 
 # LDM's GroupNorm32 (ResBlocks, output head) uses torch's default eps; its transformers use 1e-6.
@@ -127,16 +128,6 @@ def timestep_embedding(timesteps: jax.Array, dim: int, max_period: float = 10000
   return jnp.concatenate([jnp.cos(args), jnp.sin(args)], axis=-1)
 
 
-def _group_norm(epsilon: float, groups: int, name: str) -> nn.GroupNorm:
-  # Statistics and affine in float32 whatever the activation dtype (LDM's GroupNorm32 does the same).
-  return nn.GroupNorm(num_groups=groups, epsilon=epsilon, use_fast_variance=False,
-                      dtype=jnp.float32, name=name)
-
-
-def _layer_norm(name: str) -> nn.LayerNorm:
-  return nn.LayerNorm(epsilon=LAYER_NORM_EPS, use_fast_variance=False, dtype=jnp.float32, name=name)
-
-
 def _conv3x3(features: int, dtype: jnp.dtype, name: str, stride: int = 1) -> nn.Conv:
   # Explicit symmetric padding: 'SAME' with stride 2 pads (0, 1) and would not match torch's padding=1.
   return nn.Conv(features, (3, 3), strides=(stride, stride), padding=((1, 1), (1, 1)), dtype=dtype,
@@ -152,11 +143,11 @@ class ResBlock(nn.Module):
   @nn.compact
   def __call__(self, x: jax.Array, emb: jax.Array) -> jax.Array:
     """x: (N, H, W, Cin); emb: (N, E) -> (N, H, W, out_channels)."""
-    h = _group_norm(RESBLOCK_NORM_EPS, self.groups, "in_layers.0")(x)
+    h = norms.group_norm(self.groups, RESBLOCK_NORM_EPS, "in_layers.0")(x)
     h = _conv3x3(self.out_channels, self.dtype, "in_layers.2")(nn.silu(h).astype(self.dtype))
     e = nn.Dense(self.out_channels, dtype=self.dtype, name="emb_layers.1")(nn.silu(emb))
     h = h + e[:, None, None, :].astype(h.dtype)
-    h = _group_norm(RESBLOCK_NORM_EPS, self.groups, "out_layers.0")(h)
+    h = norms.group_norm(self.groups, RESBLOCK_NORM_EPS, "out_layers.0")(h)
     h = _conv3x3(self.out_channels, self.dtype, "out_layers.3")(nn.silu(h).astype(self.dtype))
     if x.shape[-1] == self.out_channels:
       skip = x.astype(self.dtype)
@@ -227,11 +218,13 @@ class BasicTransformerBlock3D(nn.Module):
                                        fused=self.fused_attention, query_chunk=self.query_chunk,
                                        name=name)
     # attn1 sees all views of an object as one sequence: (objects, views * L, C), view-major.
-    h = _layer_norm("norm1")(x).astype(self.dtype)
+    h = norms.layer_norm(LAYER_NORM_EPS, "norm1")(x).astype(self.dtype)
     h = h.reshape(n // self.num_views, self.num_views * length, channels)
     x = x + attn("attn1")(h).reshape(n, length, channels)
-    x = x + attn("attn2")(_layer_norm("norm2")(x).astype(self.dtype), context.astype(self.dtype))
-    x = x + FeedForward(dtype=self.dtype, name="ff")(_layer_norm("norm3")(x).astype(self.dtype))
+    h = norms.layer_norm(LAYER_NORM_EPS, "norm2")(x).astype(self.dtype)
+    x = x + attn("attn2")(h, context.astype(self.dtype))
+    h = norms.layer_norm(LAYER_NORM_EPS, "norm3")(x).astype(self.dtype)
+    x = x + FeedForward(dtype=self.dtype, name="ff")(h)
     return x
 
 
@@ -251,7 +244,7 @@ class SpatialTransformer3D(nn.Module):
     """x: (N, H, W, C); context: (N, Lc, Cc) -> (N, H, W, C)."""
     n, height, width, channels = x.shape
     inner = self.num_heads * self.head_dim
-    h = _group_norm(TRANSFORMER_GROUP_NORM_EPS, self.groups, "norm")(x).astype(self.dtype)
+    h = norms.group_norm(self.groups, TRANSFORMER_GROUP_NORM_EPS, "norm")(x).astype(self.dtype)
     h = nn.Dense(inner, dtype=self.dtype, name="proj_in")(h.reshape(n, height * width, channels))
     for d in range(self.depth):
       h = BasicTransformerBlock3D(self.num_heads, self.head_dim, self.num_views, dtype=self.dtype,
@@ -355,7 +348,7 @@ class MultiViewUNet(nn.Module):
           h = Upsample(dtype=self.dtype, name=f"output_blocks.{block}.{sub}")(h)
         block += 1
 
-    h = _group_norm(RESBLOCK_NORM_EPS, cfg.norm_groups, "out.0")(h)
+    h = norms.group_norm(cfg.norm_groups, RESBLOCK_NORM_EPS, "out.0")(h)
     h = _conv3x3(cfg.out_channels, self.dtype, "out.2")(nn.silu(h).astype(self.dtype))
     return h.astype(jnp.float32)
 

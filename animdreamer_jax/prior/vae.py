@@ -31,6 +31,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from animdreamer_jax.errors import UserError
+from animdreamer_jax.prior import norms
 from animdreamer_jax.prior import state_reader
 
 SCALE_FACTOR = 0.18215
@@ -89,12 +90,6 @@ class VaeConfig:
     return cls(base_channels=32, channel_mult=(1, 2, 2))
 
 
-def _group_norm(groups: int, name: str) -> nn.GroupNorm:
-  # Statistics in float32 and a two-pass variance, as torch does.
-  return nn.GroupNorm(num_groups=groups, epsilon=NORM_EPS, use_fast_variance=False,
-                      dtype=jnp.float32, name=name)
-
-
 def _conv(features: int, kernel: int, dtype: Any, name: str) -> nn.Conv:
   pad = kernel // 2
   return nn.Conv(features, (kernel, kernel), padding=((pad, pad), (pad, pad)), dtype=dtype,
@@ -109,9 +104,9 @@ class ResnetBlock(nn.Module):
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
-    h = nn.silu(_group_norm(self.groups, "norm1")(x)).astype(self.dtype)
+    h = nn.silu(norms.group_norm(self.groups, NORM_EPS, "norm1")(x)).astype(self.dtype)
     h = _conv(self.out_channels, 3, self.dtype, "conv1")(h)
-    h = nn.silu(_group_norm(self.groups, "norm2")(h)).astype(self.dtype)
+    h = nn.silu(norms.group_norm(self.groups, NORM_EPS, "norm2")(h)).astype(self.dtype)
     h = _conv(self.out_channels, 3, self.dtype, "conv2")(h)
     if x.shape[-1] != self.out_channels:
       x = _conv(self.out_channels, 1, self.dtype, "nin_shortcut")(x.astype(self.dtype))
@@ -126,7 +121,8 @@ class AttnBlock(nn.Module):
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
     n, height, width, channels = x.shape
-    h = _group_norm(self.groups, "norm")(x).astype(self.dtype).reshape(n, height * width, channels)
+    h = norms.group_norm(self.groups, NORM_EPS, "norm")(x).astype(self.dtype)
+    h = h.reshape(n, height * width, channels)
     q = nn.Dense(channels, dtype=self.dtype, name="q")(h)
     k = nn.Dense(channels, dtype=self.dtype, name="k")(h)
     v = nn.Dense(channels, dtype=self.dtype, name="v")(h)
@@ -205,7 +201,7 @@ class Encoder(nn.Module):
       h = _Level(mult * cfg.base_channels, cfg.num_res_blocks, "down" if i != last else None, g,
                  self.dtype, name=f"down.{i}")(h)
     h = MidBlock(g, self.dtype, name="mid")(h)
-    h = nn.silu(_group_norm(g, "norm_out")(h)).astype(self.dtype)
+    h = nn.silu(norms.group_norm(g, NORM_EPS, "norm_out")(h)).astype(self.dtype)
     return _conv(2 * cfg.z_channels, 3, self.dtype, "conv_out")(h)
 
 
@@ -225,7 +221,7 @@ class Decoder(nn.Module):
     for i in reversed(range(len(cfg.channel_mult))):
       h = _Level(cfg.channel_mult[i] * cfg.base_channels, cfg.num_res_blocks + 1,
                  "up" if i != 0 else None, g, self.dtype, name=f"up.{i}")(h)
-    h = nn.silu(_group_norm(g, "norm_out")(h)).astype(self.dtype)
+    h = nn.silu(norms.group_norm(g, NORM_EPS, "norm_out")(h)).astype(self.dtype)
     return _conv(cfg.out_channels, 3, self.dtype, "conv_out")(h)
 
 
@@ -354,67 +350,84 @@ def convert_vae_state(state: Mapping[str, Any], prefix: str = "first_stage_model
   """
   cfg = config or vae_config_from_state(state, prefix)
   reader = state_reader.StateReader(state, prefix)
+  tensors = _LdmVaeTensors(reader, cfg)
+  z = cfg.z_channels
+  params = {"encoder": tensors.encoder(), "decoder": tensors.decoder(),
+            "quant_conv": tensors.conv("quant_conv", 2 * z, 2 * z, 1),
+            "post_quant_conv": tensors.conv("post_quant_conv", z, z, 1)}
+  return params, reader.consumed
 
-  def conv(name, c_in, c_out, k):
-    return {"kernel": reader.take(name + ".weight", (c_out, c_in, k, k)).transpose(2, 3, 1, 0),
-            "bias": reader.take(name + ".bias", (c_out,))}
 
-  def dense_1x1(name, c):
-    return {"kernel": reader.take(name + ".weight", (c, c, 1, 1))[:, :, 0, 0].T,
-            "bias": reader.take(name + ".bias", (c,))}
+class _LdmVaeTensors:
+  """The VAE's LDM-named tensors as `AutoencoderKL` parameter subtrees (see `convert_vae_state`)."""
 
-  def norm(name, c):
-    return {"scale": reader.take(name + ".weight", (c,)), "bias": reader.take(name + ".bias", (c,))}
+  def __init__(self, reader: state_reader.StateReader, cfg: VaeConfig):
+    self.reader = reader
+    self.cfg = cfg
+    self.chans = [m * cfg.base_channels for m in cfg.channel_mult]  # width per level
 
-  def resblock(name, c_in, c_out):
-    p = {"norm1": norm(name + ".norm1", c_in), "conv1": conv(name + ".conv1", c_in, c_out, 3),
-         "norm2": norm(name + ".norm2", c_out), "conv2": conv(name + ".conv2", c_out, c_out, 3)}
+  def conv(self, name: str, c_in: int, c_out: int, k: int) -> dict:
+    return {"kernel": self.reader.take(name + ".weight", (c_out, c_in, k, k)).transpose(2, 3, 1, 0),
+            "bias": self.reader.take(name + ".bias", (c_out,))}
+
+  def dense_1x1(self, name: str, c: int) -> dict:
+    return {"kernel": self.reader.take(name + ".weight", (c, c, 1, 1))[:, :, 0, 0].T,
+            "bias": self.reader.take(name + ".bias", (c,))}
+
+  def norm(self, name: str, c: int) -> dict:
+    return {"scale": self.reader.take(name + ".weight", (c,)),
+            "bias": self.reader.take(name + ".bias", (c,))}
+
+  def resblock(self, name: str, c_in: int, c_out: int) -> dict:
+    p = {"norm1": self.norm(name + ".norm1", c_in),
+         "conv1": self.conv(name + ".conv1", c_in, c_out, 3),
+         "norm2": self.norm(name + ".norm2", c_out),
+         "conv2": self.conv(name + ".conv2", c_out, c_out, 3)}
     if c_in != c_out:
-      p["nin_shortcut"] = conv(name + ".nin_shortcut", c_in, c_out, 1)
+      p["nin_shortcut"] = self.conv(name + ".nin_shortcut", c_in, c_out, 1)
     return p
 
-  def mid(name, c):
-    return {"block_1": resblock(name + ".block_1", c, c),
-            "attn_1": {"norm": norm(name + ".attn_1.norm", c),
-                       **{k: dense_1x1(f"{name}.attn_1.{k}", c) for k in ("q", "k", "v", "proj_out")}},
-            "block_2": resblock(name + ".block_2", c, c)}
+  def mid(self, name: str, c: int) -> dict:
+    return {"block_1": self.resblock(name + ".block_1", c, c),
+            "attn_1": {"norm": self.norm(name + ".attn_1.norm", c),
+                       **{k: self.dense_1x1(f"{name}.attn_1.{k}", c)
+                          for k in ("q", "k", "v", "proj_out")}},
+            "block_2": self.resblock(name + ".block_2", c, c)}
 
-  chans = [m * cfg.base_channels for m in cfg.channel_mult]
-  last = len(chans) - 1
-  z = cfg.z_channels
+  def encoder(self) -> dict:
+    cfg, chans = self.cfg, self.chans
+    encoder = {"conv_in": self.conv("encoder.conv_in", cfg.in_channels, chans[0], 3)}
+    c_prev = chans[0]
+    for i, c in enumerate(chans):
+      level = {}
+      for j in range(cfg.num_res_blocks):
+        level[f"block.{j}"] = self.resblock(f"encoder.down.{i}.block.{j}", c_prev, c)
+        c_prev = c
+      if i != len(chans) - 1:
+        level["downsample"] = {"conv": self.conv(f"encoder.down.{i}.downsample.conv", c, c, 3)}
+      encoder[f"down.{i}"] = level
+    encoder["mid"] = self.mid("encoder.mid", chans[-1])
+    encoder["norm_out"] = self.norm("encoder.norm_out", chans[-1])
+    encoder["conv_out"] = self.conv("encoder.conv_out", chans[-1], 2 * cfg.z_channels, 3)
+    return encoder
 
-  encoder = {"conv_in": conv("encoder.conv_in", cfg.in_channels, chans[0], 3)}
-  c_prev = chans[0]
-  for i, c in enumerate(chans):
-    level = {}
-    for j in range(cfg.num_res_blocks):
-      level[f"block.{j}"] = resblock(f"encoder.down.{i}.block.{j}", c_prev, c)
-      c_prev = c
-    if i != last:
-      level["downsample"] = {"conv": conv(f"encoder.down.{i}.downsample.conv", c, c, 3)}
-    encoder[f"down.{i}"] = level
-  encoder["mid"] = mid("encoder.mid", chans[-1])
-  encoder["norm_out"] = norm("encoder.norm_out", chans[-1])
-  encoder["conv_out"] = conv("encoder.conv_out", chans[-1], 2 * z, 3)
-
-  decoder = {"conv_in": conv("decoder.conv_in", z, chans[-1], 3),
-             "mid": mid("decoder.mid", chans[-1])}
-  c_prev = chans[-1]
-  for i in reversed(range(len(chans))):
-    level = {}
-    for j in range(cfg.num_res_blocks + 1):
-      level[f"block.{j}"] = resblock(f"decoder.up.{i}.block.{j}", c_prev, chans[i])
-      c_prev = chans[i]
-    if i != 0:
-      level["upsample"] = {"conv": conv(f"decoder.up.{i}.upsample.conv", chans[i], chans[i], 3)}
-    decoder[f"up.{i}"] = level
-  decoder["norm_out"] = norm("decoder.norm_out", chans[0])
-  decoder["conv_out"] = conv("decoder.conv_out", chans[0], cfg.out_channels, 3)
-
-  params = {"encoder": encoder, "decoder": decoder,
-            "quant_conv": conv("quant_conv", 2 * z, 2 * z, 1),
-            "post_quant_conv": conv("post_quant_conv", z, z, 1)}
-  return params, reader.consumed
+  def decoder(self) -> dict:
+    cfg, chans = self.cfg, self.chans
+    decoder = {"conv_in": self.conv("decoder.conv_in", cfg.z_channels, chans[-1], 3),
+               "mid": self.mid("decoder.mid", chans[-1])}
+    c_prev = chans[-1]
+    for i in reversed(range(len(chans))):
+      level = {}
+      for j in range(cfg.num_res_blocks + 1):
+        level[f"block.{j}"] = self.resblock(f"decoder.up.{i}.block.{j}", c_prev, chans[i])
+        c_prev = chans[i]
+      if i != 0:
+        level["upsample"] = {"conv": self.conv(f"decoder.up.{i}.upsample.conv", chans[i],
+                                               chans[i], 3)}
+      decoder[f"up.{i}"] = level
+    decoder["norm_out"] = self.norm("decoder.norm_out", chans[0])
+    decoder["conv_out"] = self.conv("decoder.conv_out", chans[0], cfg.out_channels, 3)
+    return decoder
 
 
 # diffusers' VAE attention names (current, then the pre-0.14 ones) -> LDM's.

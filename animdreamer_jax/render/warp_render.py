@@ -504,92 +504,37 @@ def render_rays(model, params, uv, frame_idx, partner_idx=None, *, near_far,
       weights (L, S'), depths (L, S'), sdf (L, S'), xyz_canonical (L, S', 3),
         feature_samples (L, S', C) with S' = num_samples + importance_samples.
   """
-  num_samples, importance_samples = options.num_samples, options.importance_samples
-  density_fn, warp, compute_normals = options.density_fn, options.warp, options.compute_normals
-  cameras = CameraOverride() if cameras is None else cameras
-  partner_cameras = CameraOverride() if partner_cameras is None else partner_cameras
-  frame_idx = jnp.asarray(frame_idx, jnp.int32)
-  single = frame_idx.ndim == 0
-  if single:
-    add_frame_axis = functools.partial(jax.tree_util.tree_map, lambda a: a[None])
-    uv = uv[None]
-    frame_idx = frame_idx[None]
-    partner_idx = None if partner_idx is None else jnp.asarray(partner_idx, jnp.int32)[None]
-    cameras, partner_cameras = add_frame_axis(cameras), add_frame_axis(partner_cameras)
-    if match_features is not None:
-      match_features = match_features[None]
-  num_frames = frame_idx.shape[0]
-  near_far = jnp.asarray(near_far, uv.dtype)
-  if single and near_far.ndim == 2:  # (R, 2) per-ray bounds of the one frame
-    near_far = near_far[None]
-  if near_far.ndim == 1:
-    near_far = jnp.broadcast_to(near_far, (num_frames, 2))
-
+  single, batch = _with_frame_axis(uv, frame_idx, partner_idx, near_far, cameras,
+                                   partner_cameras, match_features)
+  uv, warp = batch.uv, options.warp
   rest = rest_state(model, params)
-  frames = frame_states(model, params, frame_idx, cameras.obj2cam, cameras.intrinsics)
+  frames = frame_states(model, params, batch.frame_idx, batch.cameras.obj2cam,
+                        batch.cameras.intrinsics)
   partners = None
-  if partner_idx is not None:
-    partners = frame_states(model, params, jnp.asarray(partner_idx, jnp.int32),
-                            partner_cameras.obj2cam, partner_cameras.intrinsics)
+  if batch.partner_idx is not None:
+    partners = frame_states(model, params, batch.partner_idx, batch.partner_cameras.obj2cam,
+                            batch.partner_cameras.intrinsics)
   full_fn, base_sdf_fn = _field_fns(model, params, options)
-  num_rays = uv.shape[1]
-  near_far = jnp.broadcast_to(near_far.reshape(num_frames, -1, 2), (num_frames, num_rays, 2))
+  sdf_fn = lambda x: base_sdf_fn(x, alpha)
   prepare = lambda frame, partner: warp.prepare(model, params, rest, frame, partner)
-
-  depths = sampling.uniform_depths(near_far, num_samples)  # (F, R, S)
-  if stratified_key is not None:
-    depths = sampling.stratified_depths(stratified_key, depths)
 
   def samples(depths):
     return jax.vmap(lambda u, nf, d, f: _frame_samples(u, nf, d, f, prepare(f, None), warp))(
-        uv, near_far, depths, frames)
+        uv, batch.near_far, depths, frames)
 
-  if importance_samples > 0:
-    # Coarse pass (no gradient) picks where the extra samples go.
-    coarse = samples(depths)
-    x_c = jax.lax.stop_gradient(coarse["x_c"])
-    coarse_density = density_fn(base_sdf_fn(x_c.reshape(-1, 3), alpha).reshape(depths.shape),
-                                rest.beta)
-    coarse_w, _ = compositing.alpha_weights(coarse_density, coarse["deltas"])
-    depths = sampling.importance_depths(depths, coarse_w, importance_samples)
-
+  depths = _ray_depths(batch.near_far, options, stratified_key, samples, sdf_fn, rest.beta)
   # Stage 1 (per frame): samples -> canonical points.
   geo = samples(depths)
   geo["depths"] = depths
-  lead = depths.shape  # (F, R, S')
-
-  # Stage 2 (all frames at once): the canonical fields on FLAT (N, 3) points.
-  # XLA:CPU runs these MLPs markedly faster on 2-D arrays than under the
-  # frame vmap's extra batch axis.
-  flat_c = geo["x_c"].reshape(-1, 3)
-  appearance = jnp.repeat(frames.appearance, lead[1] * lead[2], axis=0)
-  field = full_fn(flat_c, appearance, alpha)
-  field = {k: v.reshape(lead + v.shape[1:]) for k, v in field.items()}
-
-  # SDF gradients: eikonal in canonical space on the first `eikonal_rays` rays
-  # of each frame (detached points, so it only shapes the SDF, as lab4d), or
-  # on every sample (not detached) when normals are asked for.
-  grad_c = None
-  eikonal_rays = options.eikonal_rays
-  k_eik = num_rays if (compute_normals or eikonal_rays is None) else min(eikonal_rays, num_rays)
-  eik_out = {}
-  if k_eik > 0:
-    pts = geo["x_c"][:, :k_eik].reshape(-1, 3)
-    if not compute_normals:
-      pts = jax.lax.stop_gradient(pts)
-    _, grad = sdf_and_gradient(lambda p: base_sdf_fn(p, alpha), pts)
-    eik = jnp.mean(eikonal_term(grad).reshape(num_frames, k_eik, lead[2]), -1)
-    eik_out["eikonal"] = jnp.pad(eik, ((0, 0), (0, num_rays - k_eik)))
-    eik_out["eikonal_mask"] = jnp.broadcast_to(
-        (jnp.arange(num_rays) < k_eik).astype(uv.dtype), (num_frames, num_rays))
-    if compute_normals:
-      grad_c = grad.reshape(lead + (3,))
+  # Stage 2 (all frames at once): the canonical fields.
+  field = _canonical_fields(full_fn, geo["x_c"], frames.appearance, alpha)
+  eik_out, grad_c = _eikonal_outputs(geo["x_c"], sdf_fn, options, uv.dtype)
 
   # Stage 3 (per frame): compositing, forward warps, flow, normals.
   def outputs(u, g, fld, gc, frame, partner):
     return _frame_outputs(
         u, g, fld, gc, frame, partner, rest, prepare(frame, partner), warp,
-        density_fn=density_fn, compute_normals=compute_normals,
+        density_fn=options.density_fn, compute_normals=options.compute_normals,
         bone_density_radius=model.config.bone_density_radius if options.gauss_mask else None)
 
   out = jax.vmap(outputs)(uv, geo, field, grad_c, frames, partners)
@@ -597,13 +542,121 @@ def render_rays(model, params, uv, frame_idx, partner_idx=None, *, near_far,
   if "vis_raw" in out:
     out["vis"] = out.pop("vis_raw") / jnp.mean(out.pop("transmit_mean"))
 
-  if match_features is not None:
+  if batch.match_features is not None:
     out["xy_reproj"] = _feature_reprojection(
-        model, params, out, match_features, frames, rest, warp, match_key,
+        model, params, out, batch.match_features, frames, rest, warp, match_key,
         options.match_candidates)
   if single:
     out = {k: v[0] for k, v in out.items()}
   return out
+
+
+class _RayBatch(NamedTuple):
+  """`render_rays`' per-call arguments with a leading frame axis F."""
+  uv: jnp.ndarray  # (F, R, 2)
+  frame_idx: jnp.ndarray  # (F,) int32
+  partner_idx: Optional[jnp.ndarray]  # (F,) int32, or None (no flow)
+  near_far: jnp.ndarray  # (F, R, 2)
+  cameras: CameraOverride  # fields (F, 4, 4) / (F, 4) or None
+  partner_cameras: CameraOverride
+  match_features: Optional[jnp.ndarray]  # (F, R, C) or None
+
+
+def _with_frame_axis(uv, frame_idx, partner_idx, near_far, cameras, partner_cameras,
+                     match_features) -> tuple[bool, _RayBatch]:
+  """(single, batch): a scalar frame_idx gets a frame axis; near/far become per ray."""
+  cameras = CameraOverride() if cameras is None else cameras
+  partner_cameras = CameraOverride() if partner_cameras is None else partner_cameras
+  frame_idx = jnp.asarray(frame_idx, jnp.int32)
+  if partner_idx is not None:
+    partner_idx = jnp.asarray(partner_idx, jnp.int32)
+  single = frame_idx.ndim == 0
+  if single:
+    add_frame_axis = functools.partial(jax.tree_util.tree_map, lambda a: a[None])
+    uv = uv[None]
+    frame_idx = frame_idx[None]
+    partner_idx = None if partner_idx is None else partner_idx[None]
+    cameras, partner_cameras = add_frame_axis(cameras), add_frame_axis(partner_cameras)
+    if match_features is not None:
+      match_features = match_features[None]
+  num_frames, num_rays = uv.shape[:2]
+  near_far = jnp.asarray(near_far, uv.dtype)
+  if single and near_far.ndim == 2:  # (R, 2) per-ray bounds of the one frame
+    near_far = near_far[None]
+  if near_far.ndim == 1:
+    near_far = jnp.broadcast_to(near_far, (num_frames, 2))
+  near_far = jnp.broadcast_to(near_far.reshape(num_frames, -1, 2), (num_frames, num_rays, 2))
+  return single, _RayBatch(uv, frame_idx, partner_idx, near_far, cameras, partner_cameras,
+                           match_features)
+
+
+def _ray_depths(near_far, options: RenderOptions, stratified_key, samples_fn, sdf_fn, beta):
+  """(F, R, S') sample depths: uniform (jittered by stratified_key), then importance samples.
+
+  Args:
+    near_far: (F, R, 2).
+    options: num_samples, importance_samples and density_fn are used.
+    stratified_key: PRNG key or None.
+    samples_fn: (F, R, S) depths -> `_frame_samples` outputs (F, R, S, ...).
+    sdf_fn: (N, 3) canonical points -> (N,) SDF.
+    beta: the density's scale.
+  """
+  depths = sampling.uniform_depths(near_far, options.num_samples)  # (F, R, S)
+  if stratified_key is not None:
+    depths = sampling.stratified_depths(stratified_key, depths)
+  if options.importance_samples > 0:
+    # Coarse pass (no gradient) picks where the extra samples go.
+    coarse = samples_fn(depths)
+    x_c = jax.lax.stop_gradient(coarse["x_c"])
+    coarse_density = options.density_fn(sdf_fn(x_c.reshape(-1, 3)).reshape(depths.shape), beta)
+    coarse_w, _ = compositing.alpha_weights(coarse_density, coarse["deltas"])
+    depths = sampling.importance_depths(depths, coarse_w, options.importance_samples)
+  return depths
+
+
+def _canonical_fields(full_fn, x_c, appearance, alpha) -> dict[str, jnp.ndarray]:
+  """Stage 2: the canonical fields of (F, R, S, 3) points, as (F, R, S, ...) arrays.
+
+  Evaluated on the FLAT (N, 3) points of all frames at once: XLA:CPU runs these
+  MLPs markedly faster on 2-D arrays than under the frame vmap's extra batch axis.
+  """
+  lead = x_c.shape[:3]
+  appearance = jnp.repeat(appearance, lead[1] * lead[2], axis=0)
+  field = full_fn(x_c.reshape(-1, 3), appearance, alpha)
+  return {k: v.reshape(lead + v.shape[1:]) for k, v in field.items()}
+
+
+def _eikonal_outputs(x_c, sdf_fn, options: RenderOptions, dtype):
+  """The eikonal term per ray and, for normals, the canonical SDF gradient per sample.
+
+  The term is taken in canonical space on the first `options.eikonal_rays` rays
+  of each frame at detached points (so it only shapes the SDF, as lab4d), or at
+  every sample, not detached, when normals are asked for.
+
+  Args:
+    x_c: (F, R, S, 3) canonical sample points.
+    sdf_fn: (N, 3) -> (N,).
+    options: eikonal_rays and compute_normals are used.
+    dtype: of the mask.
+
+  Returns:
+    {"eikonal": (F, R), "eikonal_mask": (F, R)} ({} when no ray gets the term),
+    and the (F, R, S, 3) gradients when options.compute_normals, else None.
+  """
+  num_frames, num_rays, num_s = x_c.shape[:3]
+  compute_normals, eikonal_rays = options.compute_normals, options.eikonal_rays
+  k_eik = num_rays if (compute_normals or eikonal_rays is None) else min(eikonal_rays, num_rays)
+  if k_eik <= 0:
+    return {}, None
+  pts = x_c[:, :k_eik].reshape(-1, 3)
+  if not compute_normals:
+    pts = jax.lax.stop_gradient(pts)
+  _, grad = sdf_and_gradient(sdf_fn, pts)
+  eik = jnp.mean(eikonal_term(grad).reshape(num_frames, k_eik, num_s), -1)
+  out = {"eikonal": jnp.pad(eik, ((0, 0), (0, num_rays - k_eik))),
+         "eikonal_mask": jnp.broadcast_to((jnp.arange(num_rays) < k_eik).astype(dtype),
+                                          (num_frames, num_rays))}
+  return out, grad.reshape(x_c.shape) if compute_normals else None
 
 
 def _feature_reprojection(model, params, out, pixel_features, frames, rest, warp,

@@ -23,13 +23,15 @@ import numpy as np
 
 from animdreamer_jax import assets
 from animdreamer_jax import files
+from animdreamer_jax.assets import shading
 from animdreamer_jax.errors import UserError
 from animdreamer_jax.geometry import mesh as mesh_lib
 from animdreamer_jax.geometry import quaternion as quat_lib
 from animdreamer_jax.geometry import transforms_np
 from animdreamer_jax.model import skinning
 from animdreamer_jax.render import posing
-from animdreamer_jax.assets import rasterize as rasterize_lib
+
+MESH_COLOR = np.array([0.75, 0.8, 0.9])  # the posed mesh in the pictures: blue-grey
 
 
 class NoSurface(UserError):
@@ -49,18 +51,10 @@ def mesh_in_frame(posed_obj: np.ndarray, obj2cam: np.ndarray, w2c: np.ndarray,
 
 def shade_mesh(vertices_cam: np.ndarray, faces: np.ndarray, intrinsics: np.ndarray, height: int,
                width: int, background: np.ndarray) -> np.ndarray:
-  """Grey Lambertian render of a camera-space mesh (CPU rasteriser) -> (H, W, 3) float."""
-  raster = rasterize_lib.rasterize(vertices_cam, faces, intrinsics, height, width)
-  tri = vertices_cam[faces]
-  normal = np.cross(tri[:, 1] - tri[:, 0], tri[:, 2] - tri[:, 0])
-  normal /= np.maximum(np.linalg.norm(normal, axis=-1, keepdims=True), 1e-12)
-  light = np.array([-0.3, -0.5, -0.8])
-  light /= np.linalg.norm(light)
-  shade = 0.3 + 0.7 * np.abs(normal @ light)
-  mask = raster.mask
-  image = np.broadcast_to(background, (height, width, 3)).astype(np.float32).copy()
-  image[mask] = shade[raster.face_id[mask], None] * np.array([0.75, 0.8, 0.9])
-  return image
+  """Blue-grey Lambertian render of a camera-space mesh over `background` -> (H, W, 3) float."""
+  colors = np.broadcast_to(MESH_COLOR, (len(vertices_cam), 3))
+  return shading.over_background(
+      shading.shade(vertices_cam, faces, colors, intrinsics, height, width), background)
 
 
 def bone_glyphs(bones_quat: np.ndarray, bones_trans: np.ndarray, log_scale: np.ndarray
@@ -74,10 +68,6 @@ def bone_glyphs(bones_quat: np.ndarray, bones_trans: np.ndarray, log_scale: np.n
   verts = np.einsum("bij,bvj->bvi", rot, unit[None] * scale[:, None, :]) + bones_trans[:, None]
   faces = tris[None] + 6 * np.arange(bones_quat.shape[0])[:, None, None]
   return verts.reshape(-1, 3).astype(np.float32), faces.reshape(-1, 3)
-
-
-def _to_uint8(image: np.ndarray) -> np.ndarray:
-  return np.clip(np.asarray(image) * 255 + 0.5, 0, 255).astype(np.uint8)
 
 
 def rest_mesh(trainer, params, aux: dict, settings) -> tuple[np.ndarray, np.ndarray]:
@@ -126,7 +116,7 @@ def write_outputs(trainer, state, settings, video, workdir: pathlib.Path,
   vertices = mesh_in_frame(posed_obj, obj2cam, video.w2c, settings.extract.mesh_frame)
   # Colour at the rest vertices (rest-time appearance code).
   canon = jax.jit(lambda p, x: model.apply(p, x, method="canonical"))(params, jnp.asarray(rest_v))
-  colors = _to_uint8(np.asarray(canon["rgb"]))
+  colors = shading.to_uint8(np.asarray(canon["rgb"]))
   seq = assets.MeshSequence(vertices=vertices, faces=rest_f, fps=float(video.meta.get("fps", 30.0)),
                             vertex_colors=colors, rest_vertices=rest_v)
   assets.save_sequence_npz(workdir / "meshes.npz", seq)
@@ -159,7 +149,7 @@ def write_pictures(trainer, state, settings, video, workdir: pathlib.Path, faces
   background = np.asarray(video.meta.get("background", (1.0, 1.0, 1.0)), np.float32)
 
   def mesh_picture(t):
-    return _to_uint8(shade_mesh(posed_cam[t], faces, video.intrinsics[t], h, w, background))
+    return shading.to_uint8(shade_mesh(posed_cam[t], faces, video.intrinsics[t], h, w, background))
 
   out = {}
   frames_rgb = [np.concatenate([video.rgb[t], mesh_picture(t)], axis=1)
@@ -184,7 +174,7 @@ def write_pictures(trainer, state, settings, video, workdir: pathlib.Path, faces
     overlay[gt_mask & pred_mask] = (0.2, 0.8, 0.2)
     overlay[gt_mask & ~pred_mask] = (0.9, 0.1, 0.1)
     overlay[~gt_mask & pred_mask] = (0.1, 0.3, 0.9)
-    rows.append(np.concatenate([video.rgb[t], _to_uint8(render["rgb"]), _to_uint8(overlay),
+    rows.append(np.concatenate([video.rgb[t], shading.to_uint8(render["rgb"]), shading.to_uint8(overlay),
                                 mesh_picture(t)], axis=1))
   files.save_png(workdir / "contact_sheet.png", np.concatenate(rows, axis=0))
   out["contact_sheet"] = str(workdir / "contact_sheet.png")
