@@ -1,8 +1,6 @@
 """`animdreamer bench`: flags and their errors, the shared figures, the host initialiser, and
 tiny step and CSD benchmarks end to end (slow; paper scale runs on a GPU)."""
 import json
-import subprocess
-import sys
 import types
 
 import jax
@@ -10,21 +8,27 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from animdreamer_jax import cli
 from animdreamer_jax.bench import common
 from animdreamer_jax.bench import csd as bench_csd
 from animdreamer_jax.errors import UserError
 
 
-def _bench(repo_root, which, *args):
-  return subprocess.run([sys.executable, str(repo_root / "bin" / "animdreamer"), "bench", which,
-                         *args], capture_output=True, text=True, timeout=600)
+def _bench(capsys, which, *args):
+  """`animdreamer bench WHICH ARGS` in this process -> (exit code, stdout, stderr)."""
+  try:
+    code = cli.main(["bench", which, *args])
+  except SystemExit as e:  # argparse's --help
+    code = e.code
+  out = capsys.readouterr()
+  return code, out.out, out.err
 
 
 @pytest.mark.parametrize("which", ["step", "unet", "csd"])
-def test_each_benchmark_has_help(repo_root, which):
-  res = _bench(repo_root, which, "--help")
-  assert res.returncode == 0, res.stderr
-  assert res.stdout.startswith(f"usage: animdreamer bench {which}")
+def test_each_benchmark_has_help(capsys, which):
+  code, out, err = _bench(capsys, which, "--help")
+  assert code == 0, err
+  assert out.startswith(f"usage: animdreamer bench {which}")
 
 
 @pytest.mark.parametrize("which, args, line", [
@@ -34,10 +38,10 @@ def test_each_benchmark_has_help(repo_root, which):
     ("step", ["--rays", "100"],
      "error: --rays: 100 is not a multiple of 2 x --rays-per-frame (16); frames come in pairs"),
 ])
-def test_bad_arguments_give_one_error_line(repo_root, which, args, line):
-  res = _bench(repo_root, which, *args)
-  assert res.returncode == 2
-  assert res.stderr.strip().splitlines() == [line]
+def test_bad_arguments_give_one_error_line(capsys, which, args, line):
+  code, _, err = _bench(capsys, which, *args)
+  assert code == 2
+  assert err.strip().splitlines() == [line]
 
 
 def test_memory_figures_count_donated_buffers_once():

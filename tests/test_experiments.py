@@ -35,11 +35,11 @@ def with_and_without():
 
 
 @pytest.mark.parametrize("name", ["csd_with_and_without", "csd_memory"])
-def test_each_driver_has_help(name):
-  res = subprocess.run([sys.executable, str(EXPERIMENTS / f"{name}.py"), "--help"],
-                       capture_output=True, text=True, timeout=300)
-  assert res.returncode == 0, res.stderr
-  assert res.stdout.startswith("usage: ")
+def test_each_driver_has_help(name, capsys):
+  with pytest.raises(SystemExit) as exit_info:
+    _script(name).main(["--help"])
+  assert exit_info.value.code == 0
+  assert capsys.readouterr().out.startswith("usage: ")
 
 
 def test_summary_rows_and_seed_means(with_and_without, tmp_path):
