@@ -79,13 +79,13 @@ def test_host_random_params_follow_the_shapes_and_fan_in():
 
 
 @pytest.mark.slow
-def test_tiny_csd_step_runs_and_reports_ratios_and_memory(repo_root, tmp_path):
+def test_tiny_csd_step_runs_and_reports_ratios_and_memory(capsys, tmp_path):
   out = tmp_path / "bench.json"
-  res = _bench(repo_root, "csd", "--model", "tiny", "--prior", "mvdream-tiny", "--resolution", "8",
+  code, stdout, stderr = _bench(capsys, "csd", "--model", "tiny", "--prior", "mvdream-tiny", "--resolution", "8",
                "--samples", "4", "--patches", "2", "--steps", "1", "--encode-resolution", "32",
                "--dtype", "float32", "--matmul-size", "256", "--json", str(out))
-  assert res.returncode == 0, res.stderr
-  assert "ratio achieved/matmul" in res.stdout
+  assert code == 0, stderr
+  assert "ratio achieved/matmul" in stdout
   r = json.loads(out.read_text())
   assert r["samples_per_step"] == 4 * 8 * 8 * 4
   assert np.isfinite(r["loss"]) and r["loss"] == pytest.approx(r["csd_loss"])  # w_csd = 1
@@ -94,11 +94,11 @@ def test_tiny_csd_step_runs_and_reports_ratios_and_memory(repo_root, tmp_path):
 
 
 @pytest.mark.slow
-def test_tiny_reconstruction_step_runs_and_reports_the_ratio(repo_root, tmp_path):
+def test_tiny_reconstruction_step_runs_and_reports_the_ratio(capsys, tmp_path):
   out = tmp_path / "bench.json"
-  res = _bench(repo_root, "step", "--config", "tiny", "--rays", "64", "--steps", "2",
+  code, stdout, stderr = _bench(capsys, "step", "--config", "tiny", "--rays", "64", "--steps", "2",
                "--matmul-size", "256", "--json", str(out))
-  assert res.returncode == 0, res.stderr
+  assert code == 0, stderr
   r = json.loads(out.read_text())
   assert r["frames"] == 4 and r["bones"] == 3
   assert np.isfinite(r["loss"]) and r["step_flops"] > 0 and r["ratio"] > 0

@@ -475,6 +475,9 @@ def test_demo_runs_the_whole_pipeline(tmp_path, capsys, repo_root):
       "  config.train.num_rounds = 2\n"
       "  config.train.iters_per_round = 5\n"
       "  config.extract.mc_resolution = 32\n"
+      # 10 steps sit inside the early dip of the SDF's zero level that the flow loss
+      # drives (docs/results.md, "SDF collapse"); this pipeline check needs a surface.
+      "  config.loss.weights.flow = 0.0\n"
       "  return config\n")
   out = tmp_path / "demo"
   status = cli.main(["demo", "--out", str(out), "--frames", "8", "--res", "32", "--quiet",

@@ -264,7 +264,9 @@ def load_run_motion(run_dir: str | pathlib.Path, video_dir: Optional[str | pathl
   Raises:
     UserError: not a finished run folder, or inconsistent files.
   """
-  run_dir = run_folder.check_finished(run_dir, need_checkpoint=False)
+  # The motion alone: its bones per frame and the frame rate of its meshes.
+  run_dir = run_folder.check_finished(run_dir, need_checkpoint=False,
+                                      files=("motion.npz", "meshes.npz"))
   motion, num_frames, _ = run_folder.load_motion(run_dir)
   fps = assets.load_sequence_npz(run_dir / "meshes.npz").fps
   object_to_camera = np.asarray(motion["object_to_camera"], np.float64)

@@ -38,12 +38,14 @@ def load_npz(path: pathlib.Path) -> dict[str, np.ndarray]:
     raise UserError(f"{path}: cannot read ({e})") from e
 
 
-def check_finished(run_dir: str | pathlib.Path, need_checkpoint: bool = True) -> pathlib.Path:
-  """Raises UserError unless `run_dir` is a finished run (with a checkpoint when asked)."""
+def check_finished(run_dir: str | pathlib.Path, need_checkpoint: bool = True,
+                   files: tuple[str, ...] = FINISHED_FILES) -> pathlib.Path:
+  """Raises UserError unless `run_dir` holds `files` (by default: a finished run) and, when
+  asked, a checkpoint."""
   run_dir = pathlib.Path(run_dir)
   if not run_dir.is_dir():
     raise UserError(f"{run_dir}: run folder not found")
-  missing = [name for name in FINISHED_FILES if not (run_dir / name).is_file()]
+  missing = [name for name in files if not (run_dir / name).is_file()]
   if missing:
     raise UserError(f"{run_dir}: not a finished run (missing {', '.join(missing)}); "
                     "let `animdreamer extract` finish (or resume it) first")
