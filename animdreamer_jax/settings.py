@@ -47,10 +47,6 @@ def to_config(section: Any) -> ml_collections.ConfigDict:
   return ml_collections.ConfigDict(values)
 
 
-def _field_types(cls) -> dict[str, Any]:
-  return typing.get_type_hints(cls)
-
-
 def from_config(cls, config: Any, where: str) -> Any:
   """Builds dataclass `cls` from a ConfigDict / mapping; keys it lacks keep their defaults.
 
@@ -66,7 +62,7 @@ def from_config(cls, config: Any, where: str) -> Any:
     config = config.to_dict()
   if not isinstance(config, dict):
     raise UserError(f"{where}: expected a section, got {config!r}")
-  types = _field_types(cls)
+  types = typing.get_type_hints(cls)
   names = {f.name for f in dataclasses.fields(cls)}
   kwargs = {}
   for key, value in config.items():

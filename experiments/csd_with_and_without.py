@@ -48,6 +48,7 @@ from animdreamer_jax.csd import term as csd_term  # noqa: E402
 from animdreamer_jax.data import video as video_lib  # noqa: E402
 from animdreamer_jax.errors import UserError  # noqa: E402
 from animdreamer_jax.eval import novel_views  # noqa: E402
+from animdreamer_jax.geometry import transforms_np  # noqa: E402
 from animdreamer_jax.stages import run_folder  # noqa: E402
 from animdreamer_jax.stages.extraction import outputs  # noqa: E402
 from animdreamer_jax.stages.extraction import settings as extraction_settings  # noqa: E402
@@ -109,7 +110,8 @@ def run_one(arm: Arm, video_dir: pathlib.Path, video, workdir: pathlib.Path,
     TrainingFailed: training diverged or produced no surface (the next arm still runs).
   """
   try:
-    result = extract_command.run_extraction(arm.config, video_dir, workdir, progress=progress)
+    result = extract_command.run_extraction(arm.config, video_dir, workdir, progress=progress,
+                                            video=video)
   except (loop.TrainingDiverged, outputs.NoSurface) as e:
     raise TrainingFailed(str(e)) from e
   run = {k: result.get(k) for k in ("steps", "train_seconds", "rollbacks", "metrics")}
@@ -197,14 +199,14 @@ def save_comparison(video, runs: dict, path: pathlib.Path, frame: int | None = N
     seq = assets.load_sequence_npz(workdir / "meshes.npz")
     align = np.asarray(json.loads((workdir / "metrics.json").read_text())["alignment"]["matrix"],
                        np.float64)
-    verts = np.asarray(seq.vertices[frame], np.float64) @ align[:3, :3].T + align[:3, 3]
+    verts = transforms_np.to_camera(seq.vertices[frame], align)  # the similarity, as a transform
     meshes.append((label, verts, np.asarray(seq.faces)))
   rows = []
   for _, verts, faces in meshes:
     panels = []
     for w2c in cams:
-      cam = verts @ w2c[:3, :3].T + w2c[:3, 3]
-      panels.append(outputs.shade_mesh(cam, faces, k, size, size, np.ones(3)))
+      panels.append(outputs.shade_mesh(transforms_np.to_camera(verts, w2c), faces, k, size, size,
+                                       np.ones(3)))
     rows.append(np.concatenate(panels, 1))
   grid = np.concatenate(rows, 0)
   files.save_png(path, (np.clip(grid, 0, 1) * 255 + 0.5).astype(np.uint8))

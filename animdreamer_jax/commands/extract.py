@@ -49,7 +49,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run_extraction(config: Any, video_dir: str | pathlib.Path, workdir: str | pathlib.Path,
                    resume: bool = False, overrides: Sequence[Any] = (),
-                   progress: bool = True) -> dict:
+                   progress: bool = True, video=None) -> dict:
   """Trains on a video, writes the run folder and scores it; the `demo` command calls this.
 
   Args:
@@ -59,6 +59,7 @@ def run_extraction(config: Any, video_dir: str | pathlib.Path, workdir: str | pa
     resume: require an existing checkpoint (a run folder with one is resumed anyway).
     overrides: (key, value-string) pairs or "--config.k=v" strings.
     progress: show the progress bar.
+    video: `video_dir` already loaded, when the caller has it (read once).
 
   Returns:
     `stages.extraction.run.run_extraction`'s result plus "metrics" (dict, or None
@@ -71,9 +72,10 @@ def run_extraction(config: Any, video_dir: str | pathlib.Path, workdir: str | pa
     config = settings.load_config(config, overrides)
   elif overrides:
     config = settings.apply_overrides(config, [tuple(o) for o in overrides])
+  if video is None:
+    video = video_lib.load_video(video_dir)
   result = extraction_run.run_extraction(config, video_dir, workdir, resume=resume,
-                                         progress=progress)
-  video = video_lib.load_video(video_dir)
+                                         progress=progress, video=video)
   result["metrics"] = result["metrics_path"] = None
   if video.gt is not None:
     result["metrics"] = run_scores.score_run(workdir, video)

@@ -21,8 +21,6 @@ from animdreamer_jax.model import articulated_model
 from animdreamer_jax.stages.extraction import plan as extraction_plan
 from animdreamer_jax.stages.extraction import settings as extraction_settings
 from animdreamer_jax.train import checkpoint as checkpoint_lib
-from animdreamer_jax.train import optimizer as optimizer_lib
-from animdreamer_jax.train import state as state_lib
 
 FINISHED_FILES = ("config.json", "model.json", "rest.npz", "motion.npz", "meshes.npz")
 MOTION_KEYS = {"object_to_camera": 3, "bone_quat": 3, "bone_trans": 3, "rest_bone_quat": 2,
@@ -85,9 +83,7 @@ def restore_model(run_dir: pathlib.Path, settings: extraction_settings.Extractio
   shapes = jax.eval_shape(model.init, jax.random.PRNGKey(0), jnp.zeros((4, 3), jnp.float32),
                           jnp.int32(0))
   params = jax.tree_util.tree_map(lambda s: np.zeros(s.shape, s.dtype), shapes)
-  tx = optimizer_lib.make_optimizer(params, settings.optim)
-  aux = extraction_plan.initial_aux(settings, model.config.num_frames)
-  template = state_lib.create(params, tx, aux, seed=settings.train.seed + 1)
+  template = extraction_plan.state_from_params(settings, params, model.config.num_frames)
   directory = run_dir / "checkpoints"
   checkpointer = checkpoint_lib.Checkpointer(directory, max_to_keep=10**6)
   try:

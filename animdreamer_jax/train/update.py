@@ -89,8 +89,9 @@ def apply_gradients(tx: optax.GradientTransformation, params: Any, opt_state: An
         tx, lambda v, m: v if masked(v) else m, new_opt, leaf_mask,
         transform_non_params=lambda _: jnp.bool_(True), is_leaf=masked)
     new_opt = _keep_where(state_mask, new_opt, opt_state)
-  new_params = _keep_where(jax.tree_util.tree_map(lambda _: applied, params), new_params, params)
-  new_opt = jax.tree_util.tree_map(lambda a, b: jnp.where(applied, a, b), new_opt, opt_state)
+  keep_if_refused = lambda new, old: jnp.where(applied, new, old)  # noqa: E731
+  new_params = jax.tree_util.tree_map(keep_if_refused, new_params, params)
+  new_opt = jax.tree_util.tree_map(keep_if_refused, new_opt, opt_state)
   metrics = {"grad_norm": grad_norm, "finite": finite.astype(jnp.int32),
              "applied": applied.astype(jnp.int32)}
   return new_params, new_opt, metrics

@@ -100,9 +100,14 @@ def initial_state(settings: ExtractionSettings, model, video, fit: bool = True
     if cfg.sdf_steps > 0:
       params, _ = init_lib.fit_sphere(model, params, steps=cfg.sdf_steps, learning_rate=cfg.lr,
                                       seed=seed)
-  params = jax.tree_util.tree_map(jnp.asarray, params)
+  return state_from_params(settings, jax.tree_util.tree_map(jnp.asarray, params), video.num_frames)
+
+
+def state_from_params(settings: ExtractionSettings, params, num_frames: int
+                      ) -> state_lib.TrainState:
+  """A step-0 train state around `params`: fresh optimiser moments and placeholder aux."""
   tx = optimizer_lib.make_optimizer(params, settings.optim)
-  return state_lib.create(params, tx, initial_aux(settings, video.num_frames), seed=seed + 1)
+  return state_lib.create(params, tx, initial_aux(settings, num_frames), seed=settings.train.seed + 1)
 
 
 def make_data(video, prior_inputs: Optional[dict] = None, source: str = "video") -> ExtractionData:
@@ -169,6 +174,8 @@ def build_plan(settings: ExtractionSettings, video, source: str = "video",
       name="extract", model=model, num_frames=video.num_frames,
       data=make_data(video, prior_inputs, source=source), tx=tx, kinds=kinds,
       schedule=make_schedule(settings),
-      initial_state=lambda fit: initial_state(settings, model, video, fit=fit),
+      # fit=False is the structure (and a random init): one copy per call of the one drawn here.
+      initial_state=lambda fit: (initial_state(settings, model, video, fit=True) if fit
+                                 else state_lib.to_device(state_lib.to_host(template))),
       render_image=render_image,
       reference_image=lambda frame: video.rgb[frame].astype(np.float32) / 255.0)

@@ -22,7 +22,7 @@ from animdreamer_jax.train import loop
 
 def run_extraction(config: ml_collections.ConfigDict, video_dir: str | pathlib.Path,
                    workdir: str | pathlib.Path, resume: bool = False, progress: bool = True,
-                   prior: Optional[tuple] = None) -> dict:
+                   prior: Optional[tuple] = None, video=None) -> dict:
   """Trains on a video (or resumes) and writes the run folder.
 
   Args:
@@ -32,6 +32,7 @@ def run_extraction(config: ml_collections.ConfigDict, video_dir: str | pathlib.P
     resume: require an existing checkpoint.
     progress: show the progress bar and log lines.
     prior: (DiffusionPrior, params, text) replacing the one `csd.prior` names.
+    video: `video_dir` already loaded (`data.video.load_video`), when the caller has it.
 
   Returns:
     {"workdir", "steps", "train_seconds", "rollbacks", "resumed_from",
@@ -45,7 +46,8 @@ def run_extraction(config: ml_collections.ConfigDict, video_dir: str | pathlib.P
   wall0, cpu0 = time.time(), time.process_time()
   if workdir.exists() and not workdir.is_dir():
     raise UserError(f"{workdir}: exists and is not a folder")
-  video = video_lib.load_video(video_dir)
+  if video is None:
+    video = video_lib.load_video(video_dir)
   loop.enable_compilation_cache(settings.train.compilation_cache)
   plan = plan_lib.build_plan(settings, video, source=str(video_dir), prior=prior)
   trainer = loop.Trainer(plan, settings.train, workdir)
