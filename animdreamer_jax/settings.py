@@ -47,13 +47,15 @@ def to_config(section: Any) -> ml_collections.ConfigDict:
   return ml_collections.ConfigDict(values)
 
 
-def from_config(cls, config: Any, where: str) -> Any:
+def from_config(cls, config: Any, where: str, ignore_unknown: bool = False) -> Any:
   """Builds dataclass `cls` from a ConfigDict / mapping; keys it lacks keep their defaults.
 
   Args:
     cls: a dataclass whose fields are plain values or nested dataclasses.
     config: ConfigDict or dict (e.g. a run's saved config.json section).
     where: the section's dotted name, for messages ("config.csd").
+    ignore_unknown: skip keys `cls` does not declare (a run folder written by an
+      earlier version may hold settings since removed); otherwise they are errors.
 
   Raises:
     UserError: an unknown key, or a value of the wrong type, named by its key.
@@ -67,10 +69,12 @@ def from_config(cls, config: Any, where: str) -> Any:
   kwargs = {}
   for key, value in config.items():
     if key not in names:
+      if ignore_unknown:
+        continue
       raise UserError(f"{where}.{key}: unknown config key")
     kind = types[key]
     if dataclasses.is_dataclass(kind):
-      kwargs[key] = from_config(kind, value, f"{where}.{key}")
+      kwargs[key] = from_config(kind, value, f"{where}.{key}", ignore_unknown)
     else:
       kwargs[key] = _check_type(f"{where}.{key}", kind, value)
   return cls(**kwargs)

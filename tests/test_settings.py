@@ -129,6 +129,19 @@ def test_sections_name_unknown_and_mistyped_keys():
     csd_settings.CsdSettings(prior="dreamfusion")
 
 
+def test_a_run_of_an_earlier_version_reads_with_its_removed_keys_skipped():
+  """config.json of a run written before settings were removed: a user's config with such a
+  key is an error, a run folder's is read (its other values kept)."""
+  saved = json.loads(extraction.base_config("tiny").to_json())
+  saved["csd"]["anneal_steps"] = 8000  # removed in 2026-12
+  saved["train"]["init_lr"] = 1e-2
+  saved["train"]["num_rounds"] = 7
+  with pytest.raises(UserError, match="unknown config key"):
+    extraction.from_config(saved)
+  settings = extraction.from_config(saved, ignore_unknown=True)
+  assert settings.train.num_rounds == 7 and settings.csd == csd_settings.CsdSettings()
+
+
 def test_string_overrides_keep_the_word(config_file):
   """`--config.csd.prior=none` is the word "none", not Python's None."""
   c = extraction.base_config("tiny")

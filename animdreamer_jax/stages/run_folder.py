@@ -55,8 +55,10 @@ def check_finished(run_dir: str | pathlib.Path, need_checkpoint: bool = True,
 
 
 def load_settings(run_dir: pathlib.Path) -> extraction_settings.ExtractionSettings:
-  """The run's settings from its config.json."""
-  return extraction_settings.from_config(settings_lib.read_config_json(run_dir / "config.json"))
+  """The run's settings from its config.json (settings an earlier version wrote and this one
+  no longer has are skipped: old runs stay exportable)."""
+  return extraction_settings.from_config(settings_lib.read_config_json(run_dir / "config.json"),
+                                         ignore_unknown=True)
 
 
 def load_model_config(run_dir: pathlib.Path) -> articulated_model.ModelConfig:

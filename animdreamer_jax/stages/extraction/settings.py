@@ -123,8 +123,10 @@ def base_config(preset: str = "cpu") -> ml_collections.ConfigDict:
   return to_config(defaults(preset))
 
 
-def from_config(config) -> ExtractionSettings:
+def from_config(config, ignore_unknown: bool = False) -> ExtractionSettings:
   """Reads a config (ConfigDict or the dict of a saved config.json) back into settings.
+
+  ignore_unknown: skip keys no section declares (a run written by an earlier version).
 
   Raises:
     UserError: an unknown key or a mistyped value, named by its dotted key.
@@ -134,4 +136,4 @@ def from_config(config) -> ExtractionSettings:
   for name in VIDEO_FIELDS:
     if name in model:
       raise UserError(f"config.model.{name}: comes from the video; remove it from the config")
-  return settings_lib.from_config(ExtractionSettings, values, "config")
+  return settings_lib.from_config(ExtractionSettings, values, "config", ignore_unknown)
