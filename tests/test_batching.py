@@ -95,3 +95,42 @@ def test_bad_inputs():
     batching.make_device_video(rgb, mask, depth, feature, bad, flow_bw)
   with pytest.raises(UserError, match="at least 2 frames"):
     batching.make_device_video(rgb[:1], mask[:1], depth[:1], feature[:1], flow_fw, flow_bw)
+
+
+def boundary_band_loop(mask):
+  """Slow reference: a pixel is in the band when its clipped 3x3 window mixes fg and bg."""
+  t, h, w = mask.shape
+  band = np.zeros((t, h, w), bool)
+  for f in range(t):
+    for y in range(h):
+      for x in range(w):
+        window = [mask[f, min(max(y + dy, 0), h - 1), min(max(x + dx, 0), w - 1)] > 0
+                  for dy in (-1, 0, 1) for dx in (-1, 0, 1)]
+        band[f, y, x] = any(window) and not all(window)
+  return band
+
+
+def test_boundary_band_matches_loop():
+  _, mask, *_ = make_arrays(2, empty_frame=1)
+  np.testing.assert_array_equal(batching.boundary_band(mask), boundary_band_loop(mask))
+
+
+def test_boundary_fraction_draws_from_the_band_first():
+  arrays = make_arrays(3)
+  mask = arrays[1]
+  band = boundary_band_loop(mask)
+  video = batching.make_device_video(*arrays)
+  k, num_boundary = 10, 4
+  sample = jax.jit(batching.sample_batch, static_argnums=(2, 3, 4, 5))
+  b = sample(video, jax.random.PRNGKey(0), 8, k, 0.5, num_boundary / k)
+  uv = np.asarray(b.uv).astype(int)
+  frames = np.asarray(b.frame_index)
+  in_band = band[frames[:, None], uv[..., 1], uv[..., 0]]
+  assert in_band[:, :num_boundary].all()
+  # The others follow the foreground / background split of the remaining 6 pixels.
+  fg = mask[frames[:, None], uv[..., 1], uv[..., 0]] > 0
+  assert fg[:, num_boundary:num_boundary + 3].all() and not fg[:, num_boundary + 3:].any()
+  # Without a boundary share the batch is the one drawn before the option existed.
+  plain = sample(video, jax.random.PRNGKey(0), 8, k, 0.5, 0.0)
+  reference = sample(video, jax.random.PRNGKey(0), 8, k, 0.5)
+  np.testing.assert_array_equal(np.asarray(plain.uv), np.asarray(reference.uv))

@@ -15,6 +15,7 @@ schedule lengths and the term's own constants.
 from __future__ import annotations
 
 import dataclasses
+from typing import Optional
 
 import jax
 import jax.numpy as jnp
@@ -141,8 +142,9 @@ def _losses_from_render(out: dict, batch: batching.Batch, names: tuple[str, ...]
 
 
 def make_reconstruction_term(model, loss: LossSettings, render: render_settings_lib.RenderSettings,
-                             batch: batching.BatchSettings) -> LossTerm:
-  """The reconstruction LossTerm.
+                             batch: batching.BatchSettings,
+                             warp: Optional[warp_render.Warp] = None) -> LossTerm:
+  """The reconstruction LossTerm (warp: `render.make_warp(...)`'s, None: built from `render`).
 
   Its `ctx.data` must have `video` (batching.DeviceVideo), `prior_w2c` (T, 4, 4)
   the video's cameras and `intrinsics` (T, 4); `ctx.aux` near_far (T, 2) and
@@ -151,14 +153,16 @@ def make_reconstruction_term(model, loss: LossSettings, render: render_settings_
   names = loss.enabled()
   density_fn = render.density_fn()
   num_rays = batch.pixels_per_frame
-  options = render.options(eikonal_rays=max(1, int(round(num_rays * render.eikonal_ray_fraction))),
-                           gauss_mask="gauss_mask" in names)
+  options = render.options(
+      warp, eikonal_rays=max(1, int(round(num_rays * render.eikonal_ray_fraction))),
+      gauss_mask="gauss_mask" in names)
 
   def fn(params, ctx: StepContext) -> tuple[dict, dict]:
     data = ctx.data
     key_batch, key_match, key_points = jax.random.split(ctx.key, 3)
     rays = batching.sample_batch(data.video, key_batch, batch.pairs_per_batch,
-                                 batch.pixels_per_frame, batch.fg_fraction)
+                                 batch.pixels_per_frame, batch.fg_fraction,
+                                 batch.boundary_fraction)
     cameras = partner_cameras = None
     if render.use_video_intrinsics:
       cameras = warp_render.CameraOverride(intrinsics=data.intrinsics[rays.frame_index])

@@ -277,3 +277,40 @@ def model_and_variables(config: am.ModelConfig, seed: int = 0,
   if intrinsics is not None:
     variables = set_intrinsics(model, variables, intrinsics)
   return model, variables
+
+
+def skin_centroids(rest_vertices: np.ndarray, skin_weights: np.ndarray, count: int) -> np.ndarray:
+  """(count, 3) skin-weighted centroids of the `count` joints with the most skin mass.
+
+  Where a known rig's joints act on the surface: the natural centres of Gaussian
+  bones standing in for them (the oracle ladder's rung (ii)).
+
+  Raises:
+    UserError: fewer than `count` joints move any vertex.
+  """
+  weights = np.asarray(skin_weights, np.float64)
+  mass = weights.sum(0)
+  if np.count_nonzero(mass > 0) < count:
+    raise UserError(f"model.num_bones={count}, but the ground-truth rig moves the surface "
+                    f"with only {np.count_nonzero(mass > 0)} joints")
+  joints = np.argsort(-mass, kind="stable")[:count]
+  centroids = weights[:, joints].T @ np.asarray(rest_vertices, np.float64) / mass[joints, None]
+  return centroids.astype(np.float32)
+
+
+def place_bones(model: am.ArticulatedModel, variables: dict, centres: np.ndarray) -> dict:
+  """Moves the bones to `centres` (B, 3) at every frame (adds them to the translation head's bias).
+
+  The head's random output stays on top, so the bones keep their small
+  per-frame offsets and the motion is learned from there.
+  """
+  centres = np.asarray(centres, np.float32)
+  num_bones = model.config.num_bones
+  if centres.shape != (num_bones, 3):
+    raise UserError(f"bone centres: expected ({num_bones}, 3), got {centres.shape}")
+  path = ("bones", "trans_head", "output", "dense", "bias")
+  bias = variables["params"]
+  for name in path:
+    bias = bias[name]
+  shift = centres.reshape(-1) / model.config.bone_trans_scale
+  return _replace(variables, path, jnp.asarray(bias) + jnp.asarray(shift))

@@ -17,9 +17,12 @@ import numpy as np
 from animdreamer_jax.render import warp_render
 
 
-def make_pose_fn(model, blend: str = "dqs") -> Callable:
-  """jitted (params, rest_vertices (V, 3), frame ()) -> (posed object-frame (V, 3), obj2cam (4, 4))."""
-  warp = warp_render.SkinningWarp(blend=blend)
+def make_pose_fn(model, blend: str = "dqs", warp: Optional[warp_render.Warp] = None) -> Callable:
+  """jitted (params, rest_vertices (V, 3), frame ()) -> (posed object-frame (V, 3), obj2cam (4, 4)).
+
+  warp: the renderer's warp (None: the model's skinning with `blend`).
+  """
+  warp = warp if warp is not None else warp_render.SkinningWarp(blend=blend)
 
   @jax.jit
   def pose(params, vertices, frame):
@@ -34,14 +37,14 @@ def make_pose_fn(model, blend: str = "dqs") -> Callable:
 
 
 def posed_sequence(model, params, rest_vertices: np.ndarray, frames: Iterable[int],
-                   blend: str = "dqs", pose_fn: Optional[Callable] = None
-                   ) -> tuple[np.ndarray, np.ndarray]:
+                   blend: str = "dqs", pose_fn: Optional[Callable] = None,
+                   warp: Optional[warp_render.Warp] = None) -> tuple[np.ndarray, np.ndarray]:
   """Forward-warps the rest vertices to each of `frames`.
 
   Returns:
     (object-frame vertices (F, V, 3), object-to-camera root poses (F, 4, 4)), float32.
   """
-  pose = pose_fn or make_pose_fn(model, blend)
+  pose = pose_fn or make_pose_fn(model, blend, warp)
   verts = jnp.asarray(rest_vertices, jnp.float32)
   posed, root = [], []
   for t in frames:

@@ -18,10 +18,12 @@ import numpy as np
 from animdreamer_jax.data import batching
 from animdreamer_jax.errors import UserError
 from animdreamer_jax.render import density as density_lib
+from animdreamer_jax.render import reference_warp
 from animdreamer_jax.render import warp_render
 
 DENSITY_FNS = {"volsdf": density_lib.volsdf_density, "neus": density_lib.neus_density}
 BLENDS = ("dqs", "lbs")
+WARPS = ("skinning", "ground_truth")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -30,6 +32,9 @@ class RenderSettings:
   num_samples: int = 64  # uniform samples per training ray (lab4d)
   density: str = "volsdf"  # SDF -> density: "volsdf" (lab4d) or "neus"
   blend: str = "dqs"  # skinning blend of bone transforms: "dqs" (lab4d) or "lbs"
+  # "skinning": the learned Gaussian bones (lab4d); "ground_truth": the synthetic video's own
+  # mesh deformation (an oracle that needs gt/: rung (i) of docs/results.md's oracle ladder).
+  warp: str = "skinning"
   eikonal_ray_fraction: float = 1.0 / 16  # share of each frame's rays that get the eikonal term
   match_candidates: int = 1024  # canonical samples a pixel's feature is matched against
   # Rays use the video's intrinsics (its cameras are calibrated); False: the model's learned ones.
@@ -46,6 +51,7 @@ class RenderSettings:
     require(self.density in DENSITY_FNS, "density",
             f"unknown density {self.density!r}; use one of {sorted(DENSITY_FNS)}")
     require(self.blend in BLENDS, "blend", f"unknown blending {self.blend!r}; use 'dqs' or 'lbs'")
+    require(self.warp in WARPS, "warp", f"unknown warp {self.warp!r}; use one of {list(WARPS)}")
     require(self.num_samples >= 2, "num_samples", "must be >= 2")
     require(0.0 <= self.eikonal_ray_fraction <= 1.0, "eikonal_ray_fraction", "must be in [0, 1]")
     require(self.eval_samples >= 2, "eval_samples", "must be >= 2")
@@ -54,26 +60,38 @@ class RenderSettings:
   def density_fn(self) -> density_lib.DensityFn:
     return DENSITY_FNS[self.density]
 
-  def warp(self) -> warp_render.SkinningWarp:
+  def make_warp(self, ground_truth=None) -> warp_render.Warp:
+    """The warp of `self.warp`; "ground_truth" needs the video's `gt` (data.video.GroundTruth)."""
+    if self.warp == "ground_truth":
+      if ground_truth is None:
+        raise UserError("config.render.warp=ground_truth: needs a video with ground truth (gt/)")
+      return reference_warp.MeshCorrespondenceWarp.from_sequence(
+          ground_truth.rest_vertices, ground_truth.meshes.vertices)
     return warp_render.SkinningWarp(blend=self.blend)
 
-  def options(self, **overrides) -> warp_render.RenderOptions:
-    """RenderOptions of training rays (density, warp, samples), fields overridable."""
-    values = dict(num_samples=self.num_samples, density_fn=self.density_fn(), warp=self.warp(),
+  def options(self, warp: Optional[warp_render.Warp] = None, **overrides
+              ) -> warp_render.RenderOptions:
+    """RenderOptions of training rays (density, warp, samples), fields overridable.
+
+    warp: a warp built once by `make_warp` (None: built here, without ground truth).
+    """
+    values = dict(num_samples=self.num_samples, density_fn=self.density_fn(),
+                  warp=warp if warp is not None else self.make_warp(),
                   match_candidates=self.match_candidates)
     values.update(overrides)
     return warp_render.RenderOptions(**values)
 
-  def image_options(self) -> warp_render.RenderOptions:
+  def image_options(self, warp: Optional[warp_render.Warp] = None) -> warp_render.RenderOptions:
     """RenderOptions of whole images: the evaluation sampling, no training-only terms."""
-    return self.options(num_samples=self.eval_samples,
+    return self.options(warp=warp, num_samples=self.eval_samples,
                         importance_samples=self.eval_importance_samples, eikonal_rays=0,
                         gauss_mask=False)
 
 
 def make_image_renderer(model, settings: RenderSettings, height: int, width: int,
                         intrinsics: Optional[np.ndarray] = None,
-                        background=(1.0, 1.0, 1.0)) -> Callable:
+                        background=(1.0, 1.0, 1.0),
+                        warp: Optional[warp_render.Warp] = None) -> Callable:
   """render(params, near_far (2,), frame) -> {"rgb" (H, W, 3) over the background, "mask", "depth"}.
 
   Renders in fixed-size chunks of rays (one compile) with the evaluation
@@ -84,7 +102,7 @@ def make_image_renderer(model, settings: RenderSettings, height: int, width: int
   chunk = int(settings.eval_chunk)
   pad = (-uv_all.shape[0]) % chunk
   uv_all = np.concatenate([uv_all, np.zeros((pad, 2), np.float32)])
-  options = settings.image_options()
+  options = settings.image_options(warp)
 
   @jax.jit
   def render_chunk(params, near_far, frame_intrinsics, frame, uv):

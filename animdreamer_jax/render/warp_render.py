@@ -96,12 +96,14 @@ class FrameState(NamedTuple):
     intrinsics: (4,) (fx, fy, cx, cy).
     appearance: (A,) appearance code.
     delta_code: (T,) delta-skinning time code, or None.
+    frame_idx: () int frame index (for warps that look data up per frame).
   """
   bones: Bones
   obj2cam: jnp.ndarray
   intrinsics: jnp.ndarray
   appearance: jnp.ndarray
   delta_code: Optional[jnp.ndarray]
+  frame_idx: jnp.ndarray
 
 
 def rest_state(model, params) -> RestState:
@@ -140,7 +142,7 @@ def frame_states(model, params, frame_idx: jnp.ndarray,
                 if model.config.use_delta_skin else None)
   return FrameState(bones=apply(frame_idx, method="bones"), obj2cam=obj2cam,
                     intrinsics=intrinsics, appearance=apply(frame_idx, method="appearance"),
-                    delta_code=delta_code)
+                    delta_code=delta_code, frame_idx=jnp.asarray(frame_idx, jnp.int32))
 
 
 # ----------------------------------------------------------------------------

@@ -112,7 +112,7 @@ def write_outputs(trainer, state, settings, video, workdir: pathlib.Path,
   rest_v, rest_f = rest_mesh(trainer, params, aux, settings)
   log(f"rest mesh: {rest_v.shape[0]} vertices, {rest_f.shape[0]} faces ({time.time() - t0:.1f} s)")
   posed_obj, obj2cam = posing.posed_sequence(model, params, rest_v, range(video.num_frames),
-                                             blend=settings.render.blend)
+                                             warp=settings.render.make_warp(video.gt))
   vertices = mesh_in_frame(posed_obj, obj2cam, video.w2c, settings.extract.mesh_frame)
   # Colour at the rest vertices (rest-time appearance code).
   canon = jax.jit(lambda p, x: model.apply(p, x, method="canonical"))(params, jnp.asarray(rest_v))

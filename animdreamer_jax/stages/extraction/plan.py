@@ -26,6 +26,7 @@ from animdreamer_jax.csd import priors as priors_lib
 from animdreamer_jax.csd import settings as csd_settings
 from animdreamer_jax.csd import term as csd_term
 from animdreamer_jax.data import batching
+from animdreamer_jax.errors import UserError
 from animdreamer_jax.losses import reconstruction
 from animdreamer_jax.model import articulated_model
 from animdreamer_jax.model import init as init_lib
@@ -100,7 +101,20 @@ def initial_state(settings: ExtractionSettings, model, video, fit: bool = True
     if cfg.sdf_steps > 0:
       params, _ = init_lib.fit_sphere(model, params, steps=cfg.sdf_steps, learning_rate=cfg.lr,
                                       seed=seed)
+    if cfg.bones == "ground_truth":
+      params = init_lib.place_bones(model, params, ground_truth_bone_centres(video,
+                                                                             model.config.num_bones))
   return state_from_params(settings, jax.tree_util.tree_map(jnp.asarray, params), video.num_frames)
+
+
+def ground_truth_bone_centres(video, num_bones: int) -> np.ndarray:
+  """(B, 3) bone centres from the video's ground-truth rig (`init.bones="ground_truth"`)."""
+  gt = video.gt
+  skin = None if gt is None else getattr(gt.meshes, "skin_weights", None)
+  if skin is None:
+    raise UserError("config.init.bones=ground_truth: needs a video whose gt/meshes.npz has "
+                    "skin weights (a rigged asset rendered by `animdreamer synth`)")
+  return init_lib.skin_centroids(gt.rest_vertices, skin, num_bones)
 
 
 def state_from_params(settings: ExtractionSettings, params, num_frames: int
@@ -154,14 +168,15 @@ def build_plan(settings: ExtractionSettings, video, source: str = "video",
   model = make_model(settings, video)
   template = initial_state(settings, model, video, fit=False)
   tx = optimizer_lib.make_optimizer(template.params, settings.optim)
+  warp = settings.render.make_warp(video.gt)
   terms = (reconstruction.make_reconstruction_term(model, settings.loss, settings.render,
-                                                   settings.data),)
+                                                   settings.data, warp),)
   kinds = {RECONSTRUCTION: step_lib.StepKind(RECONSTRUCTION, terms)}
   prior_inputs = None
   if settings.csd.enabled:
     diffusion_prior, prior_params, text = prior or priors_lib.build_prior(settings.csd, video)
     renderer = csd_term.make_view_renderer(model, settings.render.options(
-        num_samples=settings.csd.samples_per_ray(settings.render.num_samples)))
+        warp, num_samples=settings.csd.samples_per_ray(settings.render.num_samples)))
     term = csd_term.make_csd_term(settings.csd, diffusion_prior, video.num_frames, renderer)
     mask = csd_term.param_group_mask(template.params, settings.csd.param_groups)
     kinds[CSD] = step_lib.StepKind(CSD, (term,), trainable=mask)
@@ -169,7 +184,7 @@ def build_plan(settings: ExtractionSettings, video, source: str = "video",
   intrinsics = np.asarray(video.intrinsics) if settings.render.use_video_intrinsics else None
   render_image = render_settings.make_image_renderer(
       model, settings.render, video.height, video.width, intrinsics,
-      video.meta.get("background", (1.0, 1.0, 1.0)))
+      video.meta.get("background", (1.0, 1.0, 1.0)), warp)
   return loop.TrainingPlan(
       name="extract", model=model, num_frames=video.num_frames,
       data=make_data(video, prior_inputs, source=source), tx=tx, kinds=kinds,

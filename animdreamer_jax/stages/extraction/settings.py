@@ -43,6 +43,7 @@ PRESETS = {"lab4d": articulated_model.lab4d_config, "cpu": articulated_model.cpu
 # ModelConfig fields that come from the video, not from the config.
 VIDEO_FIELDS = ("video_lengths", "image_size")
 MESH_FRAMES = ("object", "camera", "world")
+BONE_STARTS = ("origin", "ground_truth")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -52,6 +53,15 @@ class InitSettings:
   root_steps: int = 500  # at most this many Adam steps fit the root pose to the video's cameras
   sdf_steps: int = 500  # Adam steps fitting the SDF to a sphere of model.sphere_radius
   lr: float = 1e-3  # learning rate of both fits
+  # Where the bones start: "origin" (lab4d's bag of bones, all near the centre) or
+  # "ground_truth" (an oracle that needs gt/ with skin weights: at the skin-weighted
+  # centroids of the rig's model.num_bones most influential joints; ladder rung (ii)).
+  bones: str = "origin"
+
+  def __post_init__(self):
+    if self.bones not in BONE_STARTS:
+      raise UserError(f"config.init.bones: unknown start {self.bones!r}; use one of "
+                      f"{list(BONE_STARTS)}")
 
 
 @dataclasses.dataclass(frozen=True)

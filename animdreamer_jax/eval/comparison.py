@@ -1,0 +1,96 @@
+"""comparison.png: ground truth and reconstruction side by side, judged at a glance.
+
+One row per picked frame; columns: ground truth and reconstruction from the
+video's camera, then both from the animal's side (a camera on the +x axis of the
+normalised world, where the synthetic animals stand along +y and face along z).
+Pictures are rendered at `size` pixels whatever the video's resolution, so thin
+legs stay visible. The ground truth's limb vertices (`eval.parts`' lowest share of the
+rest height) are drawn orange, the rest of it sand; the reconstruction blue-grey.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Optional, Sequence
+
+import cv2
+import numpy as np
+
+from animdreamer_jax.assets import shading
+from animdreamer_jax.geometry import rays as rays_lib
+from animdreamer_jax.geometry import transforms_np
+
+GT_COLOR = np.array([0.85, 0.78, 0.62])  # ground-truth body: sand
+LIMB_COLOR = np.array([0.95, 0.5, 0.1])  # ground-truth limbs: orange
+PRED_COLOR = np.array([0.6, 0.68, 0.85])  # reconstruction: blue-grey
+BACKGROUND = np.array([1.0, 1.0, 1.0])
+SIDE_FOV_DEGREES = 30.0
+COLUMNS = ("ground truth", "reconstruction", "ground truth, side", "reconstruction, side")
+HEADER_HEIGHT = 18
+
+
+def side_camera(points: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:
+  """(w2c (4, 4), intrinsics (4,)) of a camera on +x looking at `points`' centre, all in view."""
+  centre = 0.5 * (points.min(0) + points.max(0))
+  radius = float(np.max(np.linalg.norm(points - centre, axis=-1)))
+  half = math.radians(SIDE_FOV_DEGREES) / 2
+  distance = 1.1 * radius / math.sin(half)
+  w2c = rays_lib.look_at(centre + np.array([distance, 0.0, 0.0]), centre)
+  focal = (size / 2) / math.tan(half)
+  return w2c, np.array([focal, focal, size / 2, size / 2])
+
+
+def _shade(vertices_cam: np.ndarray, faces: np.ndarray, colors: np.ndarray,
+           intrinsics: np.ndarray, size: int) -> np.ndarray:
+  return shading.to_uint8(shading.over_background(
+      shading.shade(vertices_cam, faces, colors, intrinsics, size, size), BACKGROUND))
+
+
+def comparison_picture(pred_vertices: np.ndarray, pred_faces: np.ndarray,
+                       gt_vertices: np.ndarray, gt_faces: np.ndarray, w2c: np.ndarray,
+                       intrinsics: np.ndarray, image_size: tuple[int, int],
+                       frames: Sequence[int], limb_vertices: Optional[np.ndarray] = None,
+                       size: int = 256) -> np.ndarray:
+  """The comparison picture (module docstring) -> (rows * size + header, 4 * size, 3) uint8.
+
+  Args:
+    pred_vertices: (T, V, 3) reconstruction per frame, already in the ground truth's world frame.
+    pred_faces: (F, 3).
+    gt_vertices: (T, Vg, 3) ground truth per frame (world frame).
+    gt_faces: (Fg, 3).
+    w2c: (T, 4, 4) the video's noise-free world-to-camera poses.
+    intrinsics: (T, 4) the video's intrinsics at `image_size`.
+    image_size: (H, W) of the video.
+    frames: frames to show, one row each.
+    limb_vertices: (Vg,) bool, ground-truth vertices drawn in the limb colour.
+    size: pixels of each (square) picture.
+  """
+  gt_colors = np.tile(GT_COLOR, (gt_vertices.shape[1], 1))
+  if limb_vertices is not None:
+    gt_colors[np.asarray(limb_vertices, bool)] = LIMB_COLOR
+  pred_colors = np.tile(PRED_COLOR, (pred_vertices.shape[1], 1))
+  height, width = image_size
+  # The video's camera at `size` pixels: scale the intrinsics of its longer side to `size`
+  # and centre the picture.
+  scale = size / max(height, width)
+  rows = []
+  for t in frames:
+    fx, fy, cx, cy = np.asarray(intrinsics[t], np.float64)
+    video_k = np.array([fx * scale, fy * scale, size / 2 + (cx - width / 2) * scale,
+                        size / 2 + (cy - height / 2) * scale])
+    side_w2c, side_k = side_camera(np.asarray(gt_vertices[t], np.float64), size)
+    pictures = []
+    for cam, k in ((w2c[t], video_k), (side_w2c, side_k)):
+      for verts, faces, colors in ((gt_vertices[t], gt_faces, gt_colors),
+                                   (pred_vertices[t], pred_faces, pred_colors)):
+        pictures.append(_shade(transforms_np.to_camera(np.asarray(verts, np.float64), cam), faces,
+                               colors, k, size))
+    rows.append(np.concatenate(pictures, axis=1))
+  header = np.full((HEADER_HEIGHT, 4 * size, 3), 255, np.uint8)
+  for i, name in enumerate(COLUMNS):
+    cv2.putText(header, f"{name}", (i * size + 4, HEADER_HEIGHT - 5), cv2.FONT_HERSHEY_SIMPLEX,
+                0.45, (0, 0, 0), 1, cv2.LINE_AA)
+  for r, t in enumerate(frames):
+    cv2.putText(rows[r], f"t={t}", (4, 16), cv2.FONT_HERSHEY_SIMPLEX, 0.45, (0, 0, 0), 1,
+                cv2.LINE_AA)
+  return np.concatenate([header] + rows, axis=0)
