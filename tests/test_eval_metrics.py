@@ -81,10 +81,12 @@ def scores_reference(d_pred, d_gt, pred_in, gt_in, tau):
     r = 100.0 * sum(1 for d in comp if d < t) / len(comp) if comp else None
     out[f"precision@{label}"] = p
     out[f"recall@{label}"] = r
-    if p is None or r is None:
+    if p == 0 or r == 0:  # even when the other is undefined: nothing of the part was found
+      out[f"fscore@{label}"] = 0.0
+    elif p is None or r is None:
       out[f"fscore@{label}"] = None
     else:
-      out[f"fscore@{label}"] = 0.0 if p + r == 0 else 2 * p * r / (p + r)
+      out[f"fscore@{label}"] = 2 * p * r / (p + r)
   return out
 
 
@@ -99,7 +101,7 @@ def assert_scores_close(got, want, atol):
 
 def test_surface_scores_match_loops():
   rng = np.random.default_rng(0)
-  t, n = 3, 40
+  t, n = 4, 40
   d_pred = rng.uniform(0, 0.1, (t, n)).astype(np.float32)
   d_gt = rng.uniform(0, 0.1, (t, n)).astype(np.float32)
   w_pred = (rng.uniform(size=(t, n)) < 0.5).astype(np.float32)
@@ -107,6 +109,8 @@ def test_surface_scores_match_loops():
   w_pred[1] = 0  # a frame where no predicted point falls in this part
   d_pred[2] = 0.5  # nothing within any threshold: F = 0, not NaN
   d_gt[2] = 0.5
+  w_pred[3] = 0  # a part the prediction misses: recall 0, no precision, F = 0
+  d_gt[3] = 0.5
   tau = (0.01, 0.02, 0.05)
   got = metrics.surface_scores(d_pred, d_gt, w_pred, w_gt, np.asarray(tau, np.float32))
   for frame in range(t):

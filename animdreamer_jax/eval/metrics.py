@@ -13,7 +13,7 @@ normalised synthetic videos, so thresholds 0.01/0.02/0.05 are 1%/2%/5% of L):
   completeness = mean_{g in G_t} d(g, PRED_t)     (is the ground truth covered?)
   chamfer      = (accuracy + completeness) / 2
   precision@tau = % of p with d(p, GT_t) < tau;  recall@tau = % of g with d(g, PRED_t) < tau
-  fscore@tau   = 2 precision recall / (precision + recall)   (0 if both are 0)
+  fscore@tau   = 2 precision recall / (precision + recall)   (0 if either is 0)
   (precision, recall and F-score in percent, 0..100).
 
 Seen / never-seen split (when the video records gt/face_visible.npy): a
@@ -88,6 +88,10 @@ def surface_scores(dist_pred_to_gt: jnp.ndarray, dist_gt_to_pred: jnp.ndarray,
                      jnp.where(jnp.isnan(total), nan, 0.0))
   # The harmonic mean of equal values is that value (kept exact, e.g. 100).
   fscore = jnp.where(precision == recall, precision, fscore)
+  # A part the prediction misses entirely has recall 0 and no precision (no
+  # predicted point is closest to it): F is 0, the limit of 2PR/(P+R) as R -> 0,
+  # so missing legs score 0 rather than "undefined" (and count in the mean).
+  fscore = jnp.where((precision == 0) | (recall == 0), 0.0, fscore)
   return {"accuracy": accuracy, "completeness": completeness,
           "chamfer": 0.5 * (accuracy + completeness),
           "precision": precision, "recall": recall, "fscore": fscore}
