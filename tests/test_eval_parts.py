@@ -9,6 +9,7 @@ from animdreamer_jax import assets
 from animdreamer_jax.errors import UserError
 from animdreamer_jax.eval import metrics
 from animdreamer_jax.eval import parts
+from animdreamer_jax.eval import run_scores
 
 # The standing "animal" below: legs from the ground (y = 0) to the body's underside.
 LEG_TOP, BODY_TOP = 0.4, 1.0
@@ -148,3 +149,10 @@ def test_khronos_fox_chains(repo_root):
           ("Left", ("UpperArm_09", "ForeArm_010", "Hand_011", "Leg01_015", "Leg02_016",
                     "Foot01_017", "Foot02_018"))) for bone in bones])
   assert "ears" not in grouped  # the Khronos Fox has no ear joints
+
+
+def test_limb_summary_line():
+  report = {"mean": {"all": {}, "limbs": {"recall@2%": 12.04, "fscore@2%": 0.0}}}
+  assert run_scores.limb_summary(report) == "limb recall@2% 12.0, limb F@2% 0.0"
+  # Reports without the part (older metrics.json) say so rather than fail.
+  assert run_scores.limb_summary({"mean": {"all": {}}}) == "limb recall@2% n/a, limb F@2% n/a"

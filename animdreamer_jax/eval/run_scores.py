@@ -66,3 +66,10 @@ def score_run(run_dir: str | pathlib.Path, video,
   files.save_json(run_dir / "metrics.json", result)
   return result
 
+
+def limb_summary(report: dict) -> str:
+  """"limb recall@2% R, limb F@2% F" for the one-line summaries (n/a: no limbs part)."""
+  limbs = report["mean"].get("limbs", {})
+  text = lambda x: "n/a" if x is None else f"{x:.1f}"  # noqa: E731
+  return (f"limb recall@2% {text(limbs.get('recall@2%'))}, "
+          f"limb F@2% {text(limbs.get('fscore@2%'))}")
