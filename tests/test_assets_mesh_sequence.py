@@ -55,8 +55,26 @@ def test_npz_round_trip(tmp_path):
   assert os.listdir(tmp_path) == ["seq.npz"]  # no temp file left behind
   with np.load(path) as data:  # plain arrays, readable by anyone
     assert data["fps"].shape == ()
+    # Every field but the joint names, which the NPZ does not hold.
     assert sorted(data.files) == sorted(
-        f.name for f in dataclasses.fields(assets.MeshSequence))
+        f.name for f in dataclasses.fields(assets.MeshSequence) if f.name != "joint_names")
+  named = dataclasses.replace(seq, joint_names=("root", "spine", "head"))
+  assets.save_sequence_npz(path, named)
+  assert assets.load_sequence_npz(path).joint_names is None
+
+
+@pytest.mark.parametrize("names,message", [
+    (("root", "spine"), "2 joint_names for 3 joints"),
+    (("root", "spine", 7), "joint_names must be strings"),
+])
+def test_joint_names_are_checked(names, message):
+  seq = dataclasses.replace(_random_sequence(), joint_names=names)
+  with pytest.raises(UserError, match=f"here: {message}"):
+    assets.validate_sequence(seq, "here")
+  # Names alone (no other joint arrays) are accepted as they are.
+  bare = assets.MeshSequence(vertices=seq.vertices, faces=seq.faces, fps=1.0,
+                             joint_names=["a", "b"])
+  assert assets.validate_sequence(bare, "here").joint_names == ("a", "b")
 
 
 def test_npz_minimal_and_dtype_conversion(tmp_path):
@@ -169,6 +187,7 @@ def test_load_sequence_gltf_frame_times(shared_assets):
   np.testing.assert_array_equal(seq.skin_weights, asset.skin_weights)
   np.testing.assert_array_equal(seq.rest_vertices, asset.rest_vertices)
   np.testing.assert_array_equal(seq.joint_parents, asset.joint_parents)
+  assert seq.joint_names == tuple(asset.joint_names) and len(seq.joint_names) == 24
   assert seq.joint_positions.shape == (keys - 1, 24, 3)
   # Frame keys-1 is the loop's start again; the clip's last key repeats its
   # first, so posing there matches frame 0.
@@ -237,6 +256,7 @@ def test_weld_matches_slow_reference_and_seams_stay_closed(shared_assets,
   assert w.vertices.shape == (12, welded.shape[0], 3)
   np.testing.assert_array_equal(w.faces, faces)
   np.testing.assert_allclose(w.rest_vertices, welded, atol=1e-6)
+  assert w.joint_names == seq.joint_names == tuple(asset.joint_names)
 
 
 def test_weld_chains_and_drops_collapsed_faces():

@@ -39,8 +39,8 @@ def blob_sequence(num_frames: int, n_lat: int = 10, n_lon: int = 20):
   return frames.astype(np.float32), np.array(faces, np.int32)
 
 
-def write_gt_video(path, vertices, faces, with_gt=True):
-  """A tiny all-background video folder whose gt/ holds the given meshes."""
+def write_gt_video(path, vertices, faces, with_gt=True, joints=None):
+  """A tiny all-background video folder whose gt/ holds the given meshes (and joints)."""
   t, size = vertices.shape[0], 4
   zeros = lambda *shape, dtype: np.zeros(shape, dtype)  # noqa: E731
   gt = None
@@ -50,7 +50,8 @@ def write_gt_video(path, vertices, faces, with_gt=True):
         meshes=assets.MeshSequence(vertices=vertices, faces=faces, fps=10.0),
         rest_vertices=vertices[0], rest_faces=faces,
         intrinsics=np.tile(np.float32([8, 8, 2, 2]), (t, 1)),
-        w2c=np.tile(np.eye(4, dtype=np.float32), (t, 1, 1)), face_visible=face_visible)
+        w2c=np.tile(np.eye(4, dtype=np.float32), (t, 1, 1)), face_visible=face_visible,
+        joints=joints)
   flows = {1: zeros(t, size, size, 3, dtype=np.float16)}
   video = video_io.Video(
       rgb=zeros(t, size, size, 3, dtype=np.uint8), mask=zeros(t, size, size, dtype=np.uint8),
@@ -88,7 +89,10 @@ def test_ground_truth_npz_scores_perfectly(gt_dir, tmp_path, capsys):
   assert report["num_frames"] == NUM_FRAMES and report["samples_per_frame"] == 2000
   assert report["normalisation_length"] == pytest.approx(1.0, abs=1e-6)
   assert report["thresholds"] == [0.01, 0.02, 0.05]
-  for part in ("all", "seen", "unseen"):
+  assert report["limb_fraction"] == 0.35 and report["up_axis"] == "+y"
+  assert not report["chains_recorded"] and "chain_joints" not in report
+  assert list(report["mean"]) == ["all", "seen", "unseen", "limbs", "body"]
+  for part in report["mean"]:
     assert report["mean"][part]["chamfer"] < 1e-6
     assert report["mean"][part]["fscore@1%"] == 100.0
     assert len(report["per_frame"][part]["chamfer"]) == NUM_FRAMES
@@ -96,7 +100,8 @@ def test_ground_truth_npz_scores_perfectly(gt_dir, tmp_path, capsys):
   assert alignment["enabled"] and alignment["scale"] == pytest.approx(1.0, abs=1e-5)
   np.testing.assert_allclose(alignment["matrix"], np.eye(4), atol=1e-4)
   assert 0 < report["visibility"]["seen_area_fraction"] < 1
-  for word in ("CD", "F@1%", "F@5%", "seen", "unseen", "alignment"):
+  for word in ("CD", "F@1%", "F@5%", "seen", "unseen", "alignment", "limbs", "body",
+               "no gt/joints.npz"):
     assert word in stdout
   assert not list(out.parent.glob(".*tmp"))  # the atomic write left no temp file
 
@@ -134,6 +139,42 @@ def test_no_align_scores_the_prediction_where_it_is(gt_dir, tmp_path, capsys):
   assert code == 0 and "none (--no-align)" in stdout
 
 
+def test_limb_fraction_flag_and_part_rows(tmp_path, capsys):
+  vertices, faces = blob_sequence(NUM_FRAMES)
+  rest = vertices[0]
+  # Hand-made skeleton: the low half follows "LeftLeg" (under "Hip"), the +z end "Tail01".
+  names = np.array(["Hip", "LeftLeg01", "Tail01"])
+  vertex_joint = np.where(rest[:, 1] < 0, 1, np.where(rest[:, 2] > 0.15, 2, 0))
+  joints = video_io.GroundTruthJoints(names=names, parents=np.int32([-1, 0, 0]),
+                                      vertex_joint=vertex_joint.astype(np.int32))
+  gt_dir = write_gt_video(tmp_path / "video", vertices, faces, joints=joints)
+  reports = {}
+  for fraction in ("0.2", "0.5"):
+    out = tmp_path / f"eval_{fraction}.json"
+    code, stdout, _ = run_eval(capsys, "--pred", gt_dir / "gt" / "meshes.npz", "--gt", gt_dir,
+                               "--out", out, "--samples", 500, "--no-align",
+                               "--limb-fraction", fraction)
+    assert code == 0
+    report = reports[fraction] = json.loads(out.read_text())
+    assert report["limb_fraction"] == float(fraction)
+    assert report["chains_recorded"]
+    assert report["chain_joints"] == {"torso": ["Hip"], "legs": ["LeftLeg01"],
+                                      "tail": ["Tail01"]}
+    assert list(report["mean"]) == ["all", "seen", "unseen", "limbs", "body", "legs", "tail",
+                                    "torso"]
+    rows = {line.split()[0]: line.split() for line in stdout.splitlines()[3:]}
+    for part, scores in report["mean"].items():
+      assert scores["fscore@2%"] == 100.0
+      # Each row: part, area share, CD, acc, comp, F@1/2/5%.
+      assert rows[part][1] == f"{100 * report['area_fraction'][part]:.0f}%"
+      assert rows[part][-2] == "100.00"
+    assert f"the lowest {100 * float(fraction):g}% of the rest pose's height" in stdout
+  low, high = reports["0.2"]["area_fraction"], reports["0.5"]["area_fraction"]
+  assert 0 < low["limbs"] < high["limbs"] < 1
+  assert low["limbs"] + low["body"] == pytest.approx(1.0)
+  assert high["legs"] == low["legs"]  # the chains do not depend on the limb fraction
+
+
 def test_bad_input_gives_one_error_line(gt_dir, tmp_path, capsys):
   vertices, faces = blob_sequence(NUM_FRAMES)
   short = tmp_path / "short.npz"
@@ -150,6 +191,8 @@ def test_bad_input_gives_one_error_line(gt_dir, tmp_path, capsys):
       (("--pred", short, "--gt", no_gt, "--out", out), "no ground truth"),
       (("--pred", short, "--gt", tmp_path / "nowhere", "--out", out), "nowhere"),
       (("--pred", gt_dir / "gt" / "meshes.npz", "--gt", gt_dir, "--samples", 0), "--samples"),
+      (("--pred", gt_dir / "gt" / "meshes.npz", "--gt", gt_dir, "--out", out,
+        "--limb-fraction", 1.5), "--limb-fraction"),
   ]
   for args, needle in cases:
     code, stdout, stderr = run_eval(capsys, *args)

@@ -1,4 +1,4 @@
-"""Chamfer distance / F-score (and the seen / never-seen split) vs brute-force loop references."""
+"""Chamfer distance / F-score (and the part-wise scores) vs brute-force loop references."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import pytest
 
 from animdreamer_jax.errors import UserError
 from animdreamer_jax.eval import metrics
+from animdreamer_jax.eval import parts
 from animdreamer_jax.eval import surface_sampling as ss
 
 
@@ -81,11 +82,20 @@ def scores_reference(d_pred, d_gt, pred_in, gt_in, tau):
     r = 100.0 * sum(1 for d in comp if d < t) / len(comp) if comp else None
     out[f"precision@{label}"] = p
     out[f"recall@{label}"] = r
-    if p is None or r is None:
+    if p == 0 or r == 0:  # even when the other is undefined: nothing of the part was found
+      out[f"fscore@{label}"] = 0.0
+    elif p is None or r is None:
       out[f"fscore@{label}"] = None
     else:
-      out[f"fscore@{label}"] = 0.0 if p + r == 0 else 2 * p * r / (p + r)
+      out[f"fscore@{label}"] = 2 * p * r / (p + r)
   return out
+
+
+def limb_faces_reference(rest_vertices, faces, limb_fraction):
+  """Faces with at least two vertices in the lowest `limb_fraction` of the +y range (loops)."""
+  heights = [float(v[1]) for v in rest_vertices]
+  cut = min(heights) + limb_fraction * (max(heights) - min(heights))
+  return np.array([sum(heights[i] <= cut for i in face) >= 2 for face in faces])
 
 
 def assert_scores_close(got, want, atol):
@@ -99,7 +109,7 @@ def assert_scores_close(got, want, atol):
 
 def test_surface_scores_match_loops():
   rng = np.random.default_rng(0)
-  t, n = 3, 40
+  t, n = 4, 40
   d_pred = rng.uniform(0, 0.1, (t, n)).astype(np.float32)
   d_gt = rng.uniform(0, 0.1, (t, n)).astype(np.float32)
   w_pred = (rng.uniform(size=(t, n)) < 0.5).astype(np.float32)
@@ -107,6 +117,8 @@ def test_surface_scores_match_loops():
   w_pred[1] = 0  # a frame where no predicted point falls in this part
   d_pred[2] = 0.5  # nothing within any threshold: F = 0, not NaN
   d_gt[2] = 0.5
+  w_pred[3] = 0  # a part the prediction misses: recall 0, no precision, F = 0
+  d_gt[3] = 0.5
   tau = (0.01, 0.02, 0.05)
   got = metrics.surface_scores(d_pred, d_gt, w_pred, w_gt, np.asarray(tau, np.float32))
   for frame in range(t):
@@ -127,10 +139,16 @@ def test_metrics_match_brute_force_reference():
   # Seen = one contiguous side, as a camera arc would give.
   centroids = gt_vertices[0][gt_faces].mean(1)
   face_visible = centroids[:, 0] + 0.3 * centroids[:, 2] > 0
+  limb_faces = limb_faces_reference(gt_vertices[0], gt_faces, 0.3)
+  assert 0.1 < limb_faces.mean() < 0.5
+  face_parts = {**parts.visibility_parts(face_visible),
+                **parts.height_parts(gt_vertices[0], gt_faces, 0.3)}
+  np.testing.assert_array_equal(face_parts["limbs"], limb_faces)
+  np.testing.assert_array_equal(face_parts["body"], ~limb_faces)
   num_samples, seed, tau = 80, 3, (0.02, 0.05, 0.1)
   distances = metrics.sequence_distances(pred_vertices, pred_faces, gt_vertices, gt_faces,
                                          num_samples=num_samples, align=False, seed=seed)
-  report = metrics.summarise(distances, face_visible=face_visible, norm_length=1.0,
+  report = metrics.summarise(distances, face_parts=face_parts, norm_length=1.0,
                              thresholds=tau)
   # The documented sampling: GT with seed 2 * seed, the prediction with 2 * seed + 1.
   gt_points, gt_face = ss.sample_surface_frames(gt_vertices, gt_faces, num_samples, 2 * seed)
@@ -150,27 +168,37 @@ def test_metrics_match_brute_force_reference():
     assert np.all(tied[np.arange(num_samples), chosen])
     pred_seen = face_visible[chosen]
     gt_seen = face_visible[gt_face[t]]
-    parts = {"all": (np.ones(num_samples, bool), np.ones(num_samples, bool)),
-             "seen": (pred_seen, gt_seen), "unseen": (~pred_seen, ~gt_seen)}
-    for part, (pred_in, gt_in) in parts.items():
+    pred_limb = np.array([limb_faces[f] for f in chosen])
+    gt_limb = np.array([limb_faces[f] for f in gt_face[t]])
+    point_parts = {"all": (np.ones(num_samples, bool), np.ones(num_samples, bool)),
+                   "seen": (pred_seen, gt_seen), "unseen": (~pred_seen, ~gt_seen),
+                   "limbs": (pred_limb, gt_limb), "body": (~pred_limb, ~gt_limb)}
+    for part, (pred_in, gt_in) in point_parts.items():
       want = scores_reference(d_pred, d_gt, pred_in, gt_in, tau)
       got = {name: values[t] for name, values in report["per_frame"][part].items()}
       assert_scores_close(got, want, atol=2e-5)
   # Sequence means average the frames.
-  for part in ("all", "seen", "unseen"):
+  assert set(report["mean"]) == {"all", "seen", "unseen", "limbs", "body"}
+  for part in report["mean"]:
     for name, values in report["per_frame"][part].items():
       assert report["mean"][part][name] == pytest.approx(np.mean(values), abs=1e-9)
   assert report["visibility"]["seen_area_fraction"] == pytest.approx(
       face_visible[gt_face].mean())
+  assert report["area_fraction"]["limbs"] == pytest.approx(limb_faces[gt_face].mean())
+  assert report["area_fraction"]["all"] == 1.0
 
 
 @pytest.mark.parametrize("align", [False, True])
 def test_ground_truth_against_itself_is_perfect(align):
   vertices, faces = blob_sequence(3, 16, 32)
   face_visible = vertices[0][faces].mean(1)[:, 0] > 0
+  face_parts = parts.FaceParts({**parts.visibility_parts(face_visible),
+                                **parts.height_parts(vertices[0], faces, 0.35)},
+                               {"limb_fraction": 0.35})
   report = metrics.evaluate_sequence(vertices, faces, vertices, faces,
-                                     face_visible=face_visible, num_samples=2000, align=align)
-  for part in ("all", "seen", "unseen"):
+                                     parts=face_parts, num_samples=2000, align=align)
+  assert report["limb_fraction"] == 0.35
+  for part in ("all", "seen", "unseen", "limbs", "body"):
     mean = report["mean"][part]
     assert mean["chamfer"] < 1e-6
     for label in ("1%", "2%", "5%"):
@@ -212,9 +240,9 @@ def test_bad_input_raises_user_error():
   vertices, faces = blob_sequence(2, 6, 10)
   with pytest.raises(UserError, match="frames"):
     metrics.evaluate_sequence(vertices[:1], faces, vertices, faces, num_samples=10)
-  with pytest.raises(UserError, match="face_visible"):
+  with pytest.raises(UserError, match="face part 'seen': expected shape"):
     metrics.evaluate_sequence(vertices, faces, vertices, faces, num_samples=10,
-                              face_visible=np.ones(3, bool))
+                              parts=parts.FaceParts(parts.visibility_parts(np.ones(3, bool)), {}))
   bad = vertices.copy()
   bad[1, 0, 0] = np.nan
   with pytest.raises(UserError, match="prediction: vertices contain NaN"):

@@ -404,6 +404,7 @@ def test_synth_cli_on_npz_sequence(repo_root, tmp_path, capsys):
   assert video.meta["background"] == [0, 0, 0.5]
   assert np.all(video.rgb[video.mask == 0] == [0, 0, 128])
   assert (out / "contact_sheet.png").is_file()
+  assert video.gt.joints is None  # a mesh-sequence NPZ has no joint names: no gt/joints.npz
   assert not [p.name for p in tmp_path.iterdir() if ".tmp-" in p.name]
   # A second run refuses to clobber, --overwrite replaces.
   status, err = _synth_in_process(capsys, "--asset", npz, "--frames", 4, "--res", 16,
@@ -443,10 +444,15 @@ def test_synth_bundled_fox_writes_full_format(repo_root, tmp_path, capsys):
   video = video_lib.load_video(out)
   assert video.gt.meshes.skin_weights is not None and video.gt.meshes.joint_positions is not None
   assert video.mask.any(axis=(1, 2)).all()
+  fox = assets.load_gltf(repo_root / "third_party" / "khronos_fox" / "Fox.gltf")
+  joints = video.gt.joints
+  assert joints.names.tolist() == fox.joint_names
+  np.testing.assert_array_equal(joints.parents, fox.joint_parents)
+  np.testing.assert_array_equal(joints.vertex_joint, fox.skin_weights.argmax(1))
   files = {p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file()}
   assert files == {"video.json", "rgb.npy", "mask.npy", "depth.npy", "feature.npy",
                    "cameras.npz", "contact_sheet.png", "gt/meshes.npz", "gt/rest.npz",
-                   "gt/cameras.npz", "gt/face_visible.npy",
+                   "gt/cameras.npz", "gt/face_visible.npy", "gt/joints.npz",
                    *(f"flow_{d}_{g}.npy" for d in ("fw", "bw") for g in (1, 2, 4, 8))}
 
 

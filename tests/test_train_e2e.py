@@ -208,6 +208,11 @@ def test_extract_end_to_end_and_resume(tiny_video, tmp_path, compile_cache):
   assert seq.vertices.shape[0] == NUM_FRAMES and seq.faces.shape[0] > 0
   metrics = json.loads((workdir / "metrics.json").read_text())
   assert np.isfinite(metrics["mean"]["all"]["chamfer"])
+  # Part-wise scores of the Fox: height split and chains from its joint names (gt/joints.npz).
+  assert metrics["limb_fraction"] == 0.35 and metrics["chains_recorded"]
+  parts = ["all", "seen", "unseen", "limbs", "body", "legs", "tail", "head", "torso"]
+  assert list(metrics["mean"]) == parts
+  assert 0 < metrics["area_fraction"]["limbs"] < 0.5
   assert json.loads((workdir / "config.json").read_text())["train"]["num_rounds"] == 2
   for name in ("rest.obj", "motion.npz", "bones_rest.obj", "contact_sheet.png"):
     assert (workdir / name).is_file(), name

@@ -19,7 +19,10 @@ T, RES = 6, 24
 
 
 def twisting_box(num_frames=T, n=4):
-  """A subdivided box (n x n quads per side) twisting about Y, in asset units of 50."""
+  """A subdivided box (n x n quads per side) twisting about Y, in asset units of 50.
+
+  Skinned to two named joints: "Root" below y = 0.2, its child "Neck" above.
+  """
   g = np.linspace(-1, 1, n + 1)
   verts, faces = [], []
   for axis in range(3):
@@ -44,9 +47,12 @@ def twisting_box(num_frames=T, n=4):
     frames.append(np.stack([c * rest[:, 0] + s * rest[:, 2], rest[:, 1],
                             -s * rest[:, 0] + c * rest[:, 2]], -1))
   colors = (np.abs(rest) / np.abs(rest).max(0) * 200 + 30).astype(np.uint8)
+  upper = np.clip(rest[:, 1] / 0.6 + 0.3, 0, 1)  # weight of the upper joint: 0.5 at y = 0.12
   return assets.MeshSequence(vertices=(np.stack(frames) * 50).astype(np.float32),
                              faces=np.asarray(faces, np.int32), fps=12.0, vertex_colors=colors,
-                             rest_vertices=(rest * 50).astype(np.float32))
+                             rest_vertices=(rest * 50).astype(np.float32),
+                             skin_weights=np.stack([1 - upper, upper], -1).astype(np.float32),
+                             joint_parents=np.int32([-1, 0]), joint_names=("Root", "Neck"))
 
 
 @pytest.fixture(scope="module")
@@ -87,6 +93,13 @@ def test_round_trip(video, folder):
   np.testing.assert_array_equal(gt.intrinsics, want.intrinsics)
   np.testing.assert_array_equal(gt.face_visible, want.face_visible)
   assert loaded.num_frames == T and loaded.flow_gaps == [1, 2, 4, 8]
+  # gt/joints.npz: names, parents, each vertex's dominant joint (largest skin weight).
+  assert gt.joints.names.tolist() == ["Root", "Neck"]
+  np.testing.assert_array_equal(gt.joints.parents, [-1, 0])
+  assert gt.joints.vertex_joint.dtype == np.int32
+  upper = twisting_box().rest_vertices[:, 1] / 50 > 0.12  # where "Neck" weighs more
+  np.testing.assert_array_equal(gt.joints.vertex_joint, upper.astype(np.int32))
+  assert 0 < upper.mean() < 1
 
 
 def test_mmap_and_no_gt(folder):
@@ -164,6 +177,13 @@ def _valid_flow_on_last_frame(folder):
   np.save(folder / "flow_fw_1.npy", flow)
 
 
+def _edit_joints(folder, **changes):
+  """Rewrites gt/joints.npz with some arrays replaced."""
+  with np.load(folder / "gt" / "joints.npz") as z:
+    arrays = {k: z[k] for k in z.files}
+  np.savez(folder / "gt" / "joints.npz", **{**arrays, **changes})
+
+
 def _flip_rotation(a):
   a = a.copy()
   a[:, 0, :3] *= -1  # determinant -1
@@ -197,6 +217,21 @@ CORRUPTIONS = {
             assets.load_sequence_npz(f / "gt" / "meshes.npz"),
             vertices=assets.load_sequence_npz(f / "gt" / "meshes.npz").vertices[:-1]))),
     "gt_rest_missing": ("rest.npz", lambda f: (f / "gt" / "rest.npz").unlink()),
+    "gt_joints_vertex_count": ("joints.npz vertex_joint: expected int32 (", lambda f: _edit_joints(
+        f, vertex_joint=np.zeros(5, np.int32))),
+    "gt_joints_vertex_range": ("joints.npz vertex_joint: joint index out of range", lambda f:
+                               _edit_joints(f, vertex_joint=np.load(f / "gt" / "joints.npz")[
+                                   "vertex_joint"] + 2)),
+    "gt_joints_parents_shape": ("joints.npz parents", lambda f: _edit_joints(
+        f, parents=np.int32([-1, 0, 1]))),
+    "gt_joints_cycle": ("joints.npz parents: the joints form a cycle", lambda f: _edit_joints(
+        f, parents=np.int32([1, 0]))),
+    "gt_joints_names_dtype": ("joints.npz names", lambda f: _edit_joints(
+        f, names=np.int32([1, 2]))),
+    "gt_joints_pickled_names": ("joints.npz: cannot read", lambda f: _edit_joints(
+        f, names=np.array(["Root", "Neck"], dtype=object))),
+    "gt_joints_key": ("joints.npz: missing key", lambda f: _drop_key(f, "gt/joints.npz",
+                                                                     "parents")),
 }
 
 
@@ -208,6 +243,12 @@ def test_load_rejects_bad_files_naming_them(folder, case):
     video_lib.load_video(folder)
   assert file_name in str(info.value), str(info.value)
   assert "\n" not in str(info.value)
+
+
+def test_folder_without_joints_still_loads(folder):
+  """Folders written before gt/joints.npz existed (or of unrigged assets) have no chains."""
+  (folder / "gt" / "joints.npz").unlink()
+  assert video_lib.load_video(folder).gt.joints is None
 
 
 def test_load_missing_folder(tmp_path):

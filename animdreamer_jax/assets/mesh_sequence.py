@@ -10,6 +10,8 @@ Mesh-sequence NPZ (for animated meshes from any tool):
   rest_vertices    float32 (V, 3)     optional bind/rest-pose positions
   joint_parents    int32   (J,)       optional parent joint, -1 for roots
 Other float/int widths are accepted and converted; any other key is an error.
+Joint names are not stored in the NPZ (MeshSequence.joint_names is filled from
+glTF only; a synthetic video records them in gt/joints.npz).
 """
 
 from __future__ import annotations
@@ -46,6 +48,8 @@ class MeshSequence:
     joint_positions: (T, J, 3) float32 joint positions per frame, or None.
     rest_vertices: (V, 3) float32 bind/rest-pose positions, when known.
     joint_parents: (J,) int32 parent joint, -1 for roots, when known.
+    joint_names: J joint names, when known (glTF); kept in memory only, the
+      mesh-sequence NPZ has no names.
   """
   vertices: np.ndarray
   faces: np.ndarray
@@ -55,6 +59,7 @@ class MeshSequence:
   joint_positions: np.ndarray | None = None
   rest_vertices: np.ndarray | None = None
   joint_parents: np.ndarray | None = None
+  joint_names: tuple[str, ...] | None = None
 
   @property
   def num_frames(self) -> int:
@@ -138,7 +143,20 @@ def validate_sequence(seq: MeshSequence, where: str) -> MeshSequence:
       raise UserError(f"{where}: joint_parents must be -1 or another joint's "
                       "index")
     out.joint_parents = parents.astype(np.int32)
+    num_joints = parents.size
+  if seq.joint_names is not None:
+    out.joint_names = _check_joint_names(seq.joint_names, num_joints, where)
   return out
+
+
+def _check_joint_names(names, num_joints: int | None, where: str) -> tuple[str, ...]:
+  """A tuple of J strings (J as the other joint arrays say, when they are given)."""
+  names = tuple(names)
+  if not all(isinstance(name, str) for name in names):
+    raise UserError(f"{where}: joint_names must be strings")
+  if num_joints is not None and len(names) != num_joints:
+    raise UserError(f"{where}: {len(names)} joint_names for {num_joints} joints")
+  return names
 
 
 # ----------------------------------------------------------------------------
@@ -267,7 +285,8 @@ def load_sequence(path: str | os.PathLike, clip: str | None = None,
       skin_weights=asset.skin_weights.copy(),
       joint_positions=asset.joint_world_positions(clip, times),
       rest_vertices=asset.rest_vertices.copy(),
-      joint_parents=asset.joint_parents.copy())
+      joint_parents=asset.joint_parents.copy(),
+      joint_names=tuple(asset.joint_names))
 
 
 # ----------------------------------------------------------------------------
@@ -333,4 +352,4 @@ def weld_sequence(seq: MeshSequence, tol: float = 1e-6) -> MeshSequence:
       skin_weights=pick(seq.skin_weights),
       joint_positions=seq.joint_positions,
       rest_vertices=pick(seq.rest_vertices),
-      joint_parents=seq.joint_parents)
+      joint_parents=seq.joint_parents, joint_names=seq.joint_names)

@@ -23,6 +23,7 @@ import time
 
 from animdreamer_jax.commands import extract
 from animdreamer_jax.errors import UserError
+from animdreamer_jax.eval import run_scores
 from animdreamer_jax.export import viewer
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[2]
@@ -100,7 +101,8 @@ def run(args: argparse.Namespace) -> int:
     mean = metrics["mean"]["all"]
     print(f"[demo] reconstruction vs ground truth: Chamfer {mean['chamfer']:.4f} "
           f"(normalised units: 0.02 = 2% of the bbox diagonal), F@2% {mean['fscore@2%']:.1f}, "
-          f"F@5% {mean['fscore@5%']:.1f}  ({result['metrics_path']})")
+          f"F@5% {mean['fscore@5%']:.1f}, {run_scores.limb_summary(metrics)}  "
+          f"({result['metrics_path']})")
     summary = {"chamfer": mean["chamfer"], "fscore@2%": mean["fscore@2%"],
                "fscore@5%": mean["fscore@5%"], "seconds": time.perf_counter() - start}
     (out / "demo_summary.json").write_text(json.dumps(summary, indent=1))

@@ -1,6 +1,7 @@
 """Score predicted per-frame meshes against a video's ground truth.
 
   animdreamer eval --pred PATH --gt DIR [--out JSON] [--no-align] [--samples N]
+                   [--limb-fraction 0.35]
 
 PATH is a mesh-sequence NPZ or a folder of per-frame OBJ files (sorted by name,
 numbers compared as numbers; --pattern picks which files); DIR is a video
@@ -8,9 +9,11 @@ folder with gt/ (from `animdreamer synth`). Both meshes are sampled uniformly by
 area; unless --no-align, one similarity transform (scale, rotation,
 translation) for the whole sequence moves the prediction onto the ground truth
 first. Prints Chamfer distance and F-scores at 1/2/5% of the GT rest-pose
-bounding-box diagonal (for the whole surface and, when the video records
-visibility, for the seen and never-seen parts) and writes them per frame and
-averaged to --out as JSON.
+bounding-box diagonal for the whole surface and for its parts (eval.parts): the
+seen and never-seen parts, limbs (the lowest --limb-fraction of the rest pose's
+height) and the body above them, and, when gt/joints.npz names the joints, the
+legs / tail / ears / head / torso chains; writes them per frame and averaged to
+--out as JSON.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ from animdreamer_jax import files
 from animdreamer_jax.data import video as video_lib
 from animdreamer_jax.errors import UserError
 from animdreamer_jax.eval import metrics
+from animdreamer_jax.eval import parts as parts_lib
 from animdreamer_jax.eval import surface_sampling
 
 FORMAT_NAME = "animdreamer-eval"
@@ -48,6 +52,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
   parser.add_argument("--seed", type=int, default=0, help="sampling seed (default 0)")
   parser.add_argument("--pattern", default="*.obj",
                       help="which files of a --pred folder are frames (default *.obj)")
+  parser.add_argument("--limb-fraction", type=float, default=parts_lib.LIMB_FRACTION,
+                      help="the 'limbs' part: GT vertices in this lowest share of the rest "
+                           f"pose's height range (default {parts_lib.LIMB_FRACTION})")
 
 
 def _natural_key(path: pathlib.Path) -> list:
@@ -117,19 +124,16 @@ def format_table(report: dict[str, Any]) -> str:
   header = f"{'surface':<8} {'area':>5} {'CD':>8} {'acc':>8} {'comp':>8}" + "".join(
       f" {'F@' + label:>7}" for label in labels)
   lines.append(header)
-  visibility = report["visibility"]
   for part, scores in report["mean"].items():
-    if part == "all":
-      area = 1.0
-    else:
-      seen = visibility["seen_area_fraction"]
-      area = seen if part == "seen" else 1.0 - seen
+    area = report["area_fraction"][part]
     row = (f"{part:<8} {100 * area:>4.0f}% {_fmt(scores['chamfer'], '8.5f')} "
            f"{_fmt(scores['accuracy'], '8.5f')} {_fmt(scores['completeness'], '8.5f')}")
     row += "".join(f" {_fmt(scores['fscore@' + label], '7.2f')}" for label in labels)
     lines.append(row)
-  if not visibility["recorded"]:
-    lines.append("(no gt/face_visible.npy: no seen / never-seen split)")
+  lines.append(f"limbs: the lowest {100 * report['limb_fraction']:g}% of the rest pose's height "
+               f"({report['up_axis']} up); body: the rest")
+  if not report["chains_recorded"]:
+    lines.append("(no gt/joints.npz: no legs / tail / head split by joint names)")
   return "\n".join(lines)
 
 
@@ -142,6 +146,7 @@ def run(args: argparse.Namespace) -> int:
     raise UserError(f"{pathlib.Path(args.gt) / 'gt'}: missing (this video has no ground "
                     "truth to score against)")
   gt = video.gt
+  parts = parts_lib.ground_truth_parts(gt, args.limb_fraction)
   pred_vertices, pred_faces = load_predicted_meshes(args.pred, args.pattern)
   gt_vertices = np.asarray(gt.meshes.vertices, np.float32)
   if pred_vertices.shape[0] != gt_vertices.shape[0]:
@@ -151,7 +156,7 @@ def run(args: argparse.Namespace) -> int:
   norm_length = float(np.linalg.norm(rest.max(0) - rest.min(0)))
   report = metrics.evaluate_sequence(
       pred_vertices, pred_faces, gt_vertices, np.asarray(gt.meshes.faces, np.int32),
-      face_visible=np.asarray(gt.face_visible, bool), norm_length=norm_length,
+      parts=parts, norm_length=norm_length,
       num_samples=args.samples, align=not args.no_align, seed=args.seed)
   payload = {"format": FORMAT_NAME, "version": FORMAT_VERSION,
              "pred": str(args.pred), "gt": str(args.gt), "seed": args.seed,

@@ -96,7 +96,8 @@ def run(args: argparse.Namespace) -> int:
   if metrics:
     mean = metrics["mean"]["all"]
     print(f"chamfer: {_fmt(mean.get('chamfer'))} (normalised units; 0.02 = 2% of the bbox diagonal)"
-          f"  F@2%: {_fmt(mean.get('fscore@2%'))}  F@5%: {_fmt(mean.get('fscore@5%'))}")
+          f"  F@2%: {_fmt(mean.get('fscore@2%'))}  F@5%: {_fmt(mean.get('fscore@5%'))}"
+          f"  {run_scores.limb_summary(metrics)}")
     if "unseen" in metrics["mean"]:
       unseen = metrics["mean"]["unseen"]
       print(f"never-seen side: chamfer {_fmt(unseen.get('chamfer'))}  F@2% {_fmt(unseen.get('fscore@2%'))}")

@@ -406,6 +406,20 @@ def surface_flow(raster_t: rz.Raster, vertices_t_cam: np.ndarray, raster_s: rz.R
 # ----------------------------------------------------------------------------- the video
 
 
+def ground_truth_joints(seq: Any) -> video_lib.GroundTruthJoints | None:
+  """Joint names, parents and each vertex's dominant joint; None unless the sequence has all three.
+
+  The dominant joint (largest skin weight) is what evaluation groups vertices
+  by (legs, tail, head, ... from the joint names).
+  """
+  if seq.skin_weights is None or seq.joint_parents is None or seq.joint_names is None:
+    return None
+  return video_lib.GroundTruthJoints(
+      names=np.asarray(seq.joint_names, dtype=str),
+      parents=np.asarray(seq.joint_parents, np.int32),
+      vertex_joint=np.argmax(np.asarray(seq.skin_weights), axis=1).astype(np.int32))
+
+
 class _Cameras(NamedTuple):
   """The synthetic camera path."""
   target: np.ndarray  # (3,) look-at point
@@ -439,7 +453,8 @@ def synthesize(seq: Any, options: SynthOptions, source: dict | None = None,
 
   Returns:
     Video whose gt holds the normalised sequence, rest mesh, noise-free
-    cameras and per-face visibility.
+    cameras, per-face visibility and (for a sequence with named joints) the
+    skeleton.
   """
   if options.camera_path not in CAMERA_PATHS:
     raise UserError(f"camera path '{options.camera_path}': unknown "
@@ -460,7 +475,7 @@ def synthesize(seq: Any, options: SynthOptions, source: dict | None = None,
   gt = video_lib.GroundTruth(
       meshes=seq, rest_vertices=rest.astype(np.float32), rest_faces=faces.astype(np.int32),
       intrinsics=intrinsics_t, w2c=cameras.w2c.astype(np.float32),
-      face_visible=frames.face_visible)
+      face_visible=frames.face_visible, joints=ground_truth_joints(seq))
   return video_lib.Video(rgb=frames.rgb, mask=frames.mask, depth=frames.depth,
                          feature=frames.feature, flow_fw=flow_fw, flow_bw=flow_bw,
                          intrinsics=intrinsics_t, w2c=cameras.w2c_used.astype(np.float32),

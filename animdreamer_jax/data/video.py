@@ -25,6 +25,9 @@ A video folder DIR holds (T frames of H x W pixels, C feature channels):
     rest.npz        vertices (V, 3), faces (F, 3): the rest-pose mesh, normalised the same way
     cameras.npz     noise-free intrinsics (T, 4) and w2c (T, 4, 4)
     face_visible.npy bool (F,): was the face seen in any frame
+    joints.npz      optional (rigged assets): names str (J,), parents int32 (J,) (-1 for
+                    roots), vertex_joint int32 (V,): each vertex's dominant joint (largest
+                    skin weight); evaluation groups vertices into chains by joint name
   contact_sheet.png RGB / mask / flow / feature / depth of a few frames, for people
 
 Normalisation: x_normalised = (x_asset - center) * scale. Cameras follow OpenCV
@@ -59,6 +62,21 @@ DEFAULT_FLOW_GAPS = (1, 2, 4, 8)
 # Keys the producer supplies in `meta`; the others are derived from the arrays.
 _PRODUCER_KEYS = ("fps", "feature_kind", "background", "camera_path", "source", "normalisation")
 _FEATURE_NORM_TOLERANCE = 1e-2  # float16 storage of unit vectors
+JOINTS_KEYS = ("names", "parents", "vertex_joint")  # gt/joints.npz = GroundTruthJoints' fields
+
+
+@dataclasses.dataclass
+class GroundTruthJoints:
+  """The ground truth's skeleton, as much as evaluation needs (gt/joints.npz).
+
+  Attributes:
+    names: str (J,) joint names as the asset spells them.
+    parents: int32 (J,) parent joint, -1 for roots.
+    vertex_joint: int32 (V,) each vertex's dominant joint (largest skin weight).
+  """
+  names: np.ndarray
+  parents: np.ndarray
+  vertex_joint: np.ndarray
 
 
 @dataclasses.dataclass
@@ -72,6 +90,7 @@ class GroundTruth:
     intrinsics: float32 (T, 4) noise-free fx, fy, cx, cy.
     w2c: float32 (T, 4, 4) noise-free world-to-camera poses.
     face_visible: bool (F,) whether the face was seen in any frame.
+    joints: the skeleton, when the asset has named joints (older folders: None).
   """
   meshes: Any
   rest_vertices: np.ndarray
@@ -79,6 +98,7 @@ class GroundTruth:
   intrinsics: np.ndarray
   w2c: np.ndarray
   face_visible: np.ndarray
+  joints: GroundTruthJoints | None = None
 
 
 @dataclasses.dataclass
@@ -254,6 +274,36 @@ def _validate_gt(gt: GroundTruth, t: int, where: str) -> None:
     raise UserError(f"{where}/rest.npz faces: vertex index out of range [0, {v})")
   _check_cameras(f"{where}/cameras.npz", gt.intrinsics, gt.w2c, t)
   _check_array(f"{where}/face_visible.npy", gt.face_visible, np.bool_, (rest_faces.shape[0],))
+  if gt.joints is not None:
+    _validate_joints(gt.joints, v, f"{where}/joints.npz")
+
+
+def _validate_joints(joints: GroundTruthJoints, num_vertices: int, name: str) -> None:
+  names = joints.names
+  if not isinstance(names, np.ndarray) or names.dtype.kind != "U" or names.ndim != 1 \
+      or names.size == 0:
+    raise UserError(f"{name} names: expected a non-empty string array (J,), got "
+                    f"{_describe(np.asarray(names))}")
+  num_joints = names.shape[0]
+  parents = _check_array(f"{name} parents", joints.parents, np.int32, (num_joints,))
+  if np.any(parents < -1) or np.any(parents >= num_joints) or \
+      np.any(parents == np.arange(num_joints)):
+    raise UserError(f"{name} parents: each must be -1 or another joint's index")
+  if _has_cycle(parents):
+    raise UserError(f"{name} parents: the joints form a cycle, not a tree")
+  vertex_joint = _check_array(f"{name} vertex_joint", joints.vertex_joint, np.int32,
+                              (num_vertices,))
+  if np.any(vertex_joint < 0) or np.any(vertex_joint >= num_joints):
+    raise UserError(f"{name} vertex_joint: joint index out of range [0, {num_joints})")
+
+
+def _has_cycle(parents: np.ndarray) -> bool:
+  """Whether following parents from some joint never reaches a root (-1)."""
+  ancestor = parents.copy()
+  # A tree of J joints is at most J deep: after J steps up every walk has left it.
+  for _ in range(parents.size):
+    ancestor = np.where(ancestor >= 0, parents[np.maximum(ancestor, 0)], -1)
+  return bool(np.any(ancestor >= 0))
 
 
 # ----------------------------------------------------------------------------- reading
@@ -347,9 +397,13 @@ def _load_gt(root: pathlib.Path) -> GroundTruth:
   meshes = assets.load_sequence_npz(meshes_path)
   rest = _load_npz(root / "rest.npz", ("vertices", "faces"))
   cams = _load_npz(root / "cameras.npz", ("intrinsics", "w2c"))
+  joints = None
+  if (root / "joints.npz").is_file():  # optional: older folders and unrigged assets have none
+    joints = GroundTruthJoints(**_load_npz(root / "joints.npz", JOINTS_KEYS))
   return GroundTruth(meshes=meshes, rest_vertices=rest["vertices"], rest_faces=rest["faces"],
                      intrinsics=cams["intrinsics"], w2c=cams["w2c"],
-                     face_visible=_load_npy(root / "face_visible.npy", mmap=False))
+                     face_visible=_load_npy(root / "face_visible.npy", mmap=False),
+                     joints=joints)
 
 
 # ----------------------------------------------------------------------------- writing
@@ -402,6 +456,8 @@ def _write_gt(root: pathlib.Path, gt: GroundTruth) -> None:
   np.savez(root / "rest.npz", vertices=gt.rest_vertices, faces=gt.rest_faces)
   np.savez(root / "cameras.npz", intrinsics=gt.intrinsics, w2c=gt.w2c)
   np.save(root / "face_visible.npy", gt.face_visible)
+  if gt.joints is not None:
+    np.savez(root / "joints.npz", **{key: getattr(gt.joints, key) for key in JOINTS_KEYS})
 
 
 def _jsonable(x: Any) -> Any:

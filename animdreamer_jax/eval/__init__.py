@@ -2,8 +2,9 @@
 
 Surface points are sampled by area; one similarity transform per sequence
 aligns the prediction to the ground truth (coarse init + ICP with scale);
-scores are reported per frame, averaged, and split into the seen and the
-never-seen ground-truth surface. Definitions: animdreamer_jax.eval.metrics.
+scores are reported per frame, averaged, and per part of the ground-truth
+surface (`eval.parts`: seen / never-seen, limbs / body by rest height, legs /
+tail / head ... from joint names). Definitions: animdreamer_jax.eval.metrics.
 Scores of a finished run: `eval.run_scores` (metrics.json) and
 `eval.novel_views` (renders against the ground truth's from around the animal).
 """

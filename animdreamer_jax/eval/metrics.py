@@ -13,18 +13,20 @@ normalised synthetic videos, so thresholds 0.01/0.02/0.05 are 1%/2%/5% of L):
   completeness = mean_{g in G_t} d(g, PRED_t)     (is the ground truth covered?)
   chamfer      = (accuracy + completeness) / 2
   precision@tau = % of p with d(p, GT_t) < tau;  recall@tau = % of g with d(g, PRED_t) < tau
-  fscore@tau   = 2 precision recall / (precision + recall)   (0 if both are 0)
+  fscore@tau   = 2 precision recall / (precision + recall)   (0 if either is 0)
   (precision, recall and F-score in percent, 0..100).
 
-Seen / never-seen split (when the video records gt/face_visible.npy): a
-ground-truth sample belongs to the part of its face; a predicted point belongs
-to the part of the ground-truth face that holds its closest ground-truth point.
-Each part's scores use only its own points in the formulas above:
+Parts (sets of ground-truth faces, `eval.parts`: seen / unseen, limbs / body,
+chains such as legs / tail / head): a ground-truth sample belongs to the part
+of its face; a predicted point belongs to the part of the ground-truth face
+that holds its closest ground-truth point. Each part's scores use only its own
+points in the formulas above, e.g.
   completeness_seen = mean over seen GT samples of d(g, PRED),
   accuracy_seen     = mean over predicted points whose closest GT point is on a
                       seen face of d(p, GT),
-and likewise for "unseen". A part with no points in a frame gives no value for
-that frame (JSON null); sequence means average the frames that have a value.
+and likewise for every other part. A part with no points in a frame gives no
+value for that frame (JSON null); sequence means average the frames that have
+a value. A part's area share is the fraction of GT samples on it.
 Point-to-surface (not point-to-point) distances are used so the score has no
 sampling floor: a mesh scored against itself gets 0 whatever the sample count.
 """
@@ -33,19 +35,19 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Any
+from typing import Any, Mapping
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from animdreamer_jax.errors import UserError
+from animdreamer_jax.eval import parts as parts_lib
 from animdreamer_jax.eval.alignment import AlignmentResult, Similarity, align_similarity
 from animdreamer_jax.eval.surface_sampling import (SurfaceIndex, check_mesh_frames,
                                                    sample_surface_frames)
 
 THRESHOLDS = (0.01, 0.02, 0.05)
-PARTS = ("all", "seen", "unseen")
 
 
 @jax.jit
@@ -88,6 +90,10 @@ def surface_scores(dist_pred_to_gt: jnp.ndarray, dist_gt_to_pred: jnp.ndarray,
                      jnp.where(jnp.isnan(total), nan, 0.0))
   # The harmonic mean of equal values is that value (kept exact, e.g. 100).
   fscore = jnp.where(precision == recall, precision, fscore)
+  # A part the prediction misses entirely has recall 0 and no precision (no
+  # predicted point is closest to it): F is 0, the limit of 2PR/(P+R) as R -> 0,
+  # so missing legs score 0 rather than "undefined" (and count in the mean).
+  fscore = jnp.where((precision == 0) | (recall == 0), 0.0, fscore)
   return {"accuracy": accuracy, "completeness": completeness,
           "chamfer": 0.5 * (accuracy + completeness),
           "precision": precision, "recall": recall, "fscore": fscore}
@@ -149,36 +155,39 @@ def _json_number(x: float) -> float | None:
   return None if math.isnan(x) else x
 
 
-def summarise(distances: SequenceDistances, *, face_visible: np.ndarray | None = None,
-              norm_length: float = 1.0,
+def point_masks(distances: SequenceDistances, face_mask: np.ndarray
+                ) -> tuple[np.ndarray, np.ndarray]:
+  """0/1 weights (T, N) of the predicted and the GT points in a part given as a GT face mask."""
+  face_mask = np.asarray(face_mask, bool)
+  return (face_mask[distances.pred_nearest_gt_face].astype(np.float32),
+          face_mask[distances.gt_face].astype(np.float32))
+
+
+def summarise(distances: SequenceDistances, *,
+              face_parts: Mapping[str, np.ndarray] | None = None, norm_length: float = 1.0,
               thresholds: tuple[float, ...] = THRESHOLDS) -> dict[str, Any]:
   """Per-frame and mean scores (JSON-ready; NaN becomes None).
 
   Args:
     distances: output of `sequence_distances`.
-    face_visible: (F',) bool, was each GT face ever seen; None: no split.
+    face_parts: part name -> (F',) bool mask over the GT faces (`eval.parts`);
+      None: the whole surface only.
     norm_length: L; distances are divided by it and thresholds are in units of L.
     thresholds: F-score thresholds in units of L.
 
   Returns:
     {"per_frame": {part: {metric: [T values]}}, "mean": {part: {metric: value}},
-     "visibility": {...}}; part in all/seen/unseen (seen/unseen only with
-    face_visible); metric names: accuracy, completeness, chamfer, and
-    precision@X%, recall@X%, fscore@X% for each threshold.
+     "area_fraction": {part: share of the GT area}, "visibility": {...}}; part
+    is "all" and each of face_parts; metric names: accuracy, completeness,
+    chamfer, and precision@X%, recall@X%, fscore@X% for each threshold.
   """
+  face_parts = dict(face_parts or {})
   d_pred = distances.dist_pred_to_gt / norm_length
   d_gt = distances.dist_gt_to_pred / norm_length
-  ones_pred, ones_gt = np.ones_like(d_pred), np.ones_like(d_gt)
-  masks = {"all": (ones_pred, ones_gt)}
-  visibility: dict[str, Any] = {"recorded": face_visible is not None}
-  if face_visible is not None:
-    face_visible = np.asarray(face_visible, bool)
-    gt_seen = face_visible[distances.gt_face].astype(np.float32)
-    pred_seen = face_visible[distances.pred_nearest_gt_face].astype(np.float32)
-    masks["seen"] = (pred_seen, gt_seen)
-    masks["unseen"] = (1.0 - pred_seen, 1.0 - gt_seen)
-    visibility["seen_face_fraction"] = float(face_visible.mean())
-    visibility["seen_area_fraction"] = float(gt_seen.mean())
+  masks = {"all": (np.ones_like(d_pred), np.ones_like(d_gt))}
+  masks.update({part: point_masks(distances, face_mask)
+                for part, face_mask in face_parts.items()})
+  area_fraction = {part: float(w_gt.mean()) for part, (_, w_gt) in masks.items()}
   labels = [f"{100 * tau:g}%" for tau in thresholds]
   per_frame: dict[str, dict[str, list]] = {}
   mean: dict[str, dict[str, float | None]] = {}
@@ -196,12 +205,22 @@ def summarise(distances: SequenceDistances, *, face_visible: np.ndarray | None =
     for name, values in columns.items():
       values = values[~np.isnan(values)].astype(np.float64)
       mean[part][name] = float(values.mean()) if values.size else None
-  return {"per_frame": per_frame, "mean": mean, "visibility": visibility}
+  return {"per_frame": per_frame, "mean": mean, "area_fraction": area_fraction,
+          "visibility": visibility_summary(face_parts, area_fraction)}
+
+
+def visibility_summary(face_parts: Mapping[str, np.ndarray],
+                       area_fraction: Mapping[str, float]) -> dict[str, Any]:
+  """The report's "visibility" block (the seen / unseen split; kept as older reports had it)."""
+  if "seen" not in face_parts:
+    return {"recorded": False}
+  return {"recorded": True, "seen_face_fraction": float(np.mean(face_parts["seen"])),
+          "seen_area_fraction": area_fraction["seen"]}
 
 
 def evaluate_sequence(pred_vertices: np.ndarray, pred_faces: np.ndarray,
                       gt_vertices: np.ndarray, gt_faces: np.ndarray, *,
-                      face_visible: np.ndarray | None = None, norm_length: float = 1.0,
+                      parts: parts_lib.FaceParts | None = None, norm_length: float = 1.0,
                       num_samples: int = 10000, align: bool = True, seed: int = 0,
                       thresholds: tuple[float, ...] = THRESHOLDS) -> dict[str, Any]:
   """Scores a predicted mesh sequence against the ground truth.
@@ -209,7 +228,8 @@ def evaluate_sequence(pred_vertices: np.ndarray, pred_faces: np.ndarray,
   Args:
     pred_vertices: (T, V, 3); pred_faces: (F, 3) or (T, F, 3).
     gt_vertices: (T, V', 3); gt_faces: (F', 3) or (T, F', 3).
-    face_visible: (F',) bool or None (see `summarise`).
+    parts: named GT face masks and their description (`eval.parts`, e.g.
+      `ground_truth_parts(video.gt)`); None: the whole surface only.
     norm_length: L, the length that thresholds and reported distances are
       relative to (the GT rest bbox diagonal; 1 for normalised sequences).
     num_samples: surface samples per mesh and frame.
@@ -218,21 +238,19 @@ def evaluate_sequence(pred_vertices: np.ndarray, pred_faces: np.ndarray,
     thresholds: F-score thresholds in units of L.
 
   Returns:
-    JSON-ready dict: the `summarise` fields plus "alignment", "num_frames",
-    "samples_per_frame", "normalisation_length", "thresholds".
+    JSON-ready dict: the `summarise` fields, the parts' description (e.g.
+    "limb_fraction") plus "alignment", "num_frames", "samples_per_frame",
+    "normalisation_length", "thresholds".
   """
   check_mesh_frames(pred_vertices, pred_faces, "prediction")
   check_mesh_frames(gt_vertices, gt_faces, "ground truth")
-  if face_visible is not None:
-    num_gt_faces = np.asarray(gt_faces).shape[-2]
-    if np.shape(face_visible) != (num_gt_faces,):
-      raise UserError(f"face_visible: expected shape ({num_gt_faces},), "
-                      f"got {np.shape(face_visible)}")
+  parts = parts or parts_lib.FaceParts({}, {})
+  parts_lib.check_face_parts(parts.masks, np.asarray(gt_faces).shape[-2])
   if not norm_length > 0:
     raise UserError(f"normalisation length must be positive, got {norm_length}")
   distances = sequence_distances(pred_vertices, pred_faces, gt_vertices, gt_faces,
                                  num_samples=num_samples, align=align, seed=seed)
-  report = summarise(distances, face_visible=face_visible, norm_length=norm_length,
+  report = summarise(distances, face_parts=parts.masks, norm_length=norm_length,
                      thresholds=thresholds)
   transform = distances.transform
   alignment: dict[str, Any] = {
@@ -247,4 +265,4 @@ def evaluate_sequence(pred_vertices: np.ndarray, pred_faces: np.ndarray,
                      init_candidate=distances.alignment.candidate)
   return {"num_frames": int(np.shape(gt_vertices)[0]), "samples_per_frame": num_samples,
           "normalisation_length": float(norm_length), "thresholds": list(thresholds),
-          "alignment": alignment, **report}
+          "alignment": alignment, **parts.description, **report}
