@@ -14,8 +14,9 @@ command line's own overrides, which every variant gets):
     ii_gt_bones        bones started at the rig's joint centroids (`init.bones=ground_truth`,
                        as many bones as the rig moves the surface with), skinning and motion learned
     iii_learned        everything learned (the config as it is)
-  levers, one at a time on rung (iii): see `LEVERS` below (`--variants` names them; `all` runs
-  every rung and lever).
+  levers, one at a time: see `LEVERS` below (`--variants` names them; `all` runs every rung
+  and lever), on rung (iii) or, with --on RUNG, on top of that rung's overrides (e.g. the
+  shape pipeline's own levers with the deformation given: --on i_gt_warp).
 
 Each variant trains into RUNS/<variant>/ through `animdreamer extract`'s own
 entry point (the extraction stage, then its scores: metrics.json with the
@@ -46,6 +47,8 @@ RUNGS = {
     "iii_learned": {},
 }
 LEVERS = {
+    "sharp_0.005": {"render.final_beta": "0.005"},
+    "sharp_0.01": {"render.final_beta": "0.01"},
     "boundary_rays": {"data.boundary_fraction": "0.25"},
     "neus": {"render.density": "neus"},
     "eikonal_x0.1": {"loss.weights.eikonal": "1e-4"},
@@ -90,6 +93,8 @@ def main(argv=None) -> int:
   parser.add_argument("--video", required=True, help="video folder with gt/")
   parser.add_argument("--out", required=True, help="folder of the variants' run folders")
   parser.add_argument("--config", required=True, help="extraction config file")
+  parser.add_argument("--on", default="iii_learned", choices=sorted(RUNGS),
+                      help="the rung the levers are applied on (default iii_learned)")
   parser.add_argument("--variants", default="iii_learned,ii_gt_bones,i_gt_warp",
                       help=f"comma-separated names or 'all' (known: {', '.join(VARIANTS)})")
   args, extra = parser.parse_known_args(argv)
@@ -102,23 +107,26 @@ def main(argv=None) -> int:
     out = pathlib.Path(args.out)
     rows = []
     for name in names:
-      workdir = out / name
+      on_rung = name in LEVERS and args.on != "iii_learned"
+      label = f"{args.on}+{name}" if on_rung else name
+      workdir = out / label
       metrics_path = workdir / "metrics.json"
       seconds = None
       if not metrics_path.is_file():
         start = time.time()
-        variant = [(k, v) for k, v in VARIANTS[name].items()]
+        variant = [(k, v) for k, v in {**(RUNGS[args.on] if on_rung else {}),
+                                        **VARIANTS[name]}.items()]
         if name == "ii_gt_bones" and not any("model.num_bones" in o for o in overrides):
           skin = video.gt.meshes.skin_weights
           variant.append(("model.num_bones", str(int((skin.sum(0) > 0).sum()))))
         extract_command.run_extraction(args.config, args.video, workdir,
                                        overrides=overrides + variant, video=video)
         seconds = time.time() - start
-        files.save_json(workdir / "ladder.json", {"variant": name, "seconds": seconds,
+        files.save_json(workdir / "ladder.json", {"variant": label, "seconds": seconds,
                                                   "overrides": dict(variant)})
       elif (workdir / "ladder.json").is_file():
         seconds = json.loads((workdir / "ladder.json").read_text()).get("seconds")
-      rows.append(summary_row(name, json.loads(metrics_path.read_text()), seconds))
+      rows.append(summary_row(label, json.loads(metrics_path.read_text()), seconds))
       text = markdown(rows, args.video, args.config)
       files.save_text(out / "summary.md", text)
       print(text, flush=True)

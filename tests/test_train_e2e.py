@@ -14,6 +14,7 @@ import time
 
 import jax
 import jax.numpy as jnp
+import imageio.v2 as imageio
 import numpy as np
 import pytest
 
@@ -213,6 +214,8 @@ def test_extract_end_to_end_and_resume(tiny_video, tmp_path, compile_cache):
   parts = ["all", "seen", "unseen", "limbs", "body", "legs", "tail", "head", "torso"]
   assert list(metrics["mean"]) == parts
   assert 0 < metrics["area_fraction"]["limbs"] < 0.5
+  comparison = imageio.imread(workdir / "comparison.png")
+  assert comparison.shape[1] == 4 * 256 and comparison.shape[0] > 256
   assert json.loads((workdir / "config.json").read_text())["train"]["num_rounds"] == 2
   for name in ("rest.obj", "motion.npz", "bones_rest.obj", "contact_sheet.png"):
     assert (workdir / name).is_file(), name

@@ -4,8 +4,8 @@ One row per picked frame; columns: ground truth and reconstruction from the
 video's camera, then both from the animal's side (a camera on the +x axis of the
 normalised world, where the synthetic animals stand along +y and face along z).
 Pictures are rendered at `size` pixels whatever the video's resolution, so thin
-legs stay visible. The ground truth's limb vertices (`eval.parts`' lowest share of the
-rest height) are drawn orange, the rest of it sand; the reconstruction blue-grey.
+legs stay visible. The ground truth's limb vertices (`eval.parts.limb_vertices`: the lowest
+share of the rest height) are drawn orange, the rest of it sand; the reconstruction blue-grey.
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ BACKGROUND = np.array([1.0, 1.0, 1.0])
 SIDE_FOV_DEGREES = 30.0
 COLUMNS = ("ground truth", "reconstruction", "ground truth, side", "reconstruction, side")
 HEADER_HEIGHT = 18
+FRAMES = 3  # rows (frames, evenly spaced) of a run's comparison.png
 
 
 def side_camera(points: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:

@@ -18,6 +18,7 @@ import numpy as np
 from animdreamer_jax import assets
 from animdreamer_jax import files
 from animdreamer_jax.errors import UserError
+from animdreamer_jax.eval import comparison
 from animdreamer_jax.eval import metrics as metrics_lib
 from animdreamer_jax.eval import parts as parts_lib
 from animdreamer_jax.geometry import transforms_np
@@ -63,8 +64,26 @@ def score_run(run_dir: str | pathlib.Path, video,
         camera_frame_meshes(meshes.vertices, mesh_frame, motion), meshes.faces, gt_cam,
         gt.meshes.faces, parts=parts, num_samples=settings.eval_samples)
     result["camera_frame"] = {"mean": cam["mean"], "alignment": cam["alignment"]}
+  files.save_png(run_dir / "comparison.png", comparison_of_run(
+      meshes, result["alignment"]["matrix"], gt, mesh_frame, (video.height, video.width),
+      parts_lib.limb_vertices(np.asarray(gt.rest_vertices), limb_fraction)))
   files.save_json(run_dir / "metrics.json", result)
   return result
+
+
+def comparison_of_run(meshes, alignment: list, gt, mesh_frame: str, image_size: tuple[int, int],
+                      limb_vertices: np.ndarray) -> np.ndarray:
+  """comparison.png of a run: its meshes through the score's alignment next to the ground truth."""
+  matrix = np.asarray(alignment, np.float64)
+  aligned = np.asarray(meshes.vertices, np.float64) @ matrix[:3, :3].T + matrix[:3, 3]
+  w2c = np.asarray(gt.w2c, np.float64)
+  if mesh_frame == "camera":  # aligned to the camera-frame ground truth: back to the world
+    aligned = transforms_np.to_camera(aligned, np.linalg.inv(w2c))
+  frames = np.linspace(0, aligned.shape[0] - 1, min(comparison.FRAMES, aligned.shape[0]))
+  return comparison.comparison_picture(
+      aligned, np.asarray(meshes.faces), np.asarray(gt.meshes.vertices),
+      np.asarray(gt.meshes.faces), w2c, np.asarray(gt.intrinsics), image_size,
+      frames.round().astype(int).tolist(), limb_vertices)
 
 
 def limb_summary(report: dict) -> str:

@@ -392,6 +392,13 @@ def group_mask(params: Any, groups) -> Any:
   return jax.tree_util.tree_map_with_path(keep, params)
 
 
+def cap_beta(params: Any, max_beta: jnp.ndarray) -> Any:
+  """The variables with the SDF density's beta = exp(-logibeta) at most `max_beta`."""
+  inner = dict(params["params"])
+  inner["logibeta"] = jnp.maximum(inner["logibeta"], -jnp.log(max_beta))
+  return {**params, "params": inner}
+
+
 def count_params(params: Any) -> int:
   """Number of scalars in a parameter tree."""
   return int(sum(np.prod(np.shape(x)) for x in jax.tree_util.tree_leaves(params)))

@@ -15,6 +15,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from animdreamer_jax import schedules
 from animdreamer_jax.data import batching
 from animdreamer_jax.errors import UserError
 from animdreamer_jax.render import density as density_lib
@@ -39,6 +40,12 @@ class RenderSettings:
   match_candidates: int = 1024  # canonical samples a pixel's feature is matched against
   # Rays use the video's intrinsics (its cameras are calibrated); False: the model's learned ones.
   use_video_intrinsics: bool = True
+  # Sharpness schedule of the SDF density (0: off; lab4d only learns beta). The density's beta
+  # is capped by a log-linear ramp from model.init_beta down to final_beta, reached at
+  # sharpen_fraction of training: a thin part (leg, ear) must then become surface (negative
+  # SDF) instead of half-transparent fog at positive SDF, which meshing at level 0 drops.
+  final_beta: float = 0.0
+  sharpen_fraction: float = 0.7
   eval_samples: int = 32  # uniform samples per ray of whole images
   eval_importance_samples: int = 32  # ... plus these importance samples (lab4d's evaluation)
   eval_chunk: int = 4096  # rays per jitted call when rendering whole images
@@ -54,8 +61,17 @@ class RenderSettings:
     require(self.warp in WARPS, "warp", f"unknown warp {self.warp!r}; use one of {list(WARPS)}")
     require(self.num_samples >= 2, "num_samples", "must be >= 2")
     require(0.0 <= self.eikonal_ray_fraction <= 1.0, "eikonal_ray_fraction", "must be in [0, 1]")
+    require(self.final_beta >= 0.0, "final_beta", "must be >= 0 (0: off)")
+    require(0.0 < self.sharpen_fraction <= 1.0, "sharpen_fraction", "must be in (0, 1]")
     require(self.eval_samples >= 2, "eval_samples", "must be >= 2")
     require(self.eval_chunk >= 1, "eval_chunk", "must be >= 1")
+
+  def max_beta(self, init_beta: float, step: int, total_steps: int) -> np.float32:
+    """The cap on the density's beta at `step` (`final_beta`'s schedule; inf when off)."""
+    if self.final_beta <= 0:
+      return np.float32(np.inf)
+    end = max(1, int(round(self.sharpen_fraction * total_steps)))
+    return np.float32(schedules.log_anneal(step, 0, end, init_beta, self.final_beta))
 
   def density_fn(self) -> density_lib.DensityFn:
     return DENSITY_FNS[self.density]

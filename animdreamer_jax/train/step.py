@@ -19,7 +19,7 @@ their backward is never built.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import jax
 import jax.numpy as jnp
@@ -39,10 +39,15 @@ class StepKind:
     terms: the loss terms it sums.
     trainable: None (every parameter) or a tree of Python bools like the
       parameters: the leaves this kind trains (see train.update).
+    constrain: None, or (params, scalars) -> params: projects the updated
+      parameters onto the stage's constraints after every update (projected
+      gradient descent; e.g. a scheduled bound on a parameter, its bound one
+      of the scalars).
   """
   name: str
   terms: tuple[LossTerm, ...]
   trainable: Optional[Any] = None
+  constrain: Optional[Callable[[Any, dict], Any]] = None
 
 
 def _freeze(params: Any, trainable: Optional[Any]) -> Any:
@@ -83,6 +88,8 @@ def make_train_step(kind: StepKind, tx: optax.GradientTransformation):
     (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
     params, opt_state, update_metrics = update.apply_gradients(
         tx, state.params, state.opt_state, loss, grads, scalars, kind.trainable)
+    if kind.constrain is not None:
+      params = kind.constrain(params, scalars)
     new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state)
     return new_state, {"loss": loss, **metrics, **update_metrics}
 

@@ -131,6 +131,11 @@ def make_data(video, prior_inputs: Optional[dict] = None, source: str = "video")
                         intrinsics=jnp.asarray(video.intrinsics, jnp.float32), prior=prior_inputs)
 
 
+def sharpness_constraint(params, scalars: dict):
+  """After every update: the density's beta under the schedule's cap (`render.final_beta`)."""
+  return articulated_model.cap_beta(params, scalars["max_beta"])
+
+
 def make_schedule(settings: ExtractionSettings):
   """(step, total) -> (kind, scalars) of the extraction stage (see the module docstring)."""
   csd = settings.csd
@@ -147,6 +152,8 @@ def make_schedule(settings: ExtractionSettings):
                # The root pose is held at its camera fit for the first steps (0 = off).
                update.UPDATE_SCALE_PREFIX + "root_pose": np.float32(step >= hold),
                **reconstruction.scalars(settings.loss, step, total)}
+    if settings.render.final_beta > 0:
+      scalars["max_beta"] = settings.render.max_beta(settings.model.init_beta, step, total)
     if csd.enabled:
       scalars.update(csd_settings.scalars(csd, step, total))
     return kind, scalars
@@ -171,7 +178,8 @@ def build_plan(settings: ExtractionSettings, video, source: str = "video",
   warp = settings.render.make_warp(video.gt)
   terms = (reconstruction.make_reconstruction_term(model, settings.loss, settings.render,
                                                    settings.data, warp),)
-  kinds = {RECONSTRUCTION: step_lib.StepKind(RECONSTRUCTION, terms)}
+  constrain = sharpness_constraint if settings.render.final_beta > 0 else None
+  kinds = {RECONSTRUCTION: step_lib.StepKind(RECONSTRUCTION, terms, constrain=constrain)}
   prior_inputs = None
   if settings.csd.enabled:
     diffusion_prior, prior_params, text = prior or priors_lib.build_prior(settings.csd, video)
@@ -179,7 +187,7 @@ def build_plan(settings: ExtractionSettings, video, source: str = "video",
         warp, num_samples=settings.csd.samples_per_ray(settings.render.num_samples)))
     term = csd_term.make_csd_term(settings.csd, diffusion_prior, video.num_frames, renderer)
     mask = csd_term.param_group_mask(template.params, settings.csd.param_groups)
-    kinds[CSD] = step_lib.StepKind(CSD, (term,), trainable=mask)
+    kinds[CSD] = step_lib.StepKind(CSD, (term,), trainable=mask, constrain=constrain)
     prior_inputs = {"params": prior_params, "text": text}
   intrinsics = np.asarray(video.intrinsics) if settings.render.use_video_intrinsics else None
   render_image = render_settings.make_image_renderer(
