@@ -55,6 +55,9 @@ LEVERS = {
     "samples_x2": {"render.num_samples": "64"},
     "bones_24": {"model.num_bones": "24"},
     "steps_x2": {"train.iters_per_round": "120"},
+    "rays_x2": {"data.pairs_per_batch": "16"},
+    "lr_x3": {"optim.lr": "1.5e-3"},
+    "flow_x4": {"loss.weights.flow": "2.0"},
 }
 VARIANTS = {**RUNGS, **LEVERS}
 

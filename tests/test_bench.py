@@ -103,3 +103,5 @@ def test_tiny_reconstruction_step_runs_and_reports_the_ratio(capsys, tmp_path):
   assert r["frames"] == 4 and r["bones"] == 3
   assert np.isfinite(r["loss"]) and r["step_flops"] > 0 and r["ratio"] > 0
   assert "feat_reproj" in r["losses"]  # the stage's own loss set, not a hand-picked one
+  assert r["samples_per_s"] == pytest.approx(64 * r["samples"] / r["step_s_best"])
+  assert "samples per second" in stdout

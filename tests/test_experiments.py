@@ -34,7 +34,7 @@ def with_and_without():
   return _script("csd_with_and_without")
 
 
-@pytest.mark.parametrize("name", ["csd_with_and_without", "csd_memory"])
+@pytest.mark.parametrize("name", ["csd_with_and_without", "csd_memory", "oracle_ladder"])
 def test_each_driver_has_help(name, capsys):
   with pytest.raises(SystemExit) as exit_info:
     _script(name).main(["--help"])
@@ -165,3 +165,28 @@ def test_csd_memory_of_a_tiny_step(tmp_path):
   assert [r["strategy"] for r in rows] == ["full", "patches"]
   assert [r["patches"] for r in rows] == [0, 2]
   assert all(r["peak_bytes"] > r["argument_size_in_bytes"] > 0 for r in rows)
+
+
+def test_ladder_variants_rows_and_bad_names(capsys, tmp_path):
+  ladder = _script("oracle_ladder")
+  assert ladder.variant_names("i_gt_warp,neus") == ["i_gt_warp", "neus"]
+  assert ladder.variant_names("all") == list(ladder.VARIANTS)
+  with pytest.raises(UserError, match="unknown"):
+    ladder.variant_names("iv_magic")
+  metrics = {"mean": {"all": {"chamfer": 0.0123, "fscore@2%": 81.25},
+                      "limbs": {"recall@2%": 55.5, "fscore@2%": 60.0}}}
+  row = ladder.summary_row("i_gt_warp+neus", metrics, 12.4)
+  assert row == {"variant": "i_gt_warp+neus", "chamfer": 0.0123, "f2": 81.25,
+                 "limb_recall2": 55.5, "limb_f2": 60.0, "seconds": 12.4}
+  old = ladder.summary_row("old", {"mean": {"all": {"chamfer": 0.02, "fscore@2%": 70.0}}}, None)
+  table = ladder.markdown([row, old], "V", "C")
+  assert "| i_gt_warp+neus | 0.0123 | 81.2 | 55.5 | 60.0 | 12 |" in table
+  assert "| old | 0.0200 | 70.0 | - | - | - |" in table
+  # A missing video or an unknown variant: one error line, status 2, nothing trained.
+  for argv in (["--video", str(tmp_path / "none"), "--out", str(tmp_path / "o"), "--config", "C"],
+               ["--video", "V", "--out", str(tmp_path / "o"), "--config", "C", "--variants", "x"]):
+    capsys.readouterr()
+    assert ladder.main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and err.count("\n") == 1
+  assert not (tmp_path / "o").exists()

@@ -14,7 +14,8 @@ It reads the step's FLOP count from XLA's `cost_analysis()` of the compiled
 step, times the step (warm-up excluded; best and median of --steps runs),
 times a dense fp32 matmul in the same process, and prints
 
-  achieved FLOP/s = step FLOPs / step time,  ratio = achieved / matmul FLOP/s.
+  achieved FLOP/s = step FLOPs / step time,  ratio = achieved / matmul FLOP/s,
+  samples per second = rays x samples per ray / step time.
 
 Examples:
   animdreamer bench step --config cpu                 # 1024 rays x 32 samples
@@ -131,6 +132,8 @@ def benchmark(preset: str, rays: int, samples: int, rays_per_frame: int,
       "matmul_size": matmul_size, "matmul_flops_per_s": peak,
       "matmul_flops_per_s_median": peak_median,
       "ratio": flops / best / peak, "ratio_median": flops / median / peak_median,
+      # Ray samples through the whole step (render, losses, backward, update) per second.
+      "samples_per_s": rays * samples / best, "samples_per_s_median": rays * samples / median,
       "devices": str(jax.devices()[0].platform), "loss": loss, "applied_steps": applied,
   }
 
@@ -165,6 +168,8 @@ def run(args: argparse.Namespace) -> int:
   print(f"  matmul {r['matmul_size']}^2 fp32      {r['matmul_flops_per_s'] / g:.1f} GFLOP/s "
         f"(median {r['matmul_flops_per_s_median'] / g:.1f})")
   print(f"  ratio achieved/matmul   {r['ratio']:.2f} (median {r['ratio_median']:.2f})")
+  print(f"  samples per second      {r['samples_per_s'] / 1e6:.3f} M "
+        f"(median {r['samples_per_s_median'] / 1e6:.3f} M; rays x samples / step time)")
   if args.json:
     files.save_json(args.json, r, indent=2)
   return 0

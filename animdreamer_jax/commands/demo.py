@@ -1,6 +1,6 @@
 """The whole pipeline on the bundled demo animal (the Khronos Fox, third_party/khronos_fox).
 
-  animdreamer demo [--out runs/demo] [--frames 32] [--res 64] [--camera orbit]
+  animdreamer demo [--out runs/demo] [--frames 32] [--res 128] [--camera orbit]
 
 Steps, each the same as its own subcommand:
   1. synth    the fox's Walk clip -> OUT/video (benchmark video with ground truth)
@@ -35,7 +35,9 @@ DEMO_CONFIG = REPO_ROOT / "configs" / "extract_demo_cpu.py"
 def add_arguments(parser: argparse.ArgumentParser) -> None:
   parser.add_argument("--out", default="runs/demo", help="output folder (default runs/demo)")
   parser.add_argument("--frames", type=int, default=32, help="number of frames (default 32)")
-  parser.add_argument("--res", type=int, default=64, help="image size in pixels (default 64)")
+  # 128 px: the legs' motion is learned from twice as fine pixels as at 64 px, at the same
+  # rays per step (docs/results.md, "oracle ladder": limb recall 43 -> 51).
+  parser.add_argument("--res", type=int, default=128, help="image size in pixels (default 128)")
   parser.add_argument("--camera", choices=("orbit", "arc", "fixed"), default="orbit",
                       help="camera path (default orbit)")
   parser.add_argument("--config", default=str(DEMO_CONFIG),
