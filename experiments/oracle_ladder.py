@@ -49,7 +49,6 @@ RUNGS = {
 LEVERS = {
     "sharp_0.005": {"render.final_beta": "0.005"},
     "sharp_0.01": {"render.final_beta": "0.01"},
-    "boundary_rays": {"data.boundary_fraction": "0.25"},
     "neus": {"render.density": "neus"},
     "eikonal_x0.1": {"loss.weights.eikonal": "1e-4"},
     "samples_x2": {"render.num_samples": "64"},

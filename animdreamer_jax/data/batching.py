@@ -29,10 +29,6 @@ class BatchSettings:
   pairs_per_batch: int = 128  # frame pairs (i, i + d) per step
   pixels_per_frame: int = 16  # rays drawn from each frame of a pair
   fg_fraction: float = 0.5  # share of those rays drawn inside the mask
-  # Share of the rays drawn first from the silhouette's boundary band (pixels with both
-  # foreground and background in their 3x3 neighbourhood: at low resolution that is most of
-  # a thin leg or ear); the rest split by fg_fraction. 0: lab4d's sampling.
-  boundary_fraction: float = 0.0
 
   def __post_init__(self):
     if self.pairs_per_batch < 1:
@@ -41,8 +37,6 @@ class BatchSettings:
       raise UserError("config.data.pixels_per_frame: must be >= 1")
     if not 0.0 <= self.fg_fraction <= 1.0:
       raise UserError("config.data.fg_fraction: must be in [0, 1]")
-    if not 0.0 <= self.boundary_fraction <= 1.0:
-      raise UserError("config.data.boundary_fraction: must be in [0, 1]")
 
 
 @flax.struct.dataclass
@@ -59,9 +53,6 @@ class DeviceVideo:
     pixel_order: (T, HW) int32 flat pixel indices, each frame's foreground
       pixels first (their count is fg_count), then its background pixels.
     fg_count: (T,) int32 foreground pixels per frame.
-    boundary_order: (T, HW) int32 flat pixel indices, each frame's boundary-band
-      pixels first (their count is boundary_count), then the others.
-    boundary_count: (T,) int32 boundary-band pixels per frame.
     gaps: (G,) int32 frame gaps, e.g. [1, 2, 4, 8].
     height, width: image size (static).
   """
@@ -73,8 +64,6 @@ class DeviceVideo:
   flow_bw: jnp.ndarray
   pixel_order: jnp.ndarray
   fg_count: jnp.ndarray
-  boundary_order: jnp.ndarray
-  boundary_count: jnp.ndarray
   gaps: jnp.ndarray
   height: int = flax.struct.field(pytree_node=False)
   width: int = flax.struct.field(pytree_node=False)
@@ -113,29 +102,16 @@ class Batch:
   flow_valid: jnp.ndarray
 
 
-def boundary_band(mask: np.ndarray) -> np.ndarray:
-  """(T, H, W) bool: pixels whose 3x3 neighbourhood (clipped at the border) holds both
-  foreground and background."""
-  fg = np.asarray(mask) > 0
-  padded_fg = np.pad(fg, ((0, 0), (1, 1), (1, 1)), mode="edge")
-  h, w = fg.shape[1:]
-  windows = [padded_fg[:, i:i + h, j:j + w] for i in range(3) for j in range(3)]
-  any_fg = np.any(windows, axis=0)
-  all_fg = np.all(windows, axis=0)
-  return any_fg & ~all_fg
-
-
 def pixel_order(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-  """Per frame: flat pixel indices, those with mask > 0 first (stable), and their count.
+  """Per frame: flat pixel indices, foreground first (stable), and the fg count.
 
   Args:
-    mask: (T, H, W) 0/1 (or bool: any set of pixels to put first).
+    mask: (T, H, W) 0/1.
 
   Returns:
-    (order (T, H*W) int32, count (T,) int32).
+    (order (T, H*W) int32, fg_count (T,) int32).
   """
-  mask = np.asarray(mask)
-  flat = mask.reshape(mask.shape[0], -1) > 0
+  flat = np.asarray(mask).reshape(mask.shape[0], -1) > 0
   # argsort of "is background" puts foreground first; stable keeps raster order.
   order = np.argsort(~flat, axis=1, kind="stable").astype(np.int32)
   return order, flat.sum(axis=1).astype(np.int32)
@@ -188,7 +164,6 @@ def make_device_video(rgb: np.ndarray, mask: np.ndarray, depth: np.ndarray | Non
       if np.shape(flows[g]) != (t, h, w, 3):
         raise UserError(f"{source}/{name}_{g}.npy: shape {np.shape(flows[g])}, expected {(t, h, w, 3)}")
   order, fg_count = pixel_order(mask)
-  boundary_order, boundary_count = pixel_order(boundary_band(mask))
   hw = h * w
   stack = lambda flows: np.stack([np.asarray(flows[g], np.float16).reshape(t, hw, 3) for g in gaps])
   return DeviceVideo(
@@ -200,8 +175,6 @@ def make_device_video(rgb: np.ndarray, mask: np.ndarray, depth: np.ndarray | Non
       flow_bw=jnp.asarray(stack(flow_bw)),
       pixel_order=jnp.asarray(order),
       fg_count=jnp.asarray(fg_count),
-      boundary_order=jnp.asarray(boundary_order),
-      boundary_count=jnp.asarray(boundary_count),
       gaps=jnp.asarray(np.asarray(gaps, np.int32)),
       height=h, width=w)
 
@@ -265,7 +238,7 @@ def sample_pixels(key: jax.Array, order: jnp.ndarray, fg_count: jnp.ndarray, num
 
 
 def sample_batch(video: DeviceVideo, key: jax.Array, num_pairs: int, pixels_per_frame: int,
-                 fg_fraction: float = 0.5, boundary_fraction: float = 0.0) -> Batch:
+                 fg_fraction: float = 0.5) -> Batch:
   """Draws a batch of frame pairs and pixels; jit-able, fixed shapes.
 
   Args:
@@ -273,9 +246,7 @@ def sample_batch(video: DeviceVideo, key: jax.Array, num_pairs: int, pixels_per_
     key: PRNG key.
     num_pairs: P (static); the batch has N = 2P frames.
     pixels_per_frame: K (static).
-    fg_fraction: share of the pixels not from the boundary drawn from the foreground (static).
-    boundary_fraction: share of the K pixels drawn from the boundary band (static); they
-      come first in each row, then the foreground ones, then the background ones.
+    fg_fraction: share of the K pixels drawn from the foreground (static).
 
   Returns:
     Batch with N = 2 * num_pairs rows.
@@ -289,18 +260,9 @@ def sample_batch(video: DeviceVideo, key: jax.Array, num_pairs: int, pixels_per_
   rows = jnp.arange(2 * num_pairs)
   partner_index = (rows + num_pairs) % (2 * num_pairs)
 
-  num_boundary = int(round(pixels_per_frame * boundary_fraction))
-  num_rest = pixels_per_frame - num_boundary
-  num_fg = int(round(num_rest * fg_fraction))
-  # Without a boundary share the key is used as before (the same batches as lab4d's sampling).
-  key_rest, key_boundary = jax.random.split(key_pix) if num_boundary else (key_pix, None)
-  idx = sample_pixels(key_rest, video.pixel_order[frames], video.fg_count[frames], num_rest,
-                      num_fg)
-  if num_boundary:
-    # A frame without a boundary band draws these from the other pixels.
-    boundary = sample_pixels(key_boundary, video.boundary_order[frames],
-                             video.boundary_count[frames], num_boundary, num_boundary)
-    idx = jnp.concatenate([boundary, idx], axis=1)
+  num_fg = int(round(pixels_per_frame * fg_fraction))
+  order = video.pixel_order[frames]
+  idx = sample_pixels(key_pix, order, video.fg_count[frames], pixels_per_frame, num_fg)
 
   def gather(table):  # (T, HW, ...) -> (N, K, ...)
     return table[frames[:, None], idx]

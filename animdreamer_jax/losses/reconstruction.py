@@ -161,8 +161,7 @@ def make_reconstruction_term(model, loss: LossSettings, render: render_settings_
     data = ctx.data
     key_batch, key_match, key_points = jax.random.split(ctx.key, 3)
     rays = batching.sample_batch(data.video, key_batch, batch.pairs_per_batch,
-                                 batch.pixels_per_frame, batch.fg_fraction,
-                                 batch.boundary_fraction)
+                                 batch.pixels_per_frame, batch.fg_fraction)
     cameras = partner_cameras = None
     if render.use_video_intrinsics:
       cameras = warp_render.CameraOverride(intrinsics=data.intrinsics[rays.frame_index])
