@@ -490,7 +490,9 @@ def test_demo_runs_the_whole_pipeline(tmp_path, capsys, repo_root):
                      "--config", str(tiny_config)])
   assert status == 0, capsys.readouterr().err
   for rel in ("video/video.json", "video/contact_sheet.png", "extract/meshes.npz",
-              "extract/metrics.json", "export/fox.glb", "demo_summary.json"):
+              "extract/metrics.json", "extract/comparison.png", "export/fox.glb",
+              "demo_summary.json"):
     assert (out / rel).is_file(), rel
   summary = json.loads((out / "demo_summary.json").read_text())
   assert 0.0 <= summary["fscore@2%"] <= 100.0 and summary["chamfer"] > 0.0
+  assert 0.0 <= summary["limb_recall@2%"] <= 100.0

@@ -105,9 +105,13 @@ def run(args: argparse.Namespace) -> int:
           f"(normalised units: 0.02 = 2% of the bbox diagonal), F@2% {mean['fscore@2%']:.1f}, "
           f"F@5% {mean['fscore@5%']:.1f}, {run_scores.limb_summary(metrics)}  "
           f"({result['metrics_path']})")
+    limbs = metrics["mean"].get("limbs", {})
     summary = {"chamfer": mean["chamfer"], "fscore@2%": mean["fscore@2%"],
-               "fscore@5%": mean["fscore@5%"], "seconds": time.perf_counter() - start}
+               "fscore@5%": mean["fscore@5%"], "limb_recall@2%": limbs.get("recall@2%"),
+               "limb_fscore@2%": limbs.get("fscore@2%"), "seconds": time.perf_counter() - start}
     (out / "demo_summary.json").write_text(json.dumps(summary, indent=1))
-  print(f"[demo] look at: {video_dir / 'contact_sheet.png'}, {run_dir / 'contact_sheet.png'}, "
-        f"{run_dir / 'reconstruction.mp4'}, {export_dir}")
+  pictures = [run_dir / "comparison.png", video_dir / "contact_sheet.png",
+              run_dir / "contact_sheet.png", run_dir / "reconstruction.mp4", export_dir]
+  # comparison.png (ground truth vs reconstruction) comes with the scores, first when present.
+  print(f"[demo] look at: {', '.join(str(p) for p in pictures if p.exists())}")
   return 0
