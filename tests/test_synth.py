@@ -484,6 +484,8 @@ def test_demo_runs_the_whole_pipeline(tmp_path, capsys, repo_root):
       # 10 steps sit inside the early dip of the SDF's zero level that the flow loss
       # drives (docs/results.md, "SDF collapse"); this pipeline check needs a surface.
       "  config.loss.weights.flow = 0.0\n"
+      # The sharpness ramp squeezed into 10 steps would cap beta before a surface forms.
+      "  config.render.final_beta = 0.0\n"
       "  return config\n")
   out = tmp_path / "demo"
   status = cli.main(["demo", "--out", str(out), "--frames", "8", "--res", "32", "--quiet",
