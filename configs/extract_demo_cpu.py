@@ -1,4 +1,4 @@
-r"""Extraction on the 2-core CPU demo: small model, 64-px video, a few minutes.
+r"""Extraction on the 2-core CPU demo: small model, 128-px video, a few minutes.
 
 Command (the `demo` subcommand runs the same thing on the bundled Khronos Fox):
 
@@ -7,9 +7,11 @@ Command (the `demo` subcommand runs the same thing on the bundled Khronos Fox):
   bin/animdreamer extract --config configs/extract_demo_cpu.py \
       --video runs/demo/video --workdir runs/demo/extract
 
-Runtime: 600 steps; 438 s user CPU, 2.9 GB peak RSS (expect 8-10 min wall on
-an idle 2-core CPU). Result (2026-11-25): Chamfer 0.0157, F@2% 74.6, never-seen
-side 0.0186 / 63.5. Details: docs/results.md, "Demo".
+Runtime: 600 steps; the whole `demo` (synth + extract + export + scores) 334 s
+wall on an idle 2-core CPU. Result (2026-12-05): Chamfer 0.0156, F@2% 75.6,
+limb recall@2% 44.9 (legs and ears show, stubby; before the sharpness schedule
+and 128 px: 34.4 and no legs in the mesh). Details: docs/results.md, "Demo" and
+"oracle ladder".
 """
 
 from animdreamer_jax.stages.extraction import settings as extraction
