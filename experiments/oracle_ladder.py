@@ -40,6 +40,7 @@ from animdreamer_jax import files  # noqa: E402
 from animdreamer_jax.commands import extract as extract_command  # noqa: E402
 from animdreamer_jax.data import video as video_lib  # noqa: E402
 from animdreamer_jax.errors import UserError  # noqa: E402
+from animdreamer_jax.model import init as init_lib  # noqa: E402
 
 RUNGS = {
     "i_gt_warp": {"render.warp": "ground_truth", "optim.root_pose_warmup_fraction": "1.0"},
@@ -119,8 +120,8 @@ def main(argv=None) -> int:
         variant = [(k, v) for k, v in {**(RUNGS[args.on] if on_rung else {}),
                                         **VARIANTS[name]}.items()]
         if name == "ii_gt_bones" and not any("model.num_bones" in o for o in overrides):
-          skin = video.gt.meshes.skin_weights
-          variant.append(("model.num_bones", str(int((skin.sum(0) > 0).sum()))))
+          num_bones = init_lib.moving_joints(video.gt.meshes.skin_weights)
+          variant.append(("model.num_bones", str(num_bones)))
         extract_command.run_extraction(args.config, args.video, workdir,
                                        overrides=overrides + variant, video=video)
         seconds = time.time() - start

@@ -129,7 +129,7 @@ def test_chain_parts_skip_empty_chains_and_group_faces():
   names, parents = ["Hip", "Leg", "Head"], [-1, 0, 0]
   vertex_joint = np.array([1, 1, 1, 2, 2, 2])
   faces = np.array([[0, 1, 2], [3, 4, 5], [0, 1, 3]])
-  masks = parts.chain_parts(names, parents, vertex_joint, faces)
+  masks = parts.chain_parts(parts.joint_chains(names, parents), vertex_joint, faces)
   assert list(masks) == ["legs", "head"]
   np.testing.assert_array_equal(masks["legs"], [True, False, True])
   np.testing.assert_array_equal(masks["head"], [False, True, False])
@@ -137,7 +137,8 @@ def test_chain_parts_skip_empty_chains_and_group_faces():
 
 def test_khronos_fox_chains(repo_root):
   fox = assets.load_gltf(repo_root / "third_party" / "khronos_fox" / "Fox.gltf")
-  grouped = parts.chain_joint_names(fox.joint_names, fox.joint_parents)
+  grouped = parts.chain_joint_names(fox.joint_names,
+                                    parts.joint_chains(fox.joint_names, fox.joint_parents))
   assert grouped["torso"] == ["_rootJoint", "b_Root_00", "b_Hip_01", "b_Spine01_02",
                               "b_Spine02_03"]
   assert grouped["head"] == ["b_Neck_04", "b_Head_05"]

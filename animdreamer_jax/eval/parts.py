@@ -151,18 +151,21 @@ def joint_chains(names: Sequence[str], parents: Sequence[int]) -> list[str]:
   return chains
 
 
-def chain_parts(names: Sequence[str], parents: Sequence[int], vertex_joint: np.ndarray,
+def chain_parts(chains: Sequence[str], vertex_joint: np.ndarray,
                 faces: np.ndarray) -> dict[str, np.ndarray]:
-  """Face masks of the chains that hold any face (each vertex follows its dominant joint)."""
-  chain_index = np.array([CHAINS.index(chain) for chain in joint_chains(names, parents)])
+  """Face masks of the chains that hold any face (each vertex follows its dominant joint).
+
+  chains: each joint's chain (`joint_chains`).
+  """
+  chain_index = np.array([CHAINS.index(chain) for chain in chains])
   vertex_labels = chain_index[np.asarray(vertex_joint)]
   return masks_from_labels(majority_labels(vertex_labels, faces), CHAINS, keep_empty=False)
 
 
-def chain_joint_names(names: Sequence[str], parents: Sequence[int]) -> dict[str, list[str]]:
+def chain_joint_names(names: Sequence[str], chains: Sequence[str]) -> dict[str, list[str]]:
   """{chain: its joints' names} for the report (chains without joints left out)."""
   grouped: dict[str, list[str]] = {}
-  for name, chain in zip(names, joint_chains(names, parents)):
+  for name, chain in zip(names, chains):
     grouped.setdefault(chain, []).append(str(name))
   return grouped
 
@@ -191,8 +194,9 @@ def ground_truth_parts(gt: Any, limb_fraction: float = LIMB_FRACTION) -> FacePar
                                  "chains_recorded": gt.joints is not None}
   if gt.joints is not None:
     joints = gt.joints
-    masks.update(chain_parts(joints.names, joints.parents, joints.vertex_joint, faces))
-    description["chain_joints"] = chain_joint_names(joints.names, joints.parents)
+    chains = joint_chains(joints.names, joints.parents)
+    masks.update(chain_parts(chains, joints.vertex_joint, faces))
+    description["chain_joints"] = chain_joint_names(joints.names, chains)
   return FaceParts(masks, description)
 
 

@@ -279,6 +279,11 @@ def model_and_variables(config: am.ModelConfig, seed: int = 0,
   return model, variables
 
 
+def moving_joints(skin_weights: np.ndarray) -> int:
+  """How many joints of a rig move any vertex (skin weights (V, J))."""
+  return int(np.count_nonzero(np.asarray(skin_weights).sum(0) > 0))
+
+
 def skin_centroids(rest_vertices: np.ndarray, skin_weights: np.ndarray, count: int) -> np.ndarray:
   """(count, 3) skin-weighted centroids of the `count` joints with the most skin mass.
 
@@ -290,9 +295,9 @@ def skin_centroids(rest_vertices: np.ndarray, skin_weights: np.ndarray, count: i
   """
   weights = np.asarray(skin_weights, np.float64)
   mass = weights.sum(0)
-  if np.count_nonzero(mass > 0) < count:
+  if moving_joints(weights) < count:
     raise UserError(f"model.num_bones={count}, but the ground-truth rig moves the surface "
-                    f"with only {np.count_nonzero(mass > 0)} joints")
+                    f"with only {moving_joints(weights)} joints")
   joints = np.argsort(-mass, kind="stable")[:count]
   centroids = weights[:, joints].T @ np.asarray(rest_vertices, np.float64) / mass[joints, None]
   return centroids.astype(np.float32)

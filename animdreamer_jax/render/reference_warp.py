@@ -64,11 +64,11 @@ class MeshCorrespondenceWarp:
     return cls(rest[first], np.asarray(posed_vertices, np.float32)[:, first], **kwargs)
 
   def prepare(self, model, params, rest, frame, partner):
-    posed = jnp.asarray(self.posed_vertices, jnp.float32)
-    rest_v = jnp.asarray(self.rest_vertices, jnp.float32)
-    targets = [frame] if partner is None else [frame, partner]
-    return {"rest": rest_v, "posed": posed[frame.frame_idx],
-            "targets": jnp.stack([posed[f.frame_idx] for f in targets])}
+    frames = [frame] if partner is None else [frame, partner]
+    targets = jnp.asarray(self.posed_vertices, jnp.float32)[
+        jnp.stack([f.frame_idx for f in frames])]  # (K, V, 3); [0] is the frame itself
+    return {"rest": jnp.asarray(self.rest_vertices, jnp.float32), "posed": targets[0],
+            "targets": targets}
 
   def backward(self, ctx, x_t):
     zero = jnp.zeros((), x_t.dtype)
