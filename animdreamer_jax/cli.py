@@ -25,6 +25,8 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
              "score predicted per-frame meshes against a video's ground truth"),
     "extract": ("animdreamer_jax.commands.extract",
                 "train an animatable model from a video folder"),
+    "skeleton": ("animdreamer_jax.commands.skeleton",
+                 "build a finished run's joint tree (skeleton.json, skeleton.png)"),
     "export": ("animdreamer_jax.commands.export",
                "export a trained run as a rigged, animated glTF"),
     "reanimate": ("animdreamer_jax.commands.reanimate",

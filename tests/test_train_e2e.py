@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import math
 import os
@@ -22,9 +23,11 @@ import dataclasses
 
 from animdreamer_jax import assets
 from animdreamer_jax.commands import extract as extract_cmd
+from animdreamer_jax.commands import skeleton as skeleton_cmd
 from animdreamer_jax.data import synthetic
 from animdreamer_jax.data import video as video_lib
 from animdreamer_jax.errors import UserError
+from animdreamer_jax.skeleton import skeleton_file
 from animdreamer_jax.stages.extraction import plan as plan_lib
 from animdreamer_jax.stages.extraction import settings as extraction
 from animdreamer_jax.train import checkpoint as checkpoint_lib
@@ -217,8 +220,15 @@ def test_extract_end_to_end_and_resume(tiny_video, tmp_path, compile_cache):
   comparison = imageio.imread(workdir / "comparison.png")
   assert comparison.shape[1] == 4 * 256 and comparison.shape[0] > 256
   assert json.loads((workdir / "config.json").read_text())["train"]["num_rounds"] == 2
-  for name in ("rest.obj", "motion.npz", "bones_rest.obj", "contact_sheet.png"):
+  for name in ("rest.obj", "motion.npz", "bones_rest.obj", "contact_sheet.png", "skeleton.png"):
     assert (workdir / name).is_file(), name
+  # The skeleton: a valid tree over the model's bones; the command rebuilds the same one.
+  skel = skeleton_file.load(workdir / "skeleton.json")
+  assert skel.num_model_bones == json.loads((workdir / "model.json").read_text())["num_bones"]
+  assert skeleton_cmd.run(argparse.Namespace(run=str(workdir), config_overrides=[])) == 0
+  again = skeleton_file.load(workdir / "skeleton.json")
+  np.testing.assert_array_equal(again.parent, skel.parent)
+  np.testing.assert_allclose(again.rest_position, skel.rest_position, atol=1e-5)
   assert list((workdir / "tensorboard").iterdir())
   ckpt = checkpoint_lib.Checkpointer(workdir / "checkpoints")
   assert ckpt.latest_step() == 6

@@ -14,6 +14,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from animdreamer_jax.model import skinning
 from animdreamer_jax.render import warp_render
 
 
@@ -52,3 +53,32 @@ def posed_sequence(model, params, rest_vertices: np.ndarray, frames: Iterable[in
     posed.append(np.asarray(p))
     root.append(np.asarray(r))
   return np.stack(posed).astype(np.float32), np.stack(root).astype(np.float32)
+
+
+WEIGHT_CHUNK = 4096  # points per jitted skinning-weight call
+
+
+def forward_skin_weights(model, params, points: np.ndarray) -> np.ndarray:
+  """(N, B) weights of the model's forward warp at canonical points (Mahalanobis + delta MLP).
+
+  The skinning delta is evaluated at the rest time code, as the forward warp of
+  rest vertices uses it.
+  """
+  rest = warp_render.rest_state(model, params)
+
+  @jax.jit
+  def weights_fn(x):
+    logits = jax.vmap(lambda p: skinning.gaussian_skinning_logits(p, rest.bones,
+                                                                  rest.log_scale))(x)
+    if rest.delta_code is not None:
+      local = jax.vmap(lambda p: skinning.bone_local_coords(p, rest.bones))(x)
+      local = local * jnp.exp(-rest.log_scale)
+      logits = logits - model.apply(params, local, rest.delta_code, method="skinning_delta")
+    return jax.nn.softmax(logits, axis=-1)
+
+  n = points.shape[0]
+  pad = (-n) % WEIGHT_CHUNK
+  padded = np.concatenate([np.asarray(points, np.float32), np.zeros((pad, 3), np.float32)])
+  chunks = [np.asarray(weights_fn(jnp.asarray(padded[i:i + WEIGHT_CHUNK])))
+            for i in range(0, padded.shape[0], WEIGHT_CHUNK)]
+  return np.concatenate(chunks)[:n].astype(np.float32)

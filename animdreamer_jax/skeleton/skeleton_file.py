@@ -50,6 +50,9 @@ class Skeleton:
     rest_length: (K,) float32 rest distance to the parent joint (root: 0).
     length_range: (K, 2) float32 min/max distance to the parent joint over the
       video's frames (root: 0, 0).
+    dislocation_max: (K,) float32 largest distance over the frames between the
+      joint carried by its own bone and carried by its parent's bone (how far the
+      unlinked model bones pull the joint apart; root: 0).
     angle_range_deg: (K, 2) float32 min/max angle of the rotation relative to the
       parent's, measured from its rest value, over the video's frames (root: 0, 0).
     pruned: list of dicts {"bone", "reason", "merged_into", "skin_mass", ...} for
@@ -65,6 +68,7 @@ class Skeleton:
   strength: np.ndarray
   rest_length: np.ndarray
   length_range: np.ndarray
+  dislocation_max: np.ndarray
   angle_range_deg: np.ndarray
   pruned: list = dataclasses.field(default_factory=list)
   settings: dict = dataclasses.field(default_factory=dict)
@@ -105,9 +109,11 @@ def validate(skel: Skeleton, where: str = "skeleton") -> Skeleton:
                 strength=np.asarray(skel.strength, np.float32),
                 rest_length=np.asarray(skel.rest_length, np.float32),
                 length_range=np.asarray(skel.length_range, np.float32),
+                dislocation_max=np.asarray(skel.dislocation_max, np.float32),
                 angle_range_deg=np.asarray(skel.angle_range_deg, np.float32))
   shapes = dict(names=(k,), parent=(k,), bone=(k,), rest_position=(k, 3), skin_mass=(k,),
-                strength=(k,), rest_length=(k,), length_range=(k, 2), angle_range_deg=(k, 2))
+                strength=(k,), rest_length=(k,), length_range=(k, 2), dislocation_max=(k,),
+                angle_range_deg=(k, 2))
   for key, shape in shapes.items():
     if arrays[key].shape != shape:
       fail(f"{key} must have shape {shape}, got {arrays[key].shape}")
@@ -127,7 +133,7 @@ def validate(skel: Skeleton, where: str = "skeleton") -> Skeleton:
   if np.any(arrays["weight_target"][arrays["bone"]] != np.arange(k)):
     fail("a kept bone's weight must go to its own joint")
   for key in ("rest_position", "skin_mass", "strength", "rest_length", "length_range",
-              "angle_range_deg"):
+              "dislocation_max", "angle_range_deg"):
     if not np.all(np.isfinite(arrays[key])):
       fail(f"{key} has NaN or Inf values")
   return dataclasses.replace(skel, **arrays, pruned=list(skel.pruned),
@@ -148,6 +154,7 @@ def to_json(skel: Skeleton) -> dict[str, Any]:
         "strength": round(float(skel.strength[k]), 6),
         "rest_length": round(float(skel.rest_length[k]), 6),
         "length_range": [round(float(v), 6) for v in skel.length_range[k]],
+        "dislocation_max": round(float(skel.dislocation_max[k]), 6),
         "angle_range_deg": [round(float(v), 4) for v in skel.angle_range_deg[k]],
     })
   return {"format": FORMAT, "version": VERSION,
@@ -175,6 +182,7 @@ def from_json(data: dict[str, Any], where: str = FILE_NAME) -> Skeleton:
         strength=np.asarray([j["strength"] for j in joints], np.float32),
         rest_length=np.asarray([j["rest_length"] for j in joints], np.float32),
         length_range=np.asarray([j["length_range"] for j in joints], np.float32).reshape(-1, 2),
+        dislocation_max=np.asarray([j["dislocation_max"] for j in joints], np.float32),
         angle_range_deg=np.asarray([j["angle_range_deg"] for j in joints],
                                    np.float32).reshape(-1, 2),
         pruned=list(data.get("pruned", [])), settings=dict(data.get("settings", {})))

@@ -4,7 +4,8 @@
 the rest mesh to every frame and writes:
 rest.obj / rest.npz, meshes.npz (mesh-sequence NPZ in `extract.mesh_frame`),
 motion.npz (root poses, bones, skinning weights, the video's cameras),
-bones_rest.obj (one octahedron per Gaussian bone), model.json (the resolved
+bones_rest.obj (one octahedron per Gaussian bone), skeleton.json and
+skeleton.png (the joint tree, `stages.skeleton_of_run`), model.json (the resolved
 ModelConfig), reconstruction.mp4 (input | mesh per frame) and
 contact_sheet.png (input, volume render, silhouette agreement, mesh).
 Scores against ground truth are the evaluation's job (`eval.run_scores`).
@@ -30,6 +31,7 @@ from animdreamer_jax.geometry import quaternion as quat_lib
 from animdreamer_jax.geometry import transforms_np
 from animdreamer_jax.model import skinning
 from animdreamer_jax.render import posing
+from animdreamer_jax.stages import skeleton_of_run
 
 MESH_COLOR = np.array([0.75, 0.8, 0.9])  # the posed mesh in the pictures: blue-grey
 
@@ -130,6 +132,7 @@ def write_outputs(trainer, state, settings, video, workdir: pathlib.Path,
   glyph_v, glyph_f = bone_glyphs(np.asarray(rest_bones.quat), np.asarray(rest_bones.trans),
                                  np.asarray(model.apply(params, method="log_scale")))
   assets.write_obj(workdir / "bones_rest.obj", glyph_v, glyph_f)
+  skeleton_of_run.build_and_write(model, params, rest_v, rest_f, settings.skeleton, workdir, log)
   pictures = write_pictures(trainer, state, settings, video, workdir, rest_f,
                             transforms_np.to_camera(posed_obj, obj2cam))
   return {"meshes": str(workdir / "meshes.npz"), "rest_mesh": str(workdir / "rest.obj"),

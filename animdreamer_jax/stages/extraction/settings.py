@@ -13,6 +13,7 @@ Sections and where each is declared (its meaning beside each default):
 | `init` | `InitSettings` (here) | the fits before training |
 | `extract` | `OutputSettings` (here) | the files a finished run writes |
 | `csd` | `csd.settings.CsdSettings` | Canonical Score Distillation (off by default) |
+| `skeleton` | `skeleton.construct.SkeletonSettings` | the joint tree built from the bones when training ends |
 
 A config file starts from `base_config(preset)` (a ConfigDict with every
 field), edits it, and is read back with `from_config`, which names any unknown
@@ -32,6 +33,7 @@ from animdreamer_jax.errors import UserError
 from animdreamer_jax.losses.reconstruction import LossSettings
 from animdreamer_jax.model import articulated_model
 from animdreamer_jax.render.settings import RenderSettings
+from animdreamer_jax.skeleton.construct import SkeletonSettings
 from animdreamer_jax.train.loop import TrainSettings
 from animdreamer_jax.train.optimizer import OptimSettings
 
@@ -98,6 +100,7 @@ class ExtractionSettings:
   init: InitSettings = InitSettings()
   extract: OutputSettings = OutputSettings()
   csd: CsdSettings = CsdSettings()
+  skeleton: SkeletonSettings = SkeletonSettings()
 
 
 def default_model(preset: str) -> articulated_model.ModelConfig:
