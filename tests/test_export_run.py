@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import pathlib
+import re
 import shutil
 
 import jax
@@ -219,6 +220,13 @@ def test_export_command(run_dir, run_rig, tmp_path, capsys):
   np.testing.assert_allclose(motion.object_to_camera, run_rig.object_to_camera, atol=1e-6)
   if gltf_writer.khronos_validate(out) is not None:
     assert log["khronos_validator"]["numErrors"] == 0
+  if with_viewer:
+    # The viewer frames the clip's box in the glTF frame, root motion included.
+    page = (out.parent / "animal.html").read_text()
+    config = json.loads(re.search(r"const CONFIG = (\{.*?\});", page).group(1))
+    np.testing.assert_allclose(config["bounds"], [player.min((0, 1)), player.max((0, 1))],
+                               rtol=1e-6, atol=1e-7)
+    assert config["num_frames"] == NUM_FRAMES and config["fps"] == FPS
 
 
 def test_export_lbs_without_root_motion(run_dir, run_rig, tmp_path):

@@ -217,9 +217,8 @@ def export_rig(job: ExportJob) -> dict:
     _write_meshes(job, rig, posed[job.blend or job.model_blend].astype(np.float32), staging)
 
     if job.viewer:
-      center, radius = videos.bounding_ball(player)
-      viewer.write_viewer(staging.path("viewer"), glb_path.read_bytes(), job.out.stem, center,
-                          radius, rig.fps, rig.num_frames)
+      viewer.write_viewer(staging.path("viewer"), glb_path.read_bytes(), job.out.stem,
+                          viewer.clip_bounds(player), rig.fps, rig.num_frames)
 
     if job.videos:
       log["videos"] = _write_videos(job, rig, player, root, staging)
