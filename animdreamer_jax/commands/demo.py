@@ -110,8 +110,9 @@ def run(args: argparse.Namespace) -> int:
                "fscore@5%": mean["fscore@5%"], "limb_recall@2%": limbs.get("recall@2%"),
                "limb_fscore@2%": limbs.get("fscore@2%"), "seconds": time.perf_counter() - start}
     (out / "demo_summary.json").write_text(json.dumps(summary, indent=1))
-  pictures = [run_dir / "comparison.png", video_dir / "contact_sheet.png",
+  pictures = [run_dir / "comparison.png", run_dir / "skeleton.png", video_dir / "contact_sheet.png",
               run_dir / "contact_sheet.png", run_dir / "reconstruction.mp4", export_dir]
-  # comparison.png (ground truth vs reconstruction) comes with the scores, first when present.
+  # comparison.png (ground truth vs reconstruction) comes with the scores, first when present;
+  # skeleton.png shows the rig the .glb carries.
   print(f"[demo] look at: {', '.join(str(p) for p in pictures if p.exists())}")
   return 0
