@@ -3,9 +3,10 @@
   animdreamer eval --pred PATH --gt DIR [--out JSON] [--no-align] [--samples N]
                    [--limb-fraction 0.35]
 
-PATH is a mesh-sequence NPZ or a folder of per-frame OBJ files (sorted by name,
-numbers compared as numbers; --pattern picks which files); DIR is a video
-folder with gt/ (from `animdreamer synth`). Both meshes are sampled uniformly by
+PATH is a mesh-sequence NPZ, a folder of per-frame OBJ files (sorted by name,
+numbers compared as numbers; --pattern picks which files) or a run folder of
+`animdreamer extract` (its meshes.npz); DIR is a video folder with gt/ (from
+`animdreamer synth`). Both meshes are sampled uniformly by
 area; unless --no-align, one similarity transform (scale, rotation,
 translation) for the whole sequence moves the prediction onto the ground truth
 first. Prints Chamfer distance and F-scores at 1/2/5% of the GT rest-pose
@@ -13,7 +14,9 @@ bounding-box diagonal for the whole surface and for its parts (eval.parts): the
 seen and never-seen parts, limbs (the lowest --limb-fraction of the rest pose's
 height) and the body above them, and, when gt/joints.npz names the joints, the
 legs / tail / ears / head / torso chains; writes them per frame and averaged to
---out as JSON.
+--out as JSON. When PATH is a run folder (or its meshes.npz) that holds a
+skeleton.json and the ground truth has joint positions, the skeleton is scored
+too, through the same alignment (key "rig", `eval.rig_metrics`).
 """
 
 from __future__ import annotations
@@ -33,7 +36,10 @@ from animdreamer_jax.data import video as video_lib
 from animdreamer_jax.errors import UserError
 from animdreamer_jax.eval import metrics
 from animdreamer_jax.eval import parts as parts_lib
+from animdreamer_jax.eval import rig_metrics
+from animdreamer_jax.eval import run_scores
 from animdreamer_jax.eval import surface_sampling
+from animdreamer_jax.skeleton import skeleton_file
 
 FORMAT_NAME = "animdreamer-eval"
 FORMAT_VERSION = 1
@@ -41,7 +47,8 @@ FORMAT_VERSION = 1
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
   parser.add_argument("--pred", required=True,
-                      help="predicted meshes: a mesh-sequence .npz or a folder of per-frame .obj")
+                      help="predicted meshes: a mesh-sequence .npz, a folder of per-frame .obj, "
+                           "or a run folder (its meshes.npz; its skeleton.json is scored too)")
   parser.add_argument("--gt", required=True, help="video folder with gt/ (ground truth)")
   parser.add_argument("--out", default=None, help="write the scores to this JSON file")
   parser.add_argument("--no-align", action="store_true",
@@ -61,13 +68,31 @@ def _natural_key(path: pathlib.Path) -> list:
   return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", path.name)]
 
 
+def run_folder_of(path: str | os.PathLike) -> pathlib.Path | None:
+  """The `animdreamer extract` run folder that `--pred` names (it or its meshes.npz), or None.
+
+  A run folder holds meshes.npz next to motion.npz.
+  """
+  path = pathlib.Path(path)
+  if path.is_dir():
+    folder = path
+  elif path.is_file() and path.name == "meshes.npz":
+    folder = path.parent
+  else:
+    return None
+  if (folder / "meshes.npz").is_file() and (folder / "motion.npz").is_file():
+    return folder
+  return None
+
+
 def load_predicted_meshes(path: str | os.PathLike, pattern: str = "*.obj"
                           ) -> tuple[np.ndarray, np.ndarray]:
   """Reads predicted meshes from a mesh-sequence NPZ or a folder of OBJs.
 
   Args:
-    path: .npz file, or folder whose files matching `pattern` are the frames in
-      natural order (frame-2.obj before frame-10.obj).
+    path: .npz file, a run folder (its meshes.npz), or a folder whose files
+      matching `pattern` are the frames in natural order (frame-2.obj before
+      frame-10.obj).
     pattern: glob for the frame files of a folder.
 
   Returns:
@@ -78,6 +103,9 @@ def load_predicted_meshes(path: str | os.PathLike, pattern: str = "*.obj"
     UserError: missing or unreadable files, no frames.
   """
   path = pathlib.Path(path)
+  run_dir = run_folder_of(path)
+  if run_dir is not None:
+    path = run_dir / "meshes.npz"
   if path.is_dir():
     files = sorted((p for p in path.glob(pattern) if p.is_file()), key=_natural_key)
     if not files:
@@ -134,6 +162,8 @@ def format_table(report: dict[str, Any]) -> str:
                f"({report['up_axis']} up); body: the rest")
   if not report["chains_recorded"]:
     lines.append("(no gt/joints.npz: no legs / tail / head split by joint names)")
+  if "rig" in report:
+    lines.append(rig_metrics.summary_line(report["rig"]))
   return "\n".join(lines)
 
 
@@ -158,6 +188,14 @@ def run(args: argparse.Namespace) -> int:
       pred_vertices, pred_faces, gt_vertices, np.asarray(gt.meshes.faces, np.int32),
       parts=parts, norm_length=norm_length,
       num_samples=args.samples, align=not args.no_align, seed=args.seed)
+  run_dir = run_folder_of(args.pred)
+  if run_dir is not None and (run_dir / skeleton_file.FILE_NAME).is_file():
+    rig = run_scores.rig_scores_of_run(run_dir, gt, report["alignment"]["matrix"])
+    if rig is None:
+      print(f"rig: not scored ({pathlib.Path(args.gt) / 'gt' / 'meshes.npz'} has no joint "
+            "positions)")
+    else:
+      report["rig"] = rig
   payload = {"format": FORMAT_NAME, "version": FORMAT_VERSION,
              "pred": str(args.pred), "gt": str(args.gt), "seed": args.seed,
              **report, "seconds": round(time.time() - start, 3)}

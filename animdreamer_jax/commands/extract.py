@@ -22,6 +22,7 @@ from typing import Any, Sequence
 from animdreamer_jax import settings
 from animdreamer_jax.data import video as video_lib
 from animdreamer_jax.errors import UserError
+from animdreamer_jax.eval import rig_metrics
 from animdreamer_jax.eval import run_scores
 from animdreamer_jax.stages.extraction import run as extraction_run
 
@@ -101,6 +102,8 @@ def run(args: argparse.Namespace) -> int:
     if "unseen" in metrics["mean"]:
       unseen = metrics["mean"]["unseen"]
       print(f"never-seen side: chamfer {_fmt(unseen.get('chamfer'))}  F@2% {_fmt(unseen.get('fscore@2%'))}")
+    if "rig" in metrics:
+      print(rig_metrics.summary_line(metrics["rig"]))
     print(f"metrics: {result['metrics_path']}")
   else:
     print("the video has no ground truth: no metrics")

@@ -6,7 +6,8 @@ scores are reported per frame, averaged, and per part of the ground-truth
 surface (`eval.parts`: seen / never-seen, limbs / body by rest height, legs /
 tail / head ... from joint names). Definitions: animdreamer_jax.eval.metrics.
 Scores of a finished run: `eval.run_scores` (metrics.json) and
-`eval.novel_views` (renders against the ground truth's from around the animal).
+`eval.novel_views` (renders against the ground truth's from around the animal);
+a run's skeleton against the ground-truth rig: `eval.rig_metrics`.
 """
 
 from animdreamer_jax.eval.alignment import AlignmentResult
