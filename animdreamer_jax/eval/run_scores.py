@@ -116,7 +116,8 @@ def run_joints(skel: skeleton_file.Skeleton, motion: dict, mesh_frame: str) -> n
 
 
 def rig_scores_of_run(run_dir: str | pathlib.Path, gt, alignment: list,
-                      mesh_frame: str | None = None, gt_frame: str = "world") -> dict | None:
+                      mesh_frame: str | None = None, gt_frame: str = "world",
+                      skel: skeleton_file.Skeleton | None = None) -> dict | None:
   """Rig scores of a run's skeleton.json against the ground truth, or None without either.
 
   Args:
@@ -129,6 +130,8 @@ def rig_scores_of_run(run_dir: str | pathlib.Path, gt, alignment: list,
     gt_frame: what `alignment` maps onto: "world" (the GT meshes as stored) or
       "camera" (each frame's GT mesh in its noise-free camera; the aligned joints
       are then taken back to the world by those cameras).
+    skel: score this skeleton of the run instead of its skeleton.json
+      (experiments comparing construction settings).
   Returns:
     `rig_metrics.score_skeleton`'s report, or None when the run has no
     skeleton.json or the ground truth no joints.
@@ -136,7 +139,7 @@ def rig_scores_of_run(run_dir: str | pathlib.Path, gt, alignment: list,
     UserError: unreadable or inconsistent files.
   """
   run_dir = pathlib.Path(run_dir)
-  skel = skeleton_file.load_of_run(run_dir)
+  skel = skel or skeleton_file.load_of_run(run_dir)
   if skel is None or not ground_truth_has_joints(gt):
     return None
   motion, num_frames, num_bones = run_folder.load_motion(run_dir)
