@@ -36,6 +36,7 @@ from animdreamer_jax.errors import UserError
 from animdreamer_jax.model import articulated_model
 from animdreamer_jax.model import skinning
 from animdreamer_jax.render import posing
+from animdreamer_jax.skeleton import skeleton_file
 from animdreamer_jax.stages.extraction import plan as plan_lib
 from animdreamer_jax.stages.extraction import settings as extraction
 from animdreamer_jax.train import checkpoint as checkpoint_lib
@@ -310,6 +311,160 @@ def test_bad_run_folders(run_dir, tmp_path, capsys):
                 capsys)
   assert not (tmp_path / "out").exists()
   assert sorted(p.name for p in tmp_path.iterdir()) == ["broken"]
+
+
+def hand_made_skeleton(run_rig, prune: bool = False) -> skeleton_file.Skeleton:
+  """A skeleton over the run's bones (with `prune`, the lightest merged into its nearest joint).
+
+  Joints in order of skin mass; each joint's parent is the nearest earlier one (by
+  rest bone centre), met halfway between the two centres.
+  """
+  rig = run_rig.rig
+  mass = rig.skin_weights.sum(0)
+  order = [int(b) for b in np.argsort(-mass, kind="stable")]
+  kept, pruned = (order[:-1], order[-1:]) if prune else (order, [])
+  centre = np.asarray(rig.rest_bone_trans, np.float64)
+  parent, position = [-1], [centre[kept[0]]]
+  for k in range(1, len(kept)):
+    p = int(np.argmin([np.linalg.norm(centre[kept[k]] - centre[kept[j]]) for j in range(k)]))
+    parent.append(p)
+    position.append((centre[kept[k]] + centre[kept[p]]) / 2)
+  target = np.zeros(rig.num_bones, np.int32)
+  target[kept] = np.arange(len(kept))
+  for b in pruned:
+    target[b] = int(np.argmin([np.linalg.norm(centre[b] - centre[j]) for j in kept]))
+  k = len(kept)
+  return skeleton_file.validate(skeleton_file.Skeleton(
+      names=np.asarray(["spine", "neck", "front_leg", "back_leg", "tail"][:k]),
+      parent=np.asarray(parent), bone=np.asarray(kept), rest_position=np.asarray(position),
+      weight_target=target, skin_mass=mass[kept] / mass.sum(), strength=np.zeros(k),
+      rest_length=np.zeros(k), length_range=np.zeros((k, 2)), angle_range_deg=np.zeros((k, 2)),
+      pruned=[{"bone": b, "reason": "test", "merged_into": int(target[b])} for b in pruned]))
+
+
+def _with_skeleton(run_dir, folder, skel) -> pathlib.Path:
+  shutil.copytree(run_dir, folder)
+  skeleton_file.save(folder / skeleton_file.FILE_NAME, skel)
+  return folder
+
+
+@pytest.fixture(scope="module")
+def tree_run(run_dir, run_rig, tmp_path_factory):
+  """The run with a skeleton.json over all its bones, and the skeleton as read back."""
+  folder = _with_skeleton(run_dir, tmp_path_factory.mktemp("tree") / "run",
+                          hand_made_skeleton(run_rig))
+  return folder, skeleton_file.load_of_run(folder)
+
+
+def test_export_tree_from_the_runs_skeleton(tree_run, run_rig, tmp_path, capsys):
+  folder, skel = tree_run
+  out = tmp_path / "tree.glb"
+  assert cli.main(["export", "--run", str(folder), "--out", str(out), "--no-videos",
+                   "--no-viewer"]) == 0
+  printed = capsys.readouterr().out
+  assert "a tree of 5 joints over 5 bones (0 pruned)" in printed and "joint stretch" in printed
+  log = json.loads((tmp_path / "tree.export.json").read_text())
+  assert log["rig"] == "tree" and log["num_joints"] == 5
+  assert log["skeleton"] == str(folder / "skeleton.json")
+  assert log["joint_names"] == list(skel.names) and log["pruned_bones"] == []
+  # The glb's joints: root, then the skeleton's tree.
+  asset = assets.load_gltf(out)
+  assert asset.joint_names == ["root"] + list(skel.names)
+  np.testing.assert_array_equal(asset.joint_parents, [-1, 0] + [p + 1 for p in skel.parent[1:]])
+  # The loader composes the hierarchy as players do; against the model's own meshes
+  # (DQS, all bones, moved by the root) it stays within 1% of the rest bbox diagonal.
+  root = run_rig.rig.root_to_world
+  model_dqs = transforms_np.to_camera(
+      assets.load_sequence_npz(folder / "meshes.npz").vertices, root)
+  player = asset.pose("motion", np.arange(NUM_FRAMES) / FPS)
+  dist = np.linalg.norm(player - model_dqs, axis=-1)
+  diagonal = np.linalg.norm(np.ptp(run_rig.rig.rest_vertices, axis=0))
+  assert dist.max() < 0.01 * diagonal
+  np.testing.assert_allclose(log["player_vs_model_dqs"]["per_frame_max"], dist.max(1), rtol=1e-4,
+                             atol=1e-7)
+  # Joint stretch: the child joints' offsets, as shares of the diagonal.
+  tree_rig = dataclasses.replace(run_rig.rig, tree=gltf_writer.tree_from_skeleton(
+      skel, run_rig.rig.skin_weights))
+  stretch = gltf_writer.joint_stretch(tree_rig) / log["rest_bbox_diagonal"]
+  assert log["joint_stretch"]["per_joint"] == pytest.approx(
+      {str(skel.names[k]): stretch[k] for k in range(1, skel.num_joints)}, rel=1e-6)
+  assert log["joint_stretch"]["max"] == pytest.approx(stretch.max(), rel=1e-6)
+  if gltf_writer.khronos_validate(out) is not None:
+    assert log["khronos_validator"]["numErrors"] == 0
+  # --rig flat on the same run: one joint per bone again.
+  flat = tmp_path / "flat.glb"
+  assert cli.main(["export", "--run", str(folder), "--out", str(flat), "--rig", "flat",
+                   "--no-videos", "--no-viewer"]) == 0
+  log = json.loads((tmp_path / "flat.export.json").read_text())
+  assert log["rig"] == "flat" and log["joint_stretch"] is None and log["skeleton"] is None
+  assert assets.load_gltf(flat).joint_names == ["root"] + [f"bone_{b:03d}" for b in
+                                                           range(NUM_BONES)]
+
+
+def test_export_tree_with_a_pruned_bone(run_dir, run_rig, tmp_path):
+  """A pruned bone's vertices follow its merge target: the player is the model's LBS
+  with the merged weights (up to the top-4 truncation), and the log says how much
+  weight was merged."""
+  skel = hand_made_skeleton(run_rig, prune=True)
+  folder = _with_skeleton(run_dir, tmp_path / "run", skel)
+  out = tmp_path / "pruned.glb"
+  assert cli.main(["export", "--run", str(folder), "--out", str(out), "--no-videos",
+                   "--no-viewer"]) == 0
+  log = json.loads((tmp_path / "pruned.export.json").read_text())
+  pruned = skel.pruned[0]["bone"]
+  assert log["num_joints"] == 4 and log["pruned_bones"] == [pruned]
+  rig = run_rig.rig
+  assert log["weight_on_pruned_bones"]["max"] == pytest.approx(
+      float(rig.skin_weights[:, pruned].max()), rel=1e-6)
+  merged = np.zeros_like(rig.skin_weights)
+  merged[:, skel.bone] = skeleton_file.merged_weights(skel, rig.skin_weights)
+  merged_lbs = transforms_np.to_camera(rig_from_run.forward_warp_np(rig, merged, "lbs"),
+                                       rig.root_to_world)
+  player = assets.load_gltf(out).pose("motion", np.arange(NUM_FRAMES) / FPS)
+  rel = (gltf_writer.rigid_matrix(rig.bone_quat, rig.bone_trans)
+         @ np.linalg.inv(gltf_writer.rigid_matrix(rig.rest_bone_quat, rig.rest_bone_trans))[None])
+  bound = _truncation_bound(merged.astype(np.float64), rel, rig.rest_vertices)
+  assert np.all(np.linalg.norm(player - merged_lbs, axis=-1) <= bound + 1e-5)
+
+
+@pytest.mark.slow
+def test_reanimate_keeps_the_tree(tree_run, tmp_path):
+  """Re-animating a run that has a skeleton writes the tree; with the run's own motion
+  it poses as the export does."""
+  folder, skel = tree_run
+  exported = tmp_path / "own.glb"
+  assert cli.main(["export", "--run", str(folder), "--out", str(exported), "--no-videos",
+                   "--no-viewer"]) == 0
+  again = tmp_path / "again.glb"
+  assert cli.main(["reanimate", "--run", str(folder), "--motion",
+                   str(tmp_path / "own.motion.json"), "--out", str(again), "--no-videos",
+                   "--no-viewer"]) == 0
+  log = json.loads((tmp_path / "again.export.json").read_text())
+  assert log["rig"] == "tree" and log["skeleton"] == str(folder / "skeleton.json")
+  asset = assets.load_gltf(again)
+  assert asset.joint_names == ["root"] + list(skel.names)
+  times = np.arange(NUM_FRAMES) / FPS
+  np.testing.assert_allclose(asset.pose("motion", times),
+                             assets.load_gltf(exported).pose("motion", times), atol=1e-5)
+
+
+def test_tree_rig_errors(run_dir, tree_run, tmp_path, capsys):
+  folder, skel = tree_run
+  out = tmp_path / "o" / "x.glb"
+  _expect_error(["export", "--run", str(run_dir), "--out", str(out), "--rig", "tree"],
+                "no skeleton.json for a tree rig", capsys)
+  other = tmp_path / "other"
+  shutil.copytree(folder, other)
+  wider = dataclasses.replace(skel, weight_target=np.append(skel.weight_target, 0))
+  skeleton_file.save(other / "skeleton.json", wider)
+  _expect_error(["export", "--run", str(other), "--out", str(out)],
+                "the skeleton is made for 6 model bones but the run has 5", capsys)
+  (other / "skeleton.json").write_text("{}")
+  _expect_error(["export", "--run", str(other), "--out", str(out)], "not a skeleton file", capsys)
+  # A flat export does not read the skeleton.
+  assert cli.main(["export", "--run", str(other), "--out", str(out), "--rig", "flat",
+                   "--no-videos", "--no-viewer"]) == 0
+  assert sorted(p.name for p in tmp_path.iterdir()) == ["o", "other"]
 
 
 def _run_without_cameras(run_dir: pathlib.Path, folder: pathlib.Path) -> pathlib.Path:

@@ -162,7 +162,7 @@ def test_role_names_of_a_quadruped():
   keys, parent, pos = quadruped()
   surface = np.concatenate([pos, [[0, -1.05, 0], [0, 0.6, 0]]])
   names = dict(zip(keys, construct.role_names(parent, pos, pos, surface, "+z", 0.35)))
-  assert names["root"] == "root"
+  assert names["root"] == construct.ROOT_NAME
   assert (names["neck"], names["head"]) == ("head_1", "head_2")
   assert (names["tail_a"], names["tail_b"]) == ("tail_1", "tail_2")
   # Forward +z, up +y: the animal's left is +x.

@@ -1,12 +1,17 @@
 """Export a trained run as a rigged, animated glTF (+ viewer page, motion, meshes, videos).
 
-  bin/animdreamer export --run RUN --out OUT.glb [--no-root-motion] [--blend lbs|dqs]
-      [--video VIDEO_DIR] [--no-viewer] [--no-videos]
+  bin/animdreamer export --run RUN --out OUT.glb [--rig flat|tree] [--no-root-motion]
+      [--blend lbs|dqs] [--video VIDEO_DIR] [--no-viewer] [--no-videos]
 
 Writes, next to OUT.glb (same stem):
-  OUT.glb              rest mesh + vertex colours, one joint per Gaussian bone under
-                       a root joint (root motion, object -> world), top-4 skin
-                       weights, one clip "motion" at the video frame rate
+  OUT.glb              rest mesh + vertex colours, a root joint (root motion,
+                       object -> world) and under it the skeleton's joint tree
+                       (--rig tree, the default when the run has skeleton.json:
+                       joints named and parented as the skeleton says, the
+                       pruned bones' skin weight merged) or one joint per
+                       Gaussian bone (--rig flat, the default without one),
+                       top-4 skin weights, one clip "motion" at the video
+                       frame rate
   OUT.html             a self-contained three.js page playing OUT.glb (offline)
   OUT.motion.json      root poses + bone transforms per frame (motion_file.py)
   OUT.meshes.npz       the model's own per-frame meshes (mesh-sequence NPZ) and
@@ -15,13 +20,20 @@ Writes, next to OUT.glb (same stem):
   OUT_animation.mp4    the glTF posed by a glTF player, fixed camera
   OUT_reference.mp4    input frames | glTF posed, from each frame's camera (--video)
   OUT.export.json      the export log: glTF player vs the model's forward warp per
-                       frame, validator result, settings
+                       frame, joint stretch (tree), validator result, settings
 
 A glTF player blends bones linearly with 4 influences; the model blends all
 bones with dual quaternions (config render.blend). The log reports, per frame,
 the distance between the two (and against the model's linear blending, where
-only the top-4 truncation remains). --blend picks which of the model's
-blendings the written per-frame meshes use (default: the run's).
+only the top-4 truncation remains, and in the tree the pruned bones' weight
+merged into other joints). --blend picks which of the model's
+blendings the written per-frame meshes use (default: the run's). The player is
+the project's glTF loader (assets.load_gltf), which composes the node hierarchy
+from the file's own keys as the specification says, so the number holds for
+either layout. In the tree the model's unlinked bones show as joint stretch: a
+child joint's offset from its parent changes a little over the frames (the file
+stores it, so the player stays exact); the log gives the largest change of each
+child's offset, as a share of the rest bounding-box diagonal.
 
 Root motion needs the video's cameras (motion.npz 'w2c', or --video).
 Everything is written to a temporary folder first and moved into place at the
@@ -53,11 +65,13 @@ from animdreamer_jax.export import rig_from_run
 from animdreamer_jax.export import videos
 from animdreamer_jax.export import viewer
 from animdreamer_jax.geometry import transforms_np
+from animdreamer_jax.skeleton import skeleton_file
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
   parser.add_argument("--run", required=True, help="finished extraction run folder")
   parser.add_argument("--out", required=True, help="output .glb (siblings share its stem)")
+  add_rig_argument(parser)
   parser.add_argument("--no-root-motion", action="store_true",
                       help="keep the root joint still (the animal articulates in place)")
   parser.add_argument("--blend", choices=("dqs", "lbs"), default=None,
@@ -68,6 +82,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
   parser.add_argument("--no-viewer", action="store_true", help="skip the HTML viewer page")
   parser.add_argument("--no-videos", action="store_true", help="skip the MP4 videos")
   parser.add_argument("--size", type=int, default=256, help="video frame size (pixels)")
+
+
+def add_rig_argument(parser: argparse.ArgumentParser) -> None:
+  """--rig (shared with `reanimate`)."""
+  parser.add_argument("--rig", choices=gltf_writer.RIG_KINDS, default=None,
+                      help="joint layout: the run's skeleton.json as a joint tree, or one flat "
+                           "joint per Gaussian bone (default: tree when the run has "
+                           "skeleton.json, flat otherwise)")
 
 
 # ----------------------------------------------------------------------------
@@ -149,6 +171,22 @@ def truncated_weight(weights: np.ndarray, k: int) -> dict:
   rest = sorted_w[:, k:].sum(1)
   return {"max": float(rest.max()) if rest.size else 0.0, "mean": float(rest.mean())
           if rest.size else 0.0}
+
+
+def joint_stretch_log(rig: gltf_writer.Rig, diagonal: float) -> Optional[dict]:
+  """The tree's joint stretch (gltf_writer.joint_stretch) as shares of the diagonal; None if flat."""
+  if rig.tree is None:
+    return None
+  share = gltf_writer.joint_stretch(rig) / diagonal
+  children = np.flatnonzero(np.asarray(rig.tree.parent) >= 0)
+  worst = int(children[np.argmax(share[children])]) if children.size else None
+  return {"meaning": "largest change over the frames of each child joint's offset from its "
+                     "parent (its local translation) from the rest offset, as a share of "
+                     "rest_bbox_diagonal (the model's bones are not linked; the glb stores the "
+                     "changing offsets, so the player stays exact)",
+          "max": float(share[worst]) if worst is not None else 0.0,
+          "max_joint": str(rig.tree.names[worst]) if worst is not None else None,
+          "per_joint": {str(rig.tree.names[k]): float(share[k]) for k in children}}
 
 
 def _progress(total: int, desc: str, enabled: bool):
@@ -237,20 +275,34 @@ def _comparison_log(job: ExportJob, rig: gltf_writer.Rig, player: np.ndarray,
                     posed: dict[str, np.ndarray], frame_name: str, glb_info: dict) -> dict:
   """The export log's sizes and the glTF player vs the model's forward warp per frame."""
   extent = rig.rest_vertices.max(0) - rig.rest_vertices.min(0)
+  diagonal = float(np.linalg.norm(extent))
+  tree = {}
+  if rig.tree is not None:
+    pruned = np.setdiff1d(np.arange(rig.num_bones), rig.tree.bone)
+    on_pruned = np.asarray(job.weights, np.float64)[:, pruned].sum(1)
+    tree = {"joint_names": [str(n) for n in rig.tree.names],
+            "joint_parents": [int(p) for p in rig.tree.parent],
+            "joint_bones": [int(b) for b in rig.tree.bone],
+            "pruned_bones": [int(b) for b in pruned],
+            "weight_on_pruned_bones": {"max": float(on_pruned.max()),
+                                       "mean": float(on_pruned.mean())}}
   return {
       "out": str(job.out), "root_motion": frame_name == "world", "frame": frame_name,
       "model_blend": job.model_blend, "meshes_blend": job.blend or job.model_blend,
       "fps": rig.fps, "num_frames": rig.num_frames,
       "num_vertices": int(rig.rest_vertices.shape[0]),
       "num_faces": int(rig.faces.shape[0]), "num_bones": rig.num_bones,
-      "rest_bbox_diagonal": float(np.linalg.norm(extent)),
+      "rig": rig.kind, "num_joints": rig.num_joints, **tree,
+      "rest_bbox_diagonal": diagonal,
       "units": "the run's normalised units (distances below are absolute, "
                "rest_bbox_diagonal gives the scale)",
       "player": "animdreamer_jax.assets.load_gltf (glTF 2.0 LBS, 4 influences)",
       "player_vs_model_dqs": frame_errors(player, posed["dqs"]),
       "player_vs_model_lbs": frame_errors(player, posed["lbs"]),
       "model_dqs_vs_lbs": frame_errors(posed["dqs"], posed["lbs"]),
-      "weight_outside_top4": truncated_weight(job.weights, gltf_writer.NUM_INFLUENCES),
+      "joint_stretch": joint_stretch_log(rig, diagonal),
+      "weight_outside_top4": truncated_weight(rig.joint_skin_weights,
+                                              gltf_writer.NUM_INFLUENCES),
       "glb": glb_info,
   }
 
@@ -321,24 +373,44 @@ def _write_videos(job: ExportJob, rig: gltf_writer.Rig, player: np.ndarray, root
   return info
 
 
+def skeleton_source(run_rig: rig_from_run.RunRig) -> Optional[str]:
+  """The skeleton.json a tree rig came from (None for a flat rig), for the log."""
+  if run_rig.skeleton is None:
+    return None
+  return str(run_rig.run_dir / skeleton_file.FILE_NAME)
+
+
 def _summary(log: dict) -> str:
   d = log["rest_bbox_diagonal"]
   dq, lb = log["player_vs_model_dqs"], log["player_vs_model_lbs"]
   val = log["khronos_validator"]
   val_text = val if isinstance(val, str) else (f"{val['numErrors']} errors, "
                                                f"{val['numWarnings']} warnings")
+  if log["rig"] == "tree":
+    joints = (f"a tree of {log['num_joints']} joints over {log['num_bones']} bones "
+              f"({len(log['pruned_bones'])} pruned) + root")
+    lbs_note = ("top-4 truncation and the pruned bones' merged weight" if log["pruned_bones"]
+                else "top-4 truncation only")
+  else:
+    joints = f"{log['num_bones']} flat bones + root"
+    lbs_note = "top-4 truncation only"
   lines = [
-      f"glTF: {log['files'].get('glb')} ({log['num_vertices']} vertices, {log['num_bones']} "
-      f"bones + root, {log['num_frames']} frames at {log['fps']:g} fps, root motion "
+      f"glTF: {log['files'].get('glb')} ({log['num_vertices']} vertices, {joints}, "
+      f"{log['num_frames']} frames at {log['fps']:g} fps, root motion "
       f"{'on' if log['root_motion'] else 'off'})",
       f"glTF player (LBS, top-4) vs model forward warp, max / mean vertex distance "
       f"(rest bbox diagonal {d:.4g}):",
       f"  vs model DQS: {dq['max']:.3g} / {dq['mean']:.3g}  ({100 * dq['max'] / d:.3g}% / "
       f"{100 * dq['mean'] / d:.3g}% of the diagonal)",
-      f"  vs model LBS: {lb['max']:.3g} / {lb['mean']:.3g}  (top-4 truncation only; weight "
+      f"  vs model LBS: {lb['max']:.3g} / {lb['mean']:.3g}  ({lbs_note}; weight "
       f"outside the top 4: max {log['weight_outside_top4']['max']:.3g})",
-      f"Khronos validator: {val_text}",
   ]
+  stretch = log.get("joint_stretch")
+  if stretch is not None:
+    where = f" ({stretch['max_joint']})" if stretch["max_joint"] is not None else ""
+    lines.append(f"joint stretch (largest change of a child joint's offset from its parent): "
+                 f"{100 * stretch['max']:.3g}% of the diagonal{where}")
+  lines.append(f"Khronos validator: {val_text}")
   for role, path in log["files"].items():
     if role != "glb":
       lines.append(f"{role}: {path}")
@@ -347,7 +419,7 @@ def _summary(log: dict) -> str:
 
 def run(args: argparse.Namespace) -> int:
   out = check_out_path(args.out)
-  run_rig = rig_from_run.load_run_rig(args.run, video_dir=args.video)
+  run_rig = rig_from_run.load_run_rig(args.run, video_dir=args.video, rig_kind=args.rig)
   reference_rgb = None
   if args.video is not None and not args.no_videos:
     reference_rgb = video_lib.load_video(args.video).rgb
@@ -366,6 +438,7 @@ def run(args: argparse.Namespace) -> int:
       reference_rgb=reference_rgb, viewer=not args.no_viewer, videos=not args.no_videos,
       size=args.size,
       extra_log={"run": str(run_rig.run_dir), "root_source": run_rig.root_source,
+                 "skeleton": skeleton_source(run_rig),
                  "meshes_npz_vs_recomputed_warp": meshes_check,
                  "asset_extras": {"source_run": str(run_rig.run_dir)}})
   log = export_rig(job)

@@ -1,7 +1,7 @@
 """Drive a trained model with another run's motion (or a motion file) and export it.
 
   bin/animdreamer reanimate --run RUN --motion OTHER_RUN_OR_MOTION_FILE --out OUT.glb
-      [--no-root-motion] [--blend lbs|dqs] [--no-viewer] [--no-videos]
+      [--rig flat|tree] [--no-root-motion] [--blend lbs|dqs] [--no-viewer] [--no-videos]
 
 --motion is another extraction run folder (its motion.npz) or a motion file
 (.json / .npz, see animdreamer_jax/export/motion_file.py; `animdreamer export`
@@ -9,7 +9,8 @@ writes one next to every .glb). The bones are matched by index, so the two
 must have the same number of bones; each bone of RUN then moves as the source
 bone moved, relative to its own rest pose (rest_run * rest_src^-1 * src_t).
 The root motion and the frame rate come from the motion. Other bone counts
-are an error until skeleton retargeting exists.
+are an error until skeleton retargeting exists. The glb's joints follow RUN's
+skeleton.json as a tree when it has one (--rig as for `animdreamer export`).
 
 Writes the same files as `animdreamer export` (OUT.glb, OUT.html,
 OUT.motion.json, OUT.meshes.npz, OUT_frames/, OUT_animation.mp4,
@@ -33,6 +34,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
   parser.add_argument("--motion", required=True,
                       help="another run folder, or a motion file (.json / .npz)")
   parser.add_argument("--out", required=True, help="output .glb (siblings share its stem)")
+  export_cmd.add_rig_argument(parser)
   parser.add_argument("--no-root-motion", action="store_true",
                       help="keep the root joint still")
   parser.add_argument("--blend", choices=("dqs", "lbs"), default=None,
@@ -63,7 +65,7 @@ def run(args: argparse.Namespace) -> int:
     raise UserError(f"{args.motion}: the motion has {motion.num_bones} bones but the model in "
                     f"{args.run} has {num_bones}; re-animation needs the same bone count "
                     "(retargeting between different skeletons is not implemented)")
-  target = rig_from_run.load_run_rig(args.run)
+  target = rig_from_run.load_run_rig(args.run, rig_kind=args.rig)
   rig = motion_file.retarget_direct(target.rig, motion, where=str(args.motion))
   job = export_cmd.ExportJob(
       rig=rig, weights=target.rig.skin_weights, model_blend=target.blend, out=out,
@@ -71,6 +73,7 @@ def run(args: argparse.Namespace) -> int:
       object_to_camera=None, viewer=not args.no_viewer, videos=not args.no_videos,
       size=args.size,
       extra_log={"run": str(target.run_dir), "motion_source": str(args.motion),
+                 "skeleton": export_cmd.skeleton_source(target),
                  "retargeting": "direct (bone by bone, same count)",
                  "asset_extras": {"source_run": str(target.run_dir),
                                   "motion_source": str(args.motion)}})

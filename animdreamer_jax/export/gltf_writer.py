@@ -5,19 +5,32 @@ normalised units):
   * one triangle mesh: POSITION, NORMAL (area-weighted), COLOR_0 (linear RGB
     from the sRGB vertex colours), JOINTS_0 / WEIGHTS_0 (the 4 largest skinning
     weights of each vertex, renormalised to sum 1);
-  * node "root" (joint 0) carrying the root motion, object -> world, and one
-    child joint per Gaussian bone ("bone_000", ...), whose local transform is
-    the bone-to-object transform (rotation + translation). The skinned mesh
-    node sits at the scene root with no transform, so players that apply it
-    (and those that do not) agree;
-  * inverse bind matrices: identity for the root, inverse rest bone for the
-    bones, so the skin matrix of bone b at frame t is
-      root_t * bone_t,b * rest_b^-1,
-    i.e. the model's per-bone rest -> frame transform followed by the root;
-  * one animation clip, LINEAR, one key per video frame at t / fps seconds:
-    rotation + translation of every bone and (with root motion) of the root.
-    Without root motion the root stays at the identity (the animal articulates
-    in place in its object frame).
+  * node "root" (skin joint 0) carrying the root motion, object -> world, and
+    under it the joints, in one of two layouts:
+      flat (no `Rig.tree`): one child joint per Gaussian bone ("bone_000",
+        ...), whose local transform is the bone-to-object transform; inverse
+        bind = rest_b^-1;
+      tree (`Rig.tree`, a skeleton's joint tree): joint k in its parent's
+        frame (the skeleton root under "root"), named as the skeleton names
+        it. Joint k has a rest frame J_k (its rest position, +Y along its bone,
+        see `joint_rest_frames`) and moves with model bone b = bone[k]: its
+        global transform at frame t is  G_t,k = root_t * A_t,b * J_k  with
+        A_t,b = bone_t,b * rest_b^-1, its local transform G_t,parent^-1 * G_t,k
+        (rigid, so plain TRS), its inverse bind J_k^-1;
+    so in both layouts the skin matrix of a joint is  root_t * A_t,b,  the
+    model's per-bone rest -> frame transform followed by the root. The tree's
+    skin weights are the model's with pruned bones' weight merged into their
+    target joints (`skeleton_file.merged_weights`). The skinned mesh node sits
+    at the scene root with no transform, so players that apply it (and those
+    that do not) agree;
+  * one animation clip, LINEAR, one key per video frame at t / fps seconds
+    (the first at 0): rotation + translation of every joint and (with root
+    motion) of the root. Without root motion the root stays at the identity
+    (the animal articulates in place in its object frame).
+
+The model's bones are not linked, so in the tree a child's local translation
+varies slightly over the frames (it is stored as it is: the player stays
+exact); `joint_stretch` measures how much.
 
 A glTF player blends the skin matrices linearly (LBS); the model may blend
 dual quaternions (DQS). The difference is measured by the export command
@@ -45,6 +58,7 @@ from animdreamer_jax.assets import gltf as gltf_lib
 from animdreamer_jax.errors import UserError
 from animdreamer_jax.geometry import quaternion_np
 from animdreamer_jax.geometry import transforms_np
+from animdreamer_jax.skeleton import skeleton_file
 
 NUM_INFLUENCES = 4  # glTF players (three.js, engines) read one set of 4
 _FLOAT, _UBYTE, _USHORT, _UINT = 5126, 5121, 5123, 5125
@@ -53,6 +67,34 @@ _GLB_MAGIC, _GLB_JSON, _GLB_BIN = 0x46546C67, 0x4E4F534A, 0x004E4942
 _TRIANGLES = 4
 ROOT_NODE_NAME = "root"
 CLIP_NAME = "motion"
+RIG_KINDS = ("flat", "tree")
+# Shorter joint-to-child offsets (normalised units, rest bbox diagonal ~1) give
+# no direction for the joint's +Y axis.
+MIN_BONE_LENGTH = 1e-6
+
+
+@dataclasses.dataclass(frozen=True)
+class JointTree:
+  """A joint hierarchy over a rig's bones (the glb's tree layout; K joints).
+
+  Attributes:
+    names: (K,) str joint names (unique; the glTF node and Blender bone names).
+    parent: (K,) int parent joint, -1 for the root (joint 0); parent[k] < k.
+    bone: (K,) int the model bone each joint moves with (distinct).
+    rest_frame: (K, 4, 4) rigid rest frame J_k of each joint in the object
+      frame (`joint_rest_frames`).
+    skin_weights: (V, K) skinning weights of the joints (rows sum to 1; the
+      writer keeps the 4 largest).
+  """
+  names: np.ndarray
+  parent: np.ndarray
+  bone: np.ndarray
+  rest_frame: np.ndarray
+  skin_weights: np.ndarray
+
+  @property
+  def num_joints(self) -> int:
+    return int(np.shape(self.parent)[0])
 
 
 @dataclasses.dataclass(frozen=True)
@@ -73,6 +115,8 @@ class Rig:
       root motion), or None for none.
     vertex_colors: (V, 3) uint8 sRGB, or None (white).
     name: asset name (scene, mesh and clip names derive from it).
+    tree: the joint tree (tree layout), or None (flat layout: one joint per
+      bone, skinned with skin_weights).
   """
   rest_vertices: np.ndarray
   faces: np.ndarray
@@ -85,6 +129,7 @@ class Rig:
   root_to_world: Optional[np.ndarray] = None
   vertex_colors: Optional[np.ndarray] = None
   name: str = "animal"
+  tree: Optional[JointTree] = None
 
   @property
   def num_frames(self) -> int:
@@ -93,6 +138,21 @@ class Rig:
   @property
   def num_bones(self) -> int:
     return int(np.shape(self.rest_bone_quat)[0])
+
+  @property
+  def kind(self) -> str:
+    """"tree" or "flat": the glb's joint layout."""
+    return "flat" if self.tree is None else "tree"
+
+  @property
+  def num_joints(self) -> int:
+    """Joints under the root node (bones when flat, tree joints otherwise)."""
+    return self.num_bones if self.tree is None else self.tree.num_joints
+
+  @property
+  def joint_skin_weights(self) -> np.ndarray:
+    """(V, num_joints) the weights the glb skins with."""
+    return self.skin_weights if self.tree is None else self.tree.skin_weights
 
 
 def _check(cond: bool, where: str, message: str) -> None:
@@ -158,7 +218,62 @@ def validate_rig(rig: Rig, where: str = "rig") -> Rig:
     a["vertex_colors"] = c
   a["fps"] = float(a["fps"])
   a["name"] = str(a["name"])
+  if a["tree"] is not None:
+    a["tree"] = validate_tree(a["tree"], v, b, where)
   return Rig(**a)
+
+
+def _is_rigid(m: np.ndarray, tol: float = 1e-3) -> bool:
+  """(..., 4, 4) rotation + translation (orthonormal, det > 0, last row 0 0 0 1)."""
+  rot = m[..., :3, :3]
+  return bool(np.all(np.isfinite(m))
+              and np.abs(rot @ np.swapaxes(rot, -1, -2) - np.eye(3)).max(initial=0.0) < tol
+              and np.all(np.linalg.det(rot) > 0)
+              and np.allclose(m[..., 3, :], [0, 0, 0, 1], atol=1e-6))
+
+
+def validate_tree(tree: JointTree, num_vertices: int, num_bones: int,
+                  where: str = "rig") -> JointTree:
+  """Checks a joint tree against a rig of `num_vertices` and `num_bones`; NumPy arrays out.
+
+  Raises:
+    UserError naming `where` and the offending field.
+  """
+  where = f"{where}: joint tree"
+  parent = np.asarray(tree.parent)
+  k = parent.shape[0] if parent.ndim == 1 else -1
+  _check(k >= 1 and parent.dtype.kind in "iu", where,
+         f"parent must be int (K,) with K >= 1, got {parent.dtype} {parent.shape}")
+  _check(k + 1 <= 65536, where, f"{k} joints is more than glTF's 16-bit joint indices allow")
+  parent = parent.astype(np.int64)
+  _check(parent[0] == -1 and bool(np.all(parent[1:] >= 0))
+         and bool(np.all(parent[1:] < np.arange(1, k))), where,
+         "joint 0 must be the one root (parent -1) and each parent must come before its child")
+  names = np.asarray(tree.names, dtype=str)
+  _check(names.shape == (k,), where, f"names must be ({k},), got {names.shape}")
+  _check(all(names) and len(set(names.tolist())) == k, where,
+         "joint names must be non-empty and distinct")
+  _check(ROOT_NODE_NAME not in names.tolist(), where,
+         f"no joint may be called {ROOT_NODE_NAME!r} (the root-motion node's name)")
+  bone = np.asarray(tree.bone)
+  _check(bone.shape == (k,) and bone.dtype.kind in "iu", where,
+         f"bone must be int ({k},), got {bone.dtype} {bone.shape}")
+  bone = bone.astype(np.int64)
+  _check(bool(np.all((bone >= 0) & (bone < num_bones))) and len(set(bone.tolist())) == k,
+         where, f"bone must hold {k} distinct model bones in 0..{num_bones - 1}")
+  rest_frame = np.asarray(tree.rest_frame, np.float64)
+  _check(rest_frame.shape == (k, 4, 4), where,
+         f"rest_frame must be ({k}, 4, 4), got {rest_frame.shape}")
+  _check(_is_rigid(rest_frame), where, "rest_frame must be rigid transforms (rotation + "
+         "translation)")
+  weights = np.asarray(tree.skin_weights)
+  _check(weights.shape == (num_vertices, k), where,
+         f"skin_weights must be ({num_vertices}, {k}), got {weights.shape}")
+  _check(bool(np.all(np.isfinite(weights))), where, "skin_weights has NaN or Inf values")
+  _check(bool(np.all(weights >= 0) and np.all(weights.sum(1) > 0)), where,
+         "skin_weights must be non-negative with a positive sum per vertex")
+  return JointTree(names=names, parent=parent, bone=bone, rest_frame=rest_frame,
+                   skin_weights=weights)
 
 
 # ----------------------------------------------------------------------------
@@ -215,17 +330,150 @@ def matrix_to_quat_trans(matrix: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
   return quaternion_np.matrix_to_quaternion(matrix[..., :3, :3]), matrix[..., :3, 3].copy()
 
 
-def joint_globals(rig: Rig, root_motion: bool = True) -> np.ndarray:
-  """(T, 1 + B, 4, 4) global transforms of the joints (root first) per frame."""
+def _rotation_from_y(direction: np.ndarray) -> np.ndarray:
+  """(3, 3) the shortest rotation taking +Y to the unit vector `direction`."""
+  y = np.array([0.0, 1.0, 0.0])
+  half = y + direction
+  length = np.linalg.norm(half)
+  if length < 1e-9:  # exactly -Y: half a turn about +X
+    return np.diag([1.0, -1.0, -1.0])
+  half = half / length
+  # The rotation about y x half by twice their angle: q = (y x half, y . half).
+  quat = np.append(np.cross(y, half), np.dot(y, half))
+  return quaternion_np.quaternion_to_matrix(quaternion_np.normalize(quat))
+
+
+def joint_rest_frames(parent: np.ndarray, rest_position: np.ndarray) -> np.ndarray:
+  """Rest frames J_k of a joint tree, with +Y along each joint's bone (Blender's bone axis).
+
+  The bone of joint k runs from its rest position to the mean rest position of
+  its children; a leaf's continues its parent's, parent -> joint. The frame is
+  the shortest rotation taking +Y there (no roll added); a joint without a
+  direction (a lone root, or offsets under MIN_BONE_LENGTH) falls back to the
+  leaf rule, then to the identity rotation.
+
+  Args:
+    parent: (K,) parent joints, -1 for the root, parents before children.
+    rest_position: (K, 3) rest joint positions.
+  Returns:
+    (K, 4, 4) float64 rigid transforms, translation = rest_position.
+  """
+  parent = np.asarray(parent, np.int64)
+  position = np.asarray(rest_position, np.float64)
+  frames = np.tile(np.eye(4), (parent.shape[0], 1, 1))
+  frames[:, :3, 3] = position
+  for k in range(parent.shape[0]):
+    children = np.flatnonzero(parent == k)
+    candidates = []
+    if children.size:
+      candidates.append(position[children].mean(0) - position[k])
+    if parent[k] >= 0:
+      candidates.append(position[k] - position[parent[k]])
+    for direction in candidates:
+      length = np.linalg.norm(direction)
+      if length >= MIN_BONE_LENGTH:
+        frames[k, :3, :3] = _rotation_from_y(direction / length)
+        break
+  return frames
+
+
+def tree_from_skeleton(skel: skeleton_file.Skeleton, skin_weights: np.ndarray,
+                       where: str = skeleton_file.FILE_NAME) -> JointTree:
+  """The glb's joint tree of a skeleton, skinned with the model's merged weights.
+
+  Args:
+    skel: the run's skeleton (skeleton_file).
+    skin_weights: (V, B) the model's skinning weights.
+    where: names the skeleton in errors.
+  Raises:
+    UserError: the skeleton is invalid or made for another bone count.
+  """
+  skel = skeleton_file.validate(skel, where)
+  skin_weights = np.asarray(skin_weights)
+  if skin_weights.ndim != 2 or skin_weights.shape[1] != skel.num_model_bones:
+    raise UserError(f"{where}: the skeleton is made for {skel.num_model_bones} model bones but "
+                    f"the model has {skin_weights.shape[-1]}")
+  return JointTree(names=skel.names, parent=skel.parent.astype(np.int64),
+                   bone=skel.bone.astype(np.int64),
+                   rest_frame=joint_rest_frames(skel.parent, skel.rest_position),
+                   skin_weights=skeleton_file.merged_weights(skel, skin_weights))
+
+
+def joint_parents(rig: Rig) -> np.ndarray:
+  """(num_joints,) parent of each joint among the joints; -1: directly under the root node."""
+  if rig.tree is None:
+    return np.full(rig.num_bones, -1, np.int64)
+  return np.asarray(rig.tree.parent, np.int64)
+
+
+def rest_joint_transforms(rig: Rig) -> np.ndarray:
+  """(num_joints, 4, 4) joint-to-object transforms in the bind pose (rest_b, or J_k)."""
+  rest = rigid_matrix(rig.rest_bone_quat, rig.rest_bone_trans)
+  return rest if rig.tree is None else np.asarray(rig.tree.rest_frame, np.float64)
+
+
+def object_joint_transforms(rig: Rig) -> np.ndarray:
+  """(T, num_joints, 4, 4) joint-to-object transforms per frame, before the root motion.
+
+  Flat: bone_t,b. Tree: A_t,bone[k] * J_k, A_t,b = bone_t,b * rest_b^-1.
+  """
   bones = rigid_matrix(rig.bone_quat, rig.bone_trans)  # (T, B, 4, 4)
+  if rig.tree is None:
+    return bones
+  rel = skeleton_file.rest_to_frame(rigid_matrix(rig.rest_bone_quat, rig.rest_bone_trans),
+                                    bones)
+  return rel[:, rig.tree.bone] @ np.asarray(rig.tree.rest_frame, np.float64)[None]
+
+
+def _rigid_inverse(m: np.ndarray) -> np.ndarray:
+  """(..., 4, 4) inverses of rigid transforms (transposed rotation: exact to rounding)."""
+  out = np.zeros_like(m)
+  rot_t = np.swapaxes(m[..., :3, :3], -1, -2)
+  out[..., :3, :3] = rot_t
+  out[..., :3, 3] = -np.einsum("...ij,...j->...i", rot_t, m[..., :3, 3])
+  out[..., 3, 3] = 1.0
+  return out
+
+
+def local_transforms(globals_: np.ndarray, parent: np.ndarray) -> np.ndarray:
+  """(..., K, 4, 4) each joint in its parent's frame, G_parent^-1 * G_k (a root: G_k).
+
+  Args:
+    globals_: (..., K, 4, 4) rigid joint transforms, all in one frame.
+    parent: (K,) parents, -1 for joints whose parent carries that frame.
+  """
+  globals_ = np.asarray(globals_, np.float64)
+  parent = np.asarray(parent, np.int64)
+  parent_globals = np.where((parent >= 0)[:, None, None], globals_[..., np.maximum(parent, 0),
+                                                                   :, :], np.eye(4))
+  return _rigid_inverse(parent_globals) @ globals_
+
+
+def joint_globals(rig: Rig, root_motion: bool = True) -> np.ndarray:
+  """(T, 1 + num_joints, 4, 4) global transforms of the joints (root first) per frame."""
   root = _root_matrices(rig, root_motion)  # (T, 4, 4)
-  return np.concatenate([root[:, None], root[:, None] @ bones], axis=1)
+  return np.concatenate([root[:, None], root[:, None] @ object_joint_transforms(rig)], axis=1)
 
 
 def inverse_bind_matrices(rig: Rig) -> np.ndarray:
-  """(1 + B, 4, 4): identity for the root, inverse rest bone-to-object for the bones."""
-  rest = rigid_matrix(rig.rest_bone_quat, rig.rest_bone_trans)
-  return np.concatenate([np.eye(4)[None], np.linalg.inv(rest)], axis=0)
+  """(1 + num_joints, 4, 4): identity for the root, then rest_b^-1 (flat) or J_k^-1 (tree)."""
+  return np.concatenate([np.eye(4)[None], _rigid_inverse(rest_joint_transforms(rig))], axis=0)
+
+
+def joint_stretch(rig: Rig) -> np.ndarray:
+  """(num_joints,) largest change over the frames of each joint's local translation.
+
+  The distance, in the object's units, between a child joint's offset from its
+  parent at a frame and at rest: how far the parent's bone and the child's own
+  bone disagree on where the joint is (0 for rigidly linked bones). Joints
+  directly under the root node (the skeleton root; every flat joint) get 0:
+  their translation is the motion itself.
+  """
+  parent = joint_parents(rig)
+  local = local_transforms(object_joint_transforms(rig), parent)[..., :3, 3]  # (T, K, 3)
+  rest = local_transforms(rest_joint_transforms(rig), parent)[:, :3, 3]  # (K, 3)
+  change = np.linalg.norm(local - rest[None], axis=-1).max(0)
+  return np.where(parent >= 0, change, 0.0)
 
 
 def _root_matrices(rig: Rig, root_motion: bool) -> np.ndarray:
@@ -280,27 +528,65 @@ class _BinaryBuilder:
     return b"".join(self.chunks)
 
 
+@dataclasses.dataclass(frozen=True)
+class _Joints:
+  """The joints under the root node as the file stores them (either layout; K joints).
+
+  names (K,); parent (K,) among the joints, -1 under the root node; rest_quat
+  (K, 4) / rest_trans (K, 3) the nodes' static TRS; quat (T, K, 4) / trans
+  (T, K, 3) their keys; ibm (1 + K, 4, 4) root first; weights (V, K).
+  """
+  names: list
+  parent: np.ndarray
+  rest_quat: np.ndarray
+  rest_trans: np.ndarray
+  quat: np.ndarray
+  trans: np.ndarray
+  ibm: np.ndarray
+  weights: np.ndarray
+
+
+def _joints(rig: Rig) -> _Joints:
+  if rig.tree is None:
+    # The bones' own quaternions, as given (no round trip through matrices).
+    return _Joints(
+        names=[f"bone_{b:03d}" for b in range(rig.num_bones)], parent=joint_parents(rig),
+        rest_quat=quaternion_np.continuous_quaternions(np.asarray(rig.rest_bone_quat)[None])[0],
+        rest_trans=np.asarray(rig.rest_bone_trans, np.float64),
+        quat=quaternion_np.continuous_quaternions(rig.bone_quat),
+        trans=np.asarray(rig.bone_trans, np.float64), ibm=inverse_bind_matrices(rig),
+        weights=np.asarray(rig.skin_weights))
+  parent = joint_parents(rig)
+  rest_quat, rest_trans = matrix_to_quat_trans(local_transforms(rest_joint_transforms(rig),
+                                                                parent))
+  quat, trans = matrix_to_quat_trans(local_transforms(object_joint_transforms(rig), parent))
+  return _Joints(names=[str(n) for n in rig.tree.names], parent=parent, rest_quat=rest_quat,
+                 rest_trans=rest_trans, quat=quaternion_np.continuous_quaternions(quat),
+                 trans=trans, ibm=inverse_bind_matrices(rig),
+                 weights=np.asarray(rig.tree.skin_weights))
+
+
 def build_gltf(rig: Rig, root_motion: bool = True,
                extras: Optional[dict] = None) -> tuple[dict, bytes]:
   """The glTF JSON document and its binary buffer.
 
   Args:
-    rig: a validated Rig (see `validate_rig`).
+    rig: a validated Rig (see `validate_rig`); its `tree` picks the layout.
     root_motion: animate the root joint with `rig.root_to_world` (when given);
       otherwise the root stays at the identity.
     extras: JSON-able provenance stored in `asset.extras`.
   Returns:
     (document dict, binary buffer bytes).
   """
-  num_bones = rig.num_bones
+  joints = _joints(rig)
+  num_joints = len(joints.names)
   # The order of the `builder.add` calls fixes the accessor indices and byte layout.
   builder = _BinaryBuilder()
-  attributes, indices = _add_mesh(builder, rig)
-  ibm = inverse_bind_matrices(rig)
+  attributes, indices = _add_mesh(builder, rig, joints.weights)
   # glTF matrices are column-major: the transpose's row-major bytes.
-  ibm_accessor = builder.add(np.transpose(ibm, (0, 2, 1)).reshape(num_bones + 1, 16)
+  ibm_accessor = builder.add(np.transpose(joints.ibm, (0, 2, 1)).reshape(num_joints + 1, 16)
                              .astype(np.float32), _FLOAT, "MAT4")
-  animation = _add_animation(builder, rig, root_motion)
+  animation = _add_animation(builder, rig, joints, root_motion)
 
   asset = {"version": "2.0", "generator": "animdreamer_jax export"}
   if extras:
@@ -309,14 +595,14 @@ def build_gltf(rig: Rig, root_motion: bool = True,
       "asset": asset,
       "scene": 0,
       "scenes": [{"name": rig.name, "nodes": [0, 1]}],
-      "nodes": _nodes(rig),
+      "nodes": _nodes(rig, joints),
       "meshes": [{"name": rig.name, "primitives": [{
           "attributes": attributes, "indices": indices, "material": 0,
           "mode": _TRIANGLES}]}],
       "materials": [{"name": f"{rig.name}_vertex_color", "pbrMetallicRoughness": {
           "baseColorFactor": [1.0, 1.0, 1.0, 1.0], "metallicFactor": 0.0,
           "roughnessFactor": 0.85}}],
-      "skins": [{"name": f"{rig.name}_bones", "joints": list(range(1, 2 + num_bones)),
+      "skins": [{"name": f"{rig.name}_bones", "joints": list(range(1, 2 + num_joints)),
                  "skeleton": 1, "inverseBindMatrices": ibm_accessor}],
       "animations": [animation],
       "accessors": builder.accessors,
@@ -326,7 +612,8 @@ def build_gltf(rig: Rig, root_motion: bool = True,
   return doc, builder.data()
 
 
-def _add_mesh(builder: _BinaryBuilder, rig: Rig) -> tuple[dict, int]:
+def _add_mesh(builder: _BinaryBuilder, rig: Rig, joint_weights: np.ndarray
+              ) -> tuple[dict, int]:
   """The mesh's vertex attributes (accessor per name) and its index accessor."""
   positions = np.asarray(rig.rest_vertices, np.float32)
   faces = np.asarray(rig.faces, np.int64)
@@ -339,11 +626,12 @@ def _add_mesh(builder: _BinaryBuilder, rig: Rig) -> tuple[dict, int]:
     # COLOR_0 is linear; the rig's colours are uint8 sRGB.
     linear = gltf_lib.srgb_to_linear(np.asarray(rig.vertex_colors, np.float64) / 255.0)
     attributes["COLOR_0"] = builder.add(linear.astype(np.float32), _FLOAT, "VEC3", _ARRAY_BUFFER)
-  bones, weights = top_k_influences(rig.skin_weights)
-  # Joint 0 is the root; bone b is joint b + 1. Empty slots (fewer than 4
-  # bones) point at the root with weight 0.
+  bones, weights = top_k_influences(joint_weights)
+  # Skin joint 0 is the root; joint k is skin joint k + 1. Empty slots (fewer
+  # than 4 joints) point at the root with weight 0.
   joints = np.where(bones >= 0, bones + 1, 0)
-  joint_dtype, joint_component = ((np.uint8, _UBYTE) if rig.num_bones + 1 <= 256
+  num_joints = joint_weights.shape[1]
+  joint_dtype, joint_component = ((np.uint8, _UBYTE) if num_joints + 1 <= 256
                                   else (np.uint16, _USHORT))
   attributes["JOINTS_0"] = builder.add(joints.astype(joint_dtype), joint_component, "VEC4",
                                        _ARRAY_BUFFER)
@@ -356,21 +644,26 @@ def _add_mesh(builder: _BinaryBuilder, rig: Rig) -> tuple[dict, int]:
   return attributes, indices
 
 
-def _nodes(rig: Rig) -> list[dict]:
-  """Nodes: 0 mesh, 1 root joint, 2.. bones (rest pose as their static TRS)."""
-  rest_quat = quaternion_np.continuous_quaternions(np.asarray(rig.rest_bone_quat)[None])[0]
+def _nodes(rig: Rig, joints: _Joints) -> list[dict]:
+  """Nodes: 0 mesh, 1 root joint, 2 + k joint k (rest pose as its static TRS)."""
+  num_joints = len(joints.names)
   nodes = [{"name": f"{rig.name}_mesh", "mesh": 0, "skin": 0},
-           {"name": ROOT_NODE_NAME, "children": list(range(2, 2 + rig.num_bones))}]
-  for b in range(rig.num_bones):
-    nodes.append({"name": f"bone_{b:03d}",
-                  "translation": [float(x) for x in np.asarray(rig.rest_bone_trans[b],
-                                                               np.float32)],
-                  "rotation": [float(x) for x in rest_quat[b].astype(np.float32)]})
+           {"name": ROOT_NODE_NAME,
+            "children": [2 + k for k in range(num_joints) if joints.parent[k] < 0]}]
+  for k in range(num_joints):
+    node = {"name": joints.names[k],
+            "translation": [float(x) for x in joints.rest_trans[k].astype(np.float32)],
+            "rotation": [float(x) for x in joints.rest_quat[k].astype(np.float32)]}
+    children = [2 + c for c in np.flatnonzero(joints.parent == k)]
+    if children:
+      node["children"] = [int(c) for c in children]
+    nodes.append(node)
   return nodes
 
 
-def _add_animation(builder: _BinaryBuilder, rig: Rig, root_motion: bool) -> dict:
-  """The clip: one LINEAR key per frame for the root (with root motion) and every bone."""
+def _add_animation(builder: _BinaryBuilder, rig: Rig, joints: _Joints, root_motion: bool
+                   ) -> dict:
+  """The clip: one LINEAR key per frame (from 0 s) for the root (with root motion) and every joint."""
   times = (np.arange(rig.num_frames, dtype=np.float64) / rig.fps).astype(np.float32)
   time_accessor = builder.add(times, _FLOAT, "SCALAR", with_bounds=True)
   samplers, channels = [], []
@@ -385,9 +678,8 @@ def _add_animation(builder: _BinaryBuilder, rig: Rig, root_motion: bool) -> dict
   if root_motion and rig.root_to_world is not None:
     root_quat, root_trans = matrix_to_quat_trans(rig.root_to_world)
     animate(1, quaternion_np.continuous_quaternions(root_quat), root_trans)
-  bone_quat = quaternion_np.continuous_quaternions(rig.bone_quat)
-  for b in range(rig.num_bones):
-    animate(2 + b, bone_quat[:, b], np.asarray(rig.bone_trans)[:, b])
+  for k in range(len(joints.names)):
+    animate(2 + k, joints.quat[:, k], joints.trans[:, k])
   return {"name": CLIP_NAME, "samplers": samplers, "channels": channels}
 
 
@@ -421,15 +713,15 @@ def write_glb(path: str | os.PathLike, rig: Rig, root_motion: bool = True,
     root_motion: animate the root joint with `rig.root_to_world`.
     extras: JSON-able provenance stored in `asset.extras`.
   Returns:
-    {"path", "bytes", "num_vertices", "num_faces", "num_joints", "num_frames",
-     "duration_s", "root_motion"}.
+    {"path", "bytes", "num_vertices", "num_faces", "num_joints" (with the root),
+     "rig" ("flat" or "tree"), "num_frames", "duration_s", "root_motion"}.
   """
   rig = validate_rig(rig, str(path))
   data = encode_glb(*build_gltf(rig, root_motion=root_motion, extras=extras))
   files.save_bytes(path, data)
   return {"path": str(path), "bytes": len(data),
           "num_vertices": int(rig.rest_vertices.shape[0]), "num_faces": int(rig.faces.shape[0]),
-          "num_joints": rig.num_bones + 1, "num_frames": rig.num_frames,
+          "num_joints": rig.num_joints + 1, "rig": rig.kind, "num_frames": rig.num_frames,
           "duration_s": (rig.num_frames - 1) / rig.fps,
           "root_motion": bool(root_motion and rig.root_to_world is not None)}
 

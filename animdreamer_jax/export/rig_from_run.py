@@ -7,7 +7,10 @@ Reads (all written by `animdreamer extract`, through `stages.run_folder`):
                 rest_bone_quat/rest_bone_trans, bone_log_scale (B, 3), and,
                 when present, w2c (T, 4, 4) (the video's cameras);
   meshes.npz    the model's per-frame meshes (its fps, and the check below);
-  checkpoints/  the trained parameters (orbax, train/checkpoint.py).
+  checkpoints/  the trained parameters (orbax, train/checkpoint.py);
+  skeleton.json optional, the joint tree over the bones (skeleton/skeleton_file.py):
+                with it the glb's joints form that tree (gltf_writer's tree
+                layout, merged skin weights), without it one flat joint per bone.
 
 From the checkpoint it takes the skinning weights that the model's forward
 warp really uses at the rest vertices: softmax(-(Mahalanobis^2 + delta)) with
@@ -43,6 +46,7 @@ from animdreamer_jax.geometry import transforms_np
 from animdreamer_jax.model import skinning
 from animdreamer_jax.model.skinning import Bones
 from animdreamer_jax.render import warp_render
+from animdreamer_jax.skeleton import skeleton_file
 from animdreamer_jax.stages import run_folder
 
 _WEIGHT_CHUNK = 4096  # rest vertices per jitted skinning-weight call
@@ -63,6 +67,7 @@ class RunRig:
     meshes_vertices: (T, V, 3) meshes.npz's vertices (the extraction's own
       forward warp, in meshes_frame).
     intrinsics: (T, 4) learned intrinsics, or None.
+    skeleton: the run's skeleton when the rig is a tree (rig.tree), else None.
   """
   rig: gltf_writer.Rig
   run_dir: pathlib.Path
@@ -73,6 +78,7 @@ class RunRig:
   meshes_frame: str
   meshes_vertices: np.ndarray
   intrinsics: Optional[np.ndarray] = None
+  skeleton: Optional[skeleton_file.Skeleton] = None
 
 
 # ----------------------------------------------------------------------------
@@ -170,8 +176,38 @@ def video_cameras(video_dir: str | pathlib.Path, num_frames: int
           (video.height, video.width))
 
 
+def run_skeleton(run_dir: pathlib.Path, rig_kind: Optional[str], num_bones: int
+                 ) -> Optional[skeleton_file.Skeleton]:
+  """The skeleton the glb's joints follow: None for a flat rig.
+
+  Args:
+    run_dir: the run folder.
+    rig_kind: "tree" (skeleton.json required), "flat", or None (tree when the
+      run has skeleton.json, flat otherwise).
+    num_bones: the model's bone count (the skeleton must be made for it).
+  Raises:
+    UserError: an unknown kind, a tree without skeleton.json, a malformed
+      skeleton or one made for another bone count.
+  """
+  if rig_kind not in (None,) + gltf_writer.RIG_KINDS:
+    raise UserError(f"unknown rig {rig_kind!r} (choose from {', '.join(gltf_writer.RIG_KINDS)})")
+  if rig_kind == "flat":
+    return None
+  skel = skeleton_file.load_of_run(run_dir)
+  if skel is None:
+    if rig_kind == "tree":
+      raise UserError(f"{run_dir}: no {skeleton_file.FILE_NAME} for a tree rig (build it with "
+                      "`animdreamer skeleton`, or export with --rig flat)")
+    return None
+  if skel.num_model_bones != num_bones:
+    raise UserError(f"{run_dir / skeleton_file.FILE_NAME}: the skeleton is made for "
+                    f"{skel.num_model_bones} model bones but the run has {num_bones}")
+  return skel
+
+
 def load_run_rig(run_dir: str | pathlib.Path, video_dir: Optional[str | pathlib.Path] = None,
-                 name: Optional[str] = None, with_model: bool = True) -> RunRig:
+                 name: Optional[str] = None, with_model: bool = True,
+                 rig_kind: Optional[str] = None) -> RunRig:
   """Reads a finished run folder into a RunRig.
 
   Args:
@@ -182,8 +218,11 @@ def load_run_rig(run_dir: str | pathlib.Path, video_dir: Optional[str | pathlib.
     with_model: restore the checkpoint for the exact forward weights (with
       delta skinning); False uses motion.npz's rest_skin_weights (tests, or
       models without delta skinning).
+    rig_kind: the glb's joint layout, "tree" (the run's skeleton.json) or
+      "flat" (one joint per bone); None: tree when the run has skeleton.json.
   Raises:
-    UserError: unfinished run, missing checkpoint, inconsistent files.
+    UserError: unfinished run, missing checkpoint, inconsistent files, a tree
+      rig without a usable skeleton.json.
   """
   run_dir = run_folder.check_finished(run_dir, need_checkpoint=with_model)
   settings = run_folder.load_settings(run_dir)
@@ -192,6 +231,8 @@ def load_run_rig(run_dir: str | pathlib.Path, video_dir: Optional[str | pathlib.
     if key not in rest:
       raise UserError(f"{run_dir / 'rest.npz'}: missing key '{key}'")
   motion, num_frames, num_bones = run_folder.load_motion(run_dir)
+  # Before the model is restored: a bad skeleton fails fast.
+  skel = run_skeleton(run_dir, rig_kind, num_bones)
   meshes = assets.load_sequence_npz(run_dir / "meshes.npz")
   rest_vertices = np.asarray(rest["vertices"], np.float32)
   faces = np.asarray(rest["faces"], np.int32)
@@ -234,14 +275,17 @@ def load_run_rig(run_dir: str | pathlib.Path, video_dir: Optional[str | pathlib.
       bone_quat=np.asarray(motion["bone_quat"], np.float32),
       bone_trans=np.asarray(motion["bone_trans"], np.float32),
       fps=float(meshes.fps), root_to_world=root, vertex_colors=colors,
-      name=name or run_dir.resolve().name)
+      name=name or run_dir.resolve().name,
+      tree=None if skel is None else gltf_writer.tree_from_skeleton(
+          skel, weights, str(run_dir / skeleton_file.FILE_NAME)))
   rig = gltf_writer.validate_rig(rig, str(run_dir))
   blend = settings.render.blend
   mesh_frame = str(motion["mesh_frame"]) if "mesh_frame" in motion else "object"
   return RunRig(rig=rig, run_dir=run_dir, blend=blend, object_to_camera=object_to_camera,
                 log_scale=np.asarray(motion["bone_log_scale"], np.float32),
                 root_source=root_source, meshes_frame=mesh_frame,
-                meshes_vertices=np.asarray(meshes.vertices, np.float32), intrinsics=intrinsics)
+                meshes_vertices=np.asarray(meshes.vertices, np.float32), intrinsics=intrinsics,
+                skeleton=skel)
 
 
 def model_meshes_in_frame(run: RunRig, posed_object: np.ndarray,

@@ -40,6 +40,8 @@ from animdreamer_jax.skeleton import skeleton_file
 from animdreamer_jax.skeleton.skeleton_file import Skeleton
 
 ROOT_RULES = ("mass", "central")
+# The root joint's name; not "root", which the glTF export gives the node carrying the root motion.
+ROOT_NAME = "spine_root"
 FORWARD_AXES = ("+z", "-z", "+x", "-x")
 
 
@@ -337,7 +339,7 @@ def role_names(parent: np.ndarray, rest_position: np.ndarray, tip: np.ndarray,
       roles[tail] = "tail"
   names = [f"joint_{j:02d}" for j in range(k)]
   if k:
-    names[0] = "root"
+    names[0] = ROOT_NAME
   used = {}
   for leaf, role in roles.items():
     used[role] = used.get(role, 0) + 1

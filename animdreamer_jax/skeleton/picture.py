@@ -23,7 +23,7 @@ FOV_DEGREES = 30.0
 HEADER_HEIGHT = 18
 # (prefix of the joint name, RGB colour 0-255)
 ROLE_COLORS = (("leg", (240, 120, 20)), ("tail", (40, 160, 60)), ("head", (220, 30, 30)),
-               ("spine", (40, 80, 220)), ("root", (40, 80, 220)))
+               ("spine", (40, 80, 220)))
 OTHER_COLOR = (110, 110, 110)
 # View name -> direction from the mesh centre to the camera, and the camera's up.
 VIEWS = (("front (+z)", (0.0, 0.0, 1.0), (0.0, 1.0, 0.0)),

@@ -90,7 +90,7 @@ def build_and_write(model, params, rest_vertices: np.ndarray, rest_faces: np.nda
 def summary(skel: skeleton_file.Skeleton) -> str:
   """One line: joints, depth, pruned bones, named chains."""
   roles = sorted({str(n).rsplit("_", 1)[0] for n in skel.names
-                  if not str(n).startswith(("joint_", "root", "spine"))})
+                  if not str(n).startswith(("joint_", "spine"))})
   return (f"{skel.num_joints} joints of {skel.num_model_bones} bones, tree depth {skel.depth()}, "
           f"{len(skel.pruned)} pruned; chains: {', '.join(roles) if roles else 'none named'}")
 
