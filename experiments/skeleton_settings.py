@@ -39,6 +39,8 @@ VARIANTS = {
     "min_mass_0.02": {"min_mass": 0.02},
     "min_mass_0.005": {"min_mass": 0.005},
     "max_outside_0.02": {"max_outside": 0.02},
+    "merge_0.01": {"max_merge_error": 0.01},
+    "merge_any": {"max_merge_error": float("inf")},
 }
 
 
@@ -52,8 +54,8 @@ def main(argv=None) -> int:
   for name in variants:
     if name not in VARIANTS:
       parser.error(f"unknown variant {name!r}; known: {', '.join(VARIANTS)}")
-  rows = ["| run | variant | joints | depth | pruned | CD-J2J | CD-J2B | CD-B2B | edge P | edge R | inside |",
-          "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+  rows = ["| run | variant | joints | depth | pruned | min mass % | CD-J2J | CD-J2B | CD-B2B | edge P | edge R | inside |",
+          "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
   for pair in args.runs.split(","):
     run, video_dir = pair.split(":")
     run_dir = pathlib.Path(run)
@@ -67,10 +69,12 @@ def main(argv=None) -> int:
     for name in variants:
       skel = construct.build(samples, dataclasses.replace(DEFAULT, **VARIANTS[name]))
       r = run_scores.rig_scores_of_run(run_dir, gt, metrics["alignment"]["matrix"], skel=skel)
-      edges = r["edges"]
+      m = r["mean"]
       row = (f"| {run_dir.name} | {name} | {skel.num_joints} | {skel.depth()} | {len(skel.pruned)} | "
-             f"{r['cd_j2j_pct_diag']:.2f} | {r['cd_j2b_pct_diag']:.2f} | {r['cd_b2b_pct_diag']:.2f} | "
-             f"{edges['precision']:.2f} | {edges['recall']:.2f} | {100 * r['inside_share']:.0f}% |")
+             f"{100 * skel.skin_mass.min():.2f} | "
+             f"{m['cd_j2j_pct_diag']:.2f} | {m['cd_j2b_pct_diag']:.2f} | {m['cd_b2b_pct_diag']:.2f} | "
+             f"{r['edge_precision']:.2f} | {r['edge_recall']:.2f} | "
+             f"{100 * r['inside_rest_mesh']:.0f}% |")
       print(row, flush=True)
       rows.append(row)
   pathlib.Path(args.out).write_text("\n".join(rows) + "\n")

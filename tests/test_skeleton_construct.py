@@ -93,6 +93,41 @@ def test_prune_dead_and_outside_bones_merge_into_the_most_overlapping():
   assert p.target[2] == 0  # overlaps nothing: the nearest kept centre
 
 
+def test_prune_keeps_a_candidate_whose_merge_would_move_the_surface():
+  mass = np.array([0.6, 0.395, 0.005])
+  sdf = np.full(3, -0.1)
+  overlap = np.array([[1, 0.3, 0.2], [0.3, 1, 0.1], [0.2, 0.1, 1]])
+  centres = np.eye(3)
+  moves = {(2, 0): 0.2}
+  p = construct.prune(mass, sdf, overlap, centres, 0.01, 0.05, lambda i, t: moves[(i, t)], 0.1)
+  assert list(p.kept) == [0, 1, 2] and not p.reasons
+  p = construct.prune(mass, sdf, overlap, centres, 0.01, 0.05, lambda i, t: moves[(i, t)], 0.3)
+  assert list(p.kept) == [0, 1] and p.reasons == {2: "dead"} and p.target[2] == 0
+
+
+def test_merge_displacement_is_the_lbs_difference():
+  rng = np.random.default_rng(5)
+  x = rng.normal(size=(30, 3))
+  w = rng.dirichlet(np.ones(3), size=30)
+  rest = np.stack([rigid(rot_x(rng.uniform(-30, 30)), rng.normal(size=3)) for _ in range(3)])
+  frames = np.stack([np.stack([rigid(rot_x(rng.uniform(-30, 30)), rng.normal(size=3))
+                               for _ in range(3)]) for _ in range(4)])
+
+  def lbs(weights, t):
+    out = np.zeros((30, 3))
+    for v in range(30):
+      for b in range(3):
+        m = frames[t, b] @ np.linalg.inv(rest[b])
+        out[v] += weights[v, b] * (m @ np.append(x[v], 1))[:3]
+    return out
+
+  merged = w.copy()
+  merged[:, 0] += merged[:, 2]
+  merged[:, 2] = 0
+  ref = max(np.linalg.norm(lbs(w, t) - lbs(merged, t), axis=1).max() for t in range(4))
+  assert construct.merge_displacement(x, w, rest, frames, 2, 0) == pytest.approx(ref, rel=1e-9)
+
+
 # ----------------------------------------------------------------------------
 # Joints and motion.
 

@@ -8,7 +8,9 @@ The steps, each a pure NumPy function (`build` runs them in order):
    over surface samples (how much the two bones share the surface).
 3. `prune`: a bone is dead with too little skin mass, or outside when its centre
    lies farther than a threshold outside the surface; its weight goes to the kept
-   bone it overlaps most (the nearest one when it overlaps none).
+   bone it overlaps most (the nearest one when it overlaps none), unless that
+   merge would move the surface visibly in some frame (`merge_displacement`):
+   then the bone's motion matters and it stays.
 4. `maximum_spanning_tree` (Prim) on the kept bones' strengths, from the root
    (largest skin mass, or the bone nearest the body's interior centroid).
 5. `place_joints`: a child joint sits where it meets its parent: the interior
@@ -51,6 +53,9 @@ class SkeletonSettings:
   alpha: float = 0.2  # weight of the semantic (feature) term in the connection strength; 1 - alpha: skin overlap
   min_mass: float = 0.01  # bones with less than this share of the surface's skin weight are dead (pruned)
   max_outside: float = 0.05  # bones whose centre is farther outside the surface than this (SDF, units of the rest bbox diagonal ~1) are pruned
+  # ... but only when merging the bone's weight into its neighbour moves no surface point by more than this
+  # in any frame (same units): the exported rig's player then stays within ~1% of the model.
+  max_merge_error: float = 0.005
   root: str = "mass"  # root joint: "mass" (the bone with the most skin weight) or "central" (nearest the interior centroid)
   interior_resolution: int = 48  # grid cells per side of the rest box sampled for interior points (joint placement)
   forward_axis: str = "+z"  # the animal's forward in the object frame (synthetic animals and glTF assets face +z)
@@ -63,6 +68,8 @@ class SkeletonSettings:
       raise UserError("config.skeleton.min_mass: must be in [0, 1)")
     if self.max_outside <= 0:
       raise UserError("config.skeleton.max_outside: must be > 0")
+    if self.max_merge_error < 0:
+      raise UserError("config.skeleton.max_merge_error: must be >= 0")
     if self.root not in ROOT_RULES:
       raise UserError(f"config.skeleton.root: unknown rule {self.root!r}; use one of {list(ROOT_RULES)}")
     if self.interior_resolution < 8:
@@ -128,31 +135,61 @@ class Pruning:
 
 
 def prune(mass: np.ndarray, centre_sdf: np.ndarray, overlap: np.ndarray, centres: np.ndarray,
-          min_mass: float, max_outside: float) -> Pruning:
+          min_mass: float, max_outside: float,
+          merge_error: Optional[Callable[[int, int], float]] = None,
+          max_merge_error: float = np.inf) -> Pruning:
   """Drops dead and outside bones, merging each into the kept bone it overlaps most.
 
   Args:
     mass: (B,) skin-mass shares; centre_sdf: (B,) SDF at the rest bone centres
-    (positive outside); overlap: (B, B) skin overlap; centres: (B, 3).
+      (positive outside); overlap: (B, B) skin overlap; centres: (B, 3).
+    merge_error: (bone, target) -> how far merging moves the surface (any frame);
+      a candidate whose merge would move it more than `max_merge_error` is kept
+      (its motion matters to the mesh, whatever its mass or centre).
+  Candidates are considered lightest first; each merges into a bone that stays.
   """
   b = mass.shape[0]
-  reasons = {}
+  candidates = {}
   for i in range(b):
     if mass[i] < min_mass:
-      reasons[i] = "dead"
+      candidates[i] = "dead"
     elif centre_sdf[i] > max_outside:
-      reasons[i] = "outside"
-  if len(reasons) == b:  # keep at least the heaviest bone
-    reasons.pop(int(np.argmax(mass)))
-  kept = np.array([i for i in range(b) if i not in reasons], np.int64)
+      candidates[i] = "outside"
+  if len(candidates) == b:  # keep at least the heaviest bone
+    candidates.pop(int(np.argmax(mass)))
+  kept = [i for i in range(b) if i not in candidates]
   target = np.arange(b)
-  for i in reasons:
+  reasons = {}
+  for i in sorted(candidates, key=lambda i: mass[i]):
     scores = overlap[i, kept]
     if scores.max() > 0:
-      target[i] = kept[int(np.argmax(scores))]
+      t = kept[int(np.argmax(scores))]
     else:
-      target[i] = kept[int(np.argmin(np.linalg.norm(centres[kept] - centres[i], axis=1)))]
-  return Pruning(kept=kept, target=target, reasons=reasons)
+      t = kept[int(np.argmin(np.linalg.norm(centres[kept] - centres[i], axis=1)))]
+    if merge_error is not None and merge_error(i, t) > max_merge_error:
+      kept.append(i)
+      continue
+    target[i] = t
+    reasons[i] = candidates[i]
+  return Pruning(kept=np.array(sorted(kept), np.int64), target=target, reasons=reasons)
+
+
+def merge_displacement(surface: np.ndarray, weights: np.ndarray, rest_bone_to_object: np.ndarray,
+                       bone_to_object: np.ndarray, bone: int, target: int) -> float:
+  """Largest move of a surface point over the frames when `bone`'s weight goes to `target` (LBS).
+
+  With linear blending a point moves by w_bone * (A_t,target - A_t,bone) x.
+  """
+  w = weights[:, bone]
+  near = w > 1e-4
+  if not np.any(near):
+    return 0.0
+  rel = skeleton_file.rest_to_frame(rest_bone_to_object[[bone, target]],
+                                    bone_to_object[:, [bone, target]])  # (T, 2, 4, 4)
+  diff = rel[:, 1] - rel[:, 0]  # (T, 4, 4)
+  x = surface[near]
+  moved = np.einsum("tij,nj->tni", diff[:, :3, :3], x) + diff[:, None, :3, 3]
+  return float((w[near] * np.linalg.norm(moved, axis=-1)).max())
 
 
 def maximum_spanning_tree(strength: np.ndarray, root: int,
@@ -398,7 +435,10 @@ def build(samples: BoneSamples, settings: SkeletonSettings = SkeletonSettings())
   mass = skin_mass(s.surface_weights)
   overlap = skin_overlap(s.surface_weights)
   strength = connection_strength(s.surface_weights, s.features, settings.alpha)
-  pruning = prune(mass, s.centre_sdf, overlap, s.centres, settings.min_mass, settings.max_outside)
+  pruning = prune(mass, s.centre_sdf, overlap, s.centres, settings.min_mass, settings.max_outside,
+                  lambda i, t: merge_displacement(s.surface, s.surface_weights,
+                                                  s.rest_bone_to_object, s.bone_to_object, i, t),
+                  settings.max_merge_error)
   kept = pruning.kept
   interior_centroid = (s.interior.mean(0) if s.interior.shape[0] else s.surface.mean(0))
   root_local = choose_root(settings.root, mass[kept], s.centres[kept], interior_centroid)
