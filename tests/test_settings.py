@@ -11,6 +11,7 @@ import pytest
 from animdreamer_jax import settings as config
 from animdreamer_jax.csd import settings as csd_settings
 from animdreamer_jax.errors import UserError
+from animdreamer_jax.losses import reconstruction
 from animdreamer_jax.stages.extraction import settings as extraction
 
 CONFIG_TEXT = '''
@@ -86,6 +87,24 @@ def test_repo_configs_load(repo_root):
     settings = extraction.from_config(config.load_config(path))
     assert settings.train.total_steps > 0
     assert "Command" in path.read_text(), path  # the docstring gives the command
+    # AnimatableDreamer's skeleton constraints are opt-in: no repo config builds them.
+    assert not {"bone_inside", "skeleton"} & set(settings.loss.enabled()), path
+
+
+def test_the_skeleton_loss_needs_its_file_and_the_file_its_weight():
+  base = extraction.base_config("tiny")
+  loss = extraction.from_config(base).loss
+  assert not {"bone_inside", "skeleton"} & set(loss.enabled())
+  assert reconstruction.load_skeleton_constraints(loss, num_bones=3) is None  # nothing read
+  base.loss.weights.skeleton = 1.0
+  with pytest.raises(UserError, match=r"loss\.weights\.skeleton: needs config\.loss\.skeleton_file"):
+    extraction.from_config(base)
+  base = extraction.base_config("tiny")
+  base.loss.skeleton_file = "runs/fox/skeleton.json"
+  with pytest.raises(UserError, match=r"loss\.skeleton_file: set but config\.loss\.weights\.skeleton is 0"):
+    extraction.from_config(base)
+  base.loss.weights.skeleton = 1.0
+  assert "skeleton" in extraction.from_config(base).loss.enabled()  # the file is read at plan time
 
 
 @pytest.mark.parametrize("preset", ["cpu", "lab4d", "tiny"])

@@ -291,6 +291,60 @@ def test_a_csd_step_trains_only_its_groups(tiny_video, tmp_path, compile_cache):
       np.testing.assert_array_equal(np.asarray(n), np.asarray(o), err_msg=names)
 
 
+def _chain_skeleton(num_model_bones: int) -> skeleton_file.Skeleton:
+  """root (bone 1) -> a (bone 0) -> b (bone 2), the joints far from the bones (a small
+  relative rotation already opens them), the video's ranges all 0."""
+  target = np.array([1, 0, 2] + [0] * (num_model_bones - 3))
+  return skeleton_file.Skeleton(
+      names=np.array(["root", "a", "b"]), parent=np.array([-1, 0, 1]), bone=np.array([1, 0, 2]),
+      rest_position=np.array([[0.0, 0.0, 0.0], [3.0, 0.0, 0.0], [0.0, 3.0, 0.0]]),
+      weight_target=target, skin_mass=np.full(3, 1 / 3), strength=np.array([0.0, 1.0, 1.0]),
+      rest_length=np.array([0.0, 3.0, 4.24]), length_range=np.zeros((3, 2)),
+      angle_range_deg=np.zeros((3, 2)))
+
+
+def test_skeleton_constraints_are_built_and_logged(tiny_video, tmp_path, compile_cache):
+  """loss.weights.bone_inside and .skeleton (with a skeleton.json over the tiny model's 3
+  bones): with the bones moved off their rest pose and out of the surface, one
+  reconstruction step logs both losses, positive and finite, and applies its update; the
+  bone-inside weight decays to 0; a missing skeleton or one over other bones is one clear error."""
+  path = tmp_path / "skeleton.json"
+  skeleton_file.save(path, _chain_skeleton(3))
+  config = tiny_config(compile_cache)
+  config.loss.weights.bone_inside = 0.1
+  config.loss.weights.skeleton = 1.0
+  config.loss.skeleton_file = str(path)
+  trainer = make_trainer(config, tiny_video, tmp_path / "run")
+  assert trainer.plan.data.skeleton.num_edges == 2
+  import flax  # pylint: disable=g-import-not-at-top
+  state = trainer.plan.initial_state(True)  # the SDF fitted to a sphere of radius 0.25
+  # At init every frame's bones are the rest bones, at the centre: both losses 0. Moved:
+  # random bone-network weights (per-frame motion), the centres shifted 0.5 along each axis
+  # (outside the sphere).
+  flat = flax.traverse_util.flatten_dict(state.params, sep="/")
+  names = [k for k in flat if k.startswith("params/bones/")]
+  for name, key in zip(names, jax.random.split(jax.random.PRNGKey(0), len(names))):
+    flat[name] = flat[name] + 0.3 * jax.random.normal(key, flat[name].shape)
+  flat["params/bones/trans_head/output/dense/bias"] += 2.0  # x model.bone_trans_scale 0.25
+  state = state.replace(params=flax.traverse_util.unflatten_dict(flat, sep="/"))
+  _, scalars = trainer.plan.schedule(0, 6)
+  scalars["grad_spike_threshold"] = np.float32(0.0)  # a moved bone's gradient spikes
+  _, metrics = trainer.steps[plan_lib.RECONSTRUCTION](state, trainer.plan.data, scalars)
+  assert int(metrics["applied"]) == 1
+  for name in ("bone_inside", "skeleton"):
+    assert np.isfinite(metrics[name]) and metrics[name] > 0, (name, metrics[name])
+  total = 100
+  weights = [trainer.plan.schedule(step, total)[1]["w_bone_inside"] for step in (0, 50, 100)]
+  np.testing.assert_allclose(weights, [0.1, 0.05, 0.0], atol=1e-7)
+  assert trainer.plan.schedule(50, total)[1]["w_skeleton"] == np.float32(1.0)
+  skeleton_file.save(path, _chain_skeleton(4))
+  with pytest.raises(UserError, match="a skeleton over 4 model bones, but the model has 3"):
+    make_trainer(config, tiny_video, tmp_path / "run2")
+  config.loss.skeleton_file = str(tmp_path / "missing.json")
+  with pytest.raises(UserError, match="skeleton file not found"):
+    make_trainer(config, tiny_video, tmp_path / "run3")
+
+
 def test_bad_inputs_write_nothing(tiny_video, tmp_path, repo_root):
   workdir = tmp_path / "run"
   with pytest.raises(UserError, match="config.train.num_roundz: unknown config key"):

@@ -8,6 +8,13 @@ returns lab4d's unweighted losses (`lab4d_losses`); the train step weights
 each by its scheduled scalar "w_<name>". Only losses with a non-zero base
 weight are built at all.
 
+Two AnimatableDreamer constraints are off by default (`losses.skeleton_constraints`):
+"bone_inside" (L_bone: the rest bone centres inside the canonical surface) and
+"skeleton" (L_skel: the bones of the batch's frames keep the joints of a given
+skeleton.json connected and within its observed rotation range; its
+constraints are device data, `ctx.data.skeleton`, built by
+`load_skeleton_constraints`).
+
 The `loss` config section (`LossSettings`) is declared here: base weights,
 schedule lengths and the term's own constants.
 """
@@ -25,11 +32,13 @@ from animdreamer_jax import schedules
 from animdreamer_jax.data import batching
 from animdreamer_jax.errors import UserError
 from animdreamer_jax.losses import lab4d_losses as losses
+from animdreamer_jax.losses import skeleton_constraints
 from animdreamer_jax.losses.term import LossTerm, StepContext
 from animdreamer_jax.model import skinning
 from animdreamer_jax.render import density as density_lib
 from animdreamer_jax.render import settings as render_settings_lib
 from animdreamer_jax.render import warp_render
+from animdreamer_jax.skeleton import skeleton_file as skeleton_file_lib
 
 NAME = "reconstruction"
 
@@ -51,6 +60,12 @@ class LossWeights:
   gauss_skin: float = 1e-3  # bone Gaussians agree with the SDF's occupancy
   gauss_mask: float = 1e-2  # rendered bone density vs the rendered silhouette (decays to 0)
   cam_prior: float = 0.1  # root poses stay near the video's cameras (decays to 0)
+  # Rest bone centres at most `bone_inside_margin` outside the canonical surface
+  # (AnimatableDreamer's L_bone; its code: 0.1; decays to 0).
+  bone_inside: float = 0.0
+  # The batch frames' bones keep the joints of `skeleton_file` connected and within the
+  # rotation range the video showed (AnimatableDreamer's L_skel; needs skeleton_file).
+  skeleton: float = 0.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -63,6 +78,8 @@ class LossSchedules:
   eikonal_fraction: float = 1.0  # eikonal weight x1 -> x100 (log-linear) over this fraction
   cam_prior_fraction: float = 0.2  # camera-prior weight 1 -> 0 over this fraction
   gauss_mask_fraction: float = 1.0  # bone-mask weight 1 -> 0 over this fraction
+  # Bone-inside weight 1 -> 0 over this fraction (AnimatableDreamer's reg_anneal).
+  bone_inside_fraction: float = 1.0
   pos_alpha_start: float = 0.6  # coarse-to-fine window of the encodings starts at this fraction
   pos_alpha_fraction: float = 1.0  # ... and opens fully over this fraction of training
 
@@ -74,6 +91,12 @@ class LossSettings:
   # Pixels per unit of flow and re-projection error (lab4d: 256); 0: max(H, W) of the video.
   train_res: float = 0.0
   gauss_skin_points: int = 2048  # random canonical points of the bone/SDF consistency term
+  # How far outside the surface a bone centre may sit before "bone_inside" pulls it in
+  # (AnimatableDreamer's 0.01 in lab4d's units, x2.5 for the normalised sequences here).
+  bone_inside_margin: float = 0.025
+  # skeleton.json (joints over THIS model's bones: a run resumed or continued from the one
+  # it was built from) that `weights.skeleton` holds the bones to; "": none.
+  skeleton_file: str = ""
   schedules: LossSchedules = LossSchedules()
 
   def __post_init__(self):
@@ -82,6 +105,12 @@ class LossSettings:
         raise UserError(f"config.loss.weights.{field.name}: must be >= 0")
     if self.gauss_skin_points < 1:
       raise UserError("config.loss.gauss_skin_points: must be >= 1")
+    if self.weights.skeleton > 0 and not self.skeleton_file:
+      raise UserError("config.loss.weights.skeleton: needs config.loss.skeleton_file (the "
+                      "skeleton.json of this model's bones)")
+    if self.skeleton_file and self.weights.skeleton == 0:
+      raise UserError("config.loss.skeleton_file: set but config.loss.weights.skeleton is 0; "
+                      "give the skeleton loss a weight or leave the file empty")
 
   def enabled(self) -> tuple[str, ...]:
     """Losses with a non-zero base weight (static: only these are built)."""
@@ -92,6 +121,24 @@ class LossSettings:
 def train_resolution(settings: LossSettings, video: batching.DeviceVideo) -> float:
   """Pixels per unit of flow / re-projection loss (lab4d: 256; default max(H, W))."""
   return settings.train_res if settings.train_res > 0 else float(max(video.height, video.width))
+
+
+def load_skeleton_constraints(settings: LossSettings, num_bones: int
+                              ) -> Optional[skeleton_constraints.SkeletonConstraints]:
+  """The device arrays of `skeleton_file`'s constraints (None when the skeleton loss is off).
+
+  Raises:
+    UserError: a missing or malformed file, or one over another number of model bones.
+  """
+  if "skeleton" not in settings.enabled():
+    return None
+  skel = skeleton_file_lib.load(settings.skeleton_file)
+  if skel.num_model_bones != num_bones:
+    raise UserError(f"{settings.skeleton_file}: a skeleton over {skel.num_model_bones} model bones, "
+                    f"but the model has {num_bones} (config.loss.skeleton_file must come from "
+                    "this model)")
+  return jax.tree_util.tree_map(jnp.asarray,
+                                skeleton_constraints.constraints_from_skeleton(skel))
 
 
 def gauss_skin_term(model, params, aabb: jnp.ndarray, key: jax.Array, num_points: int,
@@ -147,7 +194,8 @@ def make_reconstruction_term(model, loss: LossSettings, render: render_settings_
   """The reconstruction LossTerm (warp: `render.make_warp(...)`'s, None: built from `render`).
 
   Its `ctx.data` must have `video` (batching.DeviceVideo), `prior_w2c` (T, 4, 4)
-  the video's cameras and `intrinsics` (T, 4); `ctx.aux` near_far (T, 2) and
+  the video's cameras, `intrinsics` (T, 4) and, with the skeleton loss on,
+  `skeleton` (`load_skeleton_constraints`'s); `ctx.aux` near_far (T, 2) and
   aabb (2, 3); `ctx.scalars` "alpha" (coarse-to-fine fraction).
   """
   names = loss.enabled()
@@ -179,6 +227,15 @@ def make_reconstruction_term(model, loss: LossSettings, render: render_settings_
       frames = jnp.arange(data.prior_w2c.shape[0], dtype=jnp.int32)
       root = model.apply(params, frames, method="root_pose")
       terms["cam_prior"] = losses.camera_prior_loss(root, data.prior_w2c)
+    if "bone_inside" in names or "skeleton" in names:
+      rest = model.apply(params, method="rest_bones")
+    if "bone_inside" in names:
+      # The SDF the renderer sees this step (same coarse-to-fine window).
+      sdf = model.apply(params, rest.trans, ctx.scalars["alpha"], method="sdf")
+      terms["bone_inside"] = skeleton_constraints.bone_inside_loss(sdf, loss.bone_inside_margin)
+    if "skeleton" in names:
+      posed = model.apply(params, rays.frame_index, method="bones")
+      terms["skeleton"] = skeleton_constraints.skeleton_loss(data.skeleton, rest, posed)
     fg = rays.mask
     metrics = {"opacity_fg": jnp.sum(out["opacity"] * fg) / jnp.maximum(jnp.sum(fg), 1),
                "opacity_bg": jnp.sum(out["opacity"] * (1 - fg)) / jnp.maximum(jnp.sum(1 - fg), 1)}
@@ -193,7 +250,8 @@ def scalars(settings: LossSettings, step: int, total_steps: int) -> dict[str, np
   lab4d's schedules (lab4d_internals A.6), their lengths as fractions of
   training: the eikonal weight ramps x1 -> x100 log-linearly, the camera prior
   and the bone mask decay linearly to 0; the coarse-to-fine window opens
-  linearly from `pos_alpha_start` to 1.
+  linearly from `pos_alpha_start` to 1. AnimatableDreamer's bone-inside weight
+  decays linearly to 0 too (its reg_anneal).
   """
   sched = settings.schedules
 
@@ -204,6 +262,7 @@ def scalars(settings: LossSettings, step: int, total_steps: int) -> dict[str, np
       "eikonal": schedules.log_anneal(step, 0, steps(sched.eikonal_fraction), 1.0, 100.0),
       "cam_prior": schedules.linear_anneal(step, 0, steps(sched.cam_prior_fraction), 1.0, 0.0),
       "gauss_mask": schedules.linear_anneal(step, 0, steps(sched.gauss_mask_fraction), 1.0, 0.0),
+      "bone_inside": schedules.linear_anneal(step, 0, steps(sched.bone_inside_fraction), 1.0, 0.0),
   }
   alpha = (schedules.positional_encoding_alpha(step, sched.pos_alpha_start, 1.0,
                                                steps(sched.pos_alpha_fraction))

@@ -28,6 +28,7 @@ from animdreamer_jax.csd import term as csd_term
 from animdreamer_jax.data import batching
 from animdreamer_jax.errors import UserError
 from animdreamer_jax.losses import reconstruction
+from animdreamer_jax.losses import skeleton_constraints
 from animdreamer_jax.model import articulated_model
 from animdreamer_jax.model import init as init_lib
 from animdreamer_jax.render import settings as render_settings
@@ -51,11 +52,14 @@ class ExtractionData:
     prior_w2c: (T, 4, 4) the video's cameras (object frame = world frame).
     intrinsics: (T, 4) the video's intrinsics (fx, fy, cx, cy).
     prior: the CSD prior's {"params", "text"} (jit arguments, not constants), or None.
+    skeleton: the constraints of `loss.skeleton_file` (jit arguments), or None when the
+      skeleton loss is off.
   """
   video: batching.DeviceVideo
   prior_w2c: jnp.ndarray
   intrinsics: jnp.ndarray
   prior: Optional[dict] = None
+  skeleton: Optional[skeleton_constraints.SkeletonConstraints] = None
 
 
 def model_config(settings: ExtractionSettings, num_frames: int, image_size: tuple[int, int],
@@ -124,11 +128,14 @@ def state_from_params(settings: ExtractionSettings, params, num_frames: int
   return state_lib.create(params, tx, initial_aux(settings, num_frames), seed=settings.train.seed + 1)
 
 
-def make_data(video, prior_inputs: Optional[dict] = None, source: str = "video") -> ExtractionData:
+def make_data(video, prior_inputs: Optional[dict] = None, source: str = "video",
+              skeleton: Optional[skeleton_constraints.SkeletonConstraints] = None
+              ) -> ExtractionData:
   """ExtractionData from a loaded `data.video.Video` (validates it; UserError on problems)."""
   return ExtractionData(video=batching.from_video(video, source=source),
                         prior_w2c=jnp.asarray(video.w2c, jnp.float32),
-                        intrinsics=jnp.asarray(video.intrinsics, jnp.float32), prior=prior_inputs)
+                        intrinsics=jnp.asarray(video.intrinsics, jnp.float32), prior=prior_inputs,
+                        skeleton=skeleton)
 
 
 def sharpness_constraint(params, scalars: dict):
@@ -173,6 +180,7 @@ def build_plan(settings: ExtractionSettings, video, source: str = "video",
       `settings.csd.prior` (tests, custom priors); None: built from the settings.
   """
   model = make_model(settings, video)
+  skeleton = reconstruction.load_skeleton_constraints(settings.loss, model.config.num_bones)
   template = initial_state(settings, model, video, fit=False)
   tx = optimizer_lib.make_optimizer(template.params, settings.optim)
   warp = settings.render.make_warp(video.gt)
@@ -195,7 +203,7 @@ def build_plan(settings: ExtractionSettings, video, source: str = "video",
       video.meta.get("background", (1.0, 1.0, 1.0)), warp)
   return loop.TrainingPlan(
       name="extract", model=model, num_frames=video.num_frames,
-      data=make_data(video, prior_inputs, source=source), tx=tx, kinds=kinds,
+      data=make_data(video, prior_inputs, source=source, skeleton=skeleton), tx=tx, kinds=kinds,
       schedule=make_schedule(settings),
       # fit=False is the structure (and a random init): one copy per call of the one drawn here.
       initial_state=lambda fit: (initial_state(settings, model, video, fit=True) if fit
