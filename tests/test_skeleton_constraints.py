@@ -29,6 +29,7 @@ def small_skeleton() -> skeleton_file.Skeleton:
       weight_target=np.array([1, 3, 0, 2, 0]), skin_mass=np.full(4, 0.25),
       strength=np.array([0, 0.9, 0.5, 0.7]), rest_length=np.array([0, 0.2236, 0.2, 0.3162]),
       length_range=np.array([[0, 0], [0.2036, 0.2336], [0.15, 0.21], [0.3162, 0.3162]]),
+      dislocation_max=np.array([0, 0.02, 0.05, 0.0]),
       angle_range_deg=np.array([[0, 0], [0, 30], [2, 45], [0, 0]]))
 
 
@@ -103,7 +104,7 @@ def test_constraints_from_a_hand_built_skeleton():
   np.testing.assert_array_equal(c.parent_bone, [2, 0, 0])
   np.testing.assert_array_equal(c.child_bone, [0, 3, 1])
   np.testing.assert_allclose(c.joint, [[0.1, 0.2, 0], [0.3, 0.2, 0], [0.1, 0.5, -0.1]])
-  # Dislocation = largest |length - rest_length| over the video: 0.02, 0.05, 0; + 0.01.
+  # The recorded dislocations 0.02, 0.05, 0, + 0.01.
   np.testing.assert_allclose(c.translation_tolerance, [0.03, 0.06, 0.01], atol=1e-6)
   np.testing.assert_allclose(c.max_angle, np.radians([35.0, 50.0, 5.0]), rtol=1e-6)
   assert c.parent_bone.dtype == np.int32 and c.joint.dtype == np.float32
@@ -253,7 +254,8 @@ def test_one_joint_skeleton_has_no_edges():
       names=skel.names[:1], parent=skel.parent[:1], bone=skel.bone[:1],
       rest_position=skel.rest_position[:1], weight_target=np.zeros(NUM_BONES, np.int32),
       skin_mass=np.ones(1), strength=skel.strength[:1], rest_length=skel.rest_length[:1],
-      length_range=skel.length_range[:1], angle_range_deg=skel.angle_range_deg[:1])
+      length_range=skel.length_range[:1], dislocation_max=skel.dislocation_max[:1],
+      angle_range_deg=skel.angle_range_deg[:1])
   c = sc.constraints_from_skeleton(one)
   assert c.num_edges == 0
   rest = _random_bones(11)

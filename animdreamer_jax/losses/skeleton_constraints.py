@@ -72,13 +72,10 @@ def constraints_from_skeleton(skel: skeleton_file.Skeleton,
                               angle_slack_deg: float = ANGLE_SLACK_DEG) -> SkeletonConstraints:
   """The constraints of a skeleton's edges (NumPy arrays; `jnp.asarray` them for the device).
 
-  The file records, per joint, the range of its distance to the parent joint
-  over the video (`length_range`). Were the two bones rigidly connected at the
-  joint, that distance would stay `rest_length`; by the triangle inequality
-  the joint's gap |P_child(p) - P_parent(p)| is at least |length - rest_length|,
-  so the largest such deviation is the dislocation the video showed. The
-  tolerance is that plus `translation_slack`; the angle limit is the largest
-  observed angle (`angle_range_deg[:, 1]`) plus `angle_slack_deg`.
+  The file records, per joint, the largest gap |P_child(p) - P_parent(p)| the
+  video showed (`dislocation_max`: the unlinked model bones pull joints apart a
+  little). The tolerance is that plus `translation_slack`; the angle limit is
+  the largest observed angle (`angle_range_deg[:, 1]`) plus `angle_slack_deg`.
 
   Args:
     skel: the skeleton (validated here).
@@ -94,8 +91,7 @@ def constraints_from_skeleton(skel: skeleton_file.Skeleton,
     raise UserError(f"angle_slack_deg: must be >= 0, got {angle_slack_deg}")
   skel = skeleton_file.validate(skel)
   child = np.arange(1, skel.num_joints)  # the root has no edge
-  dislocation = np.maximum(skel.rest_length[child] - skel.length_range[child, 0],
-                           skel.length_range[child, 1] - skel.rest_length[child])
+  dislocation = skel.dislocation_max[child]
   return SkeletonConstraints(
       parent_bone=skel.bone[skel.parent[child]].astype(np.int32),
       child_bone=skel.bone[child].astype(np.int32),
