@@ -45,11 +45,10 @@ from animdreamer_jax.export import motion_file
 from animdreamer_jax.geometry import transforms_np
 from animdreamer_jax.model import skinning
 from animdreamer_jax.model.skinning import Bones
-from animdreamer_jax.render import warp_render
+from animdreamer_jax.render import posing
 from animdreamer_jax.skeleton import skeleton_file
 from animdreamer_jax.stages import run_folder
 
-_WEIGHT_CHUNK = 4096  # rest vertices per jitted skinning-weight call
 
 
 @dataclasses.dataclass(frozen=True)
@@ -143,28 +142,6 @@ def root_from_cameras(object_to_camera: np.ndarray, w2c: np.ndarray) -> np.ndarr
 # Reading the run folder.
 
 
-def forward_skin_weights(model, params, rest_vertices: np.ndarray) -> np.ndarray:
-  """(V, B) weights of the model's forward warp at rest vertices (Mahalanobis + delta)."""
-  rest = warp_render.rest_state(model, params)
-
-  @jax.jit
-  def weights_fn(x):
-    logits = jax.vmap(lambda p: skinning.gaussian_skinning_logits(p, rest.bones,
-                                                                  rest.log_scale))(x)
-    if rest.delta_code is not None:
-      local = jax.vmap(lambda p: skinning.bone_local_coords(p, rest.bones))(x)
-      local = local * jnp.exp(-rest.log_scale)
-      logits = logits - model.apply(params, local, rest.delta_code, method="skinning_delta")
-    return jax.nn.softmax(logits, axis=-1)
-
-  v = rest_vertices.shape[0]
-  pad = (-v) % _WEIGHT_CHUNK
-  padded = np.concatenate([np.asarray(rest_vertices, np.float32), np.zeros((pad, 3), np.float32)])
-  chunks = [np.asarray(weights_fn(jnp.asarray(padded[i:i + _WEIGHT_CHUNK])))
-            for i in range(0, padded.shape[0], _WEIGHT_CHUNK)]
-  return np.concatenate(chunks)[:v].astype(np.float32)
-
-
 def video_cameras(video_dir: str | pathlib.Path, num_frames: int
                   ) -> tuple[np.ndarray, np.ndarray, tuple[int, int]]:
   """(w2c (T, 4, 4), intrinsics (T, 4), (H, W)) of a video folder, checked against T."""
@@ -249,7 +226,7 @@ def load_run_rig(run_dir: str | pathlib.Path, video_dir: Optional[str | pathlib.
     if model.config.num_bones != num_bones:
       raise UserError(f"{run_dir}: the checkpoint has {model.config.num_bones} bones but "
                       f"motion.npz has {num_bones}")
-    weights = forward_skin_weights(model, params, rest_vertices)
+    weights = posing.forward_skin_weights(model, params, rest_vertices)
     intrinsics = np.asarray(model.apply(params, jnp.arange(num_frames, dtype=jnp.int32),
                                         method="intrinsics"), np.float64)
   else:

@@ -50,7 +50,7 @@ FORWARD_AXES = ("+z", "-z", "+x", "-x")
 @dataclasses.dataclass(frozen=True)
 class SkeletonSettings:
   """`skeleton`: how a run's joint tree is built from its bones (skeleton/construct.py)."""
-  alpha: float = 0.2  # weight of the semantic (feature) term in the connection strength; 1 - alpha: skin overlap
+  alpha: float = 0.5  # weight of the semantic (feature) term in the connection strength; 1 - alpha: skin overlap (0.5: best tree edges on the benchmark, docs/results.md)
   min_mass: float = 0.01  # bones with less than this share of the surface's skin weight are dead (pruned)
   max_outside: float = 0.05  # bones whose centre is farther outside the surface than this (SDF, units of the rest bbox diagonal ~1) are pruned
   # ... but only when merging the bone's weight into its neighbour moves no surface point by more than this
