@@ -34,7 +34,8 @@ def with_and_without():
   return _script("csd_with_and_without")
 
 
-@pytest.mark.parametrize("name", ["csd_with_and_without", "csd_memory", "oracle_ladder"])
+@pytest.mark.parametrize("name", ["csd_with_and_without", "csd_memory", "oracle_ladder",
+                                  "skeleton_settings"])
 def test_each_driver_has_help(name, capsys):
   with pytest.raises(SystemExit) as exit_info:
     _script(name).main(["--help"])
@@ -190,3 +191,14 @@ def test_ladder_variants_rows_and_bad_names(capsys, tmp_path):
     err = capsys.readouterr().err
     assert err.startswith("error: ") and err.count("\n") == 1
   assert not (tmp_path / "o").exists()
+
+
+def test_skeleton_settings_variants_are_settings_and_names_are_checked(capsys):
+  import dataclasses  # pylint: disable=import-outside-toplevel
+  driver = _script("skeleton_settings")
+  for name, changes in driver.VARIANTS.items():
+    settings = dataclasses.replace(driver.DEFAULT, **changes)  # each a valid SkeletonSettings
+    assert all(getattr(settings, k) == v for k, v in changes.items()), name
+  with pytest.raises(SystemExit):
+    driver.main(["--runs", "a:b", "--out", "x.md", "--variants", "default,nope"])
+  assert "unknown variant 'nope'" in capsys.readouterr().err
