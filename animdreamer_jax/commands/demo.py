@@ -23,6 +23,7 @@ import time
 
 from animdreamer_jax.commands import extract
 from animdreamer_jax.errors import UserError
+from animdreamer_jax.eval import rig_metrics
 from animdreamer_jax.eval import run_scores
 from animdreamer_jax.export import viewer
 
@@ -109,6 +110,14 @@ def run(args: argparse.Namespace) -> int:
     summary = {"chamfer": mean["chamfer"], "fscore@2%": mean["fscore@2%"],
                "fscore@5%": mean["fscore@5%"], "limb_recall@2%": limbs.get("recall@2%"),
                "limb_fscore@2%": limbs.get("fscore@2%"), "seconds": time.perf_counter() - start}
+    rig = metrics.get("rig")
+    if rig:
+      print(f"[demo] skeleton vs the ground-truth rig: {rig_metrics.summary_line(rig)}")
+      summary.update({"rig_joints": rig["num_joints"], "rig_depth": rig["depth"],
+                      "rig_cd_j2j_pct_diag": rig["mean"]["cd_j2j_pct_diag"],
+                      "rig_edge_precision": rig["edge_precision"],
+                      "rig_edge_recall": rig["edge_recall"],
+                      "rig_inside_rest_mesh": rig["inside_rest_mesh"]})
     (out / "demo_summary.json").write_text(json.dumps(summary, indent=1))
   pictures = [run_dir / "comparison.png", run_dir / "skeleton.png", video_dir / "contact_sheet.png",
               run_dir / "contact_sheet.png", run_dir / "reconstruction.mp4", export_dir]
