@@ -489,7 +489,8 @@ def write_run(folder, mesh_frame, w2c, with_skeleton=True):
         names=np.array(["hip", "leg", "spine", "head"]), parent=PRED_PARENTS, bone=joint_bone,
         rest_position=rest_joints, weight_target=np.array([1, 0, 0, 2, 3]),
         skin_mass=np.full(k, 0.25), strength=np.ones(k), rest_length=np.zeros(k),
-        length_range=np.zeros((k, 2)), angle_range_deg=np.zeros((k, 2))))
+        length_range=np.zeros((k, 2)), dislocation_max=np.zeros(k),
+        angle_range_deg=np.zeros((k, 2))))
   return folder
 
 

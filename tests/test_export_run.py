@@ -338,7 +338,8 @@ def hand_made_skeleton(run_rig, prune: bool = False) -> skeleton_file.Skeleton:
       names=np.asarray(["spine", "neck", "front_leg", "back_leg", "tail"][:k]),
       parent=np.asarray(parent), bone=np.asarray(kept), rest_position=np.asarray(position),
       weight_target=target, skin_mass=mass[kept] / mass.sum(), strength=np.zeros(k),
-      rest_length=np.zeros(k), length_range=np.zeros((k, 2)), angle_range_deg=np.zeros((k, 2)),
+      rest_length=np.zeros(k), length_range=np.zeros((k, 2)), dislocation_max=np.zeros(k),
+      angle_range_deg=np.zeros((k, 2)),
       pruned=[{"bone": b, "reason": "test", "merged_into": int(target[b])} for b in pruned]))
 
 

@@ -143,7 +143,8 @@ def make_skeleton(joints=JOINTS, num_bones: int = len(PARTS),
       names=np.asarray([j[0] for j in joints]), parent=np.asarray([j[1] for j in joints]),
       bone=np.asarray([j[2] for j in joints]), rest_position=np.asarray([j[3] for j in joints]),
       weight_target=target, skin_mass=np.full(k, 1.0 / k), strength=np.zeros(k),
-      rest_length=np.zeros(k), length_range=np.zeros((k, 2)), angle_range_deg=np.zeros((k, 2))))
+      rest_length=np.zeros(k), length_range=np.zeros((k, 2)), dislocation_max=np.zeros(k),
+      angle_range_deg=np.zeros((k, 2))))
 
 
 def tree_rig(skel=None, **kwargs) -> gltf_writer.Rig:

@@ -152,6 +152,31 @@ def test_place_joints_at_the_meeting_of_two_regions_and_inside():
   assert np.min(np.linalg.norm(ring - out[0], axis=1)) == 0.0
 
 
+def test_bone_ends_reach_the_far_end_of_a_leaf_region():
+  # A root at the origin with one child at x = 1 whose region runs on to x = 3.
+  x = np.linspace(0, 3, 301)
+  surface = np.stack([x, np.zeros_like(x), np.zeros_like(x)], -1)
+  w1 = (x > 1).astype(float)
+  weights = np.stack([1 - w1, w1], -1)
+  joints = np.array([[0.0, 0, 0], [1.0, 0, 0]])
+  ends = construct.bone_ends(np.array([-1, 0]), joints, surface, weights, far_share=0.1)
+  np.testing.assert_allclose(ends[0], joints[1])  # inner bone: its child
+  far = surface[(x > 1)][np.abs(surface[(x > 1), 0] - 1) >= np.quantile(np.abs(x[x > 1] - 1), 0.9)]
+  np.testing.assert_allclose(ends[1], far.mean(0))
+  assert ends[1, 0] > 2.8
+
+
+def test_joints_and_leaf_ends_add_one_point_per_leaf_with_length():
+  skel = small_skeleton()
+  bone, points, parent = skeleton_file.joints_and_leaf_ends(skel)
+  leaves = [k for k in range(skel.num_joints) if not np.any(skel.parent == k)
+            and np.linalg.norm(skel.end_position[k] - skel.rest_position[k]) > 1e-6]
+  assert len(bone) == skel.num_joints + len(leaves) and len(leaves) > 0
+  np.testing.assert_array_equal(parent[skel.num_joints:], leaves)
+  np.testing.assert_array_equal(bone[skel.num_joints:], skel.bone[leaves])
+  np.testing.assert_allclose(points[skel.num_joints:], skel.end_position[leaves])
+
+
 def test_motion_ranges_of_a_hinge():
   # Parent bone still; child bone rotates about the joint at (0, 0, 1) by 0..30 degrees.
   joint = np.array([0.0, 0.0, 1.0])

@@ -299,7 +299,7 @@ def _chain_skeleton(num_model_bones: int) -> skeleton_file.Skeleton:
       names=np.array(["root", "a", "b"]), parent=np.array([-1, 0, 1]), bone=np.array([1, 0, 2]),
       rest_position=np.array([[0.0, 0.0, 0.0], [3.0, 0.0, 0.0], [0.0, 3.0, 0.0]]),
       weight_target=target, skin_mass=np.full(3, 1 / 3), strength=np.array([0.0, 1.0, 1.0]),
-      rest_length=np.array([0.0, 3.0, 4.24]), length_range=np.zeros((3, 2)),
+      rest_length=np.array([0.0, 3.0, 4.24]), length_range=np.zeros((3, 2)), dislocation_max=np.zeros(3),
       angle_range_deg=np.zeros((3, 2)))
 
 

@@ -92,19 +92,24 @@ def ground_truth_has_joints(gt) -> bool:
           and getattr(meshes, "joint_parents", None) is not None)
 
 
-def run_joints(skel: skeleton_file.Skeleton, motion: dict, mesh_frame: str) -> np.ndarray:
+def run_joints(skel: skeleton_file.Skeleton, motion: dict, mesh_frame: str,
+               leaf_ends: bool = False) -> np.ndarray:
   """(T, K, 3) the skeleton's joints per frame in meshes.npz's frame `mesh_frame`.
 
   Posed with the run's bones (`skeleton_file.joint_positions`: object frame),
   then mapped like the meshes (`extraction.outputs.mesh_in_frame`: object ->
   camera by the learned root poses, -> world by the video's cameras).
+  leaf_ends: also the leaf bones' ends, after the joints (`skeleton_file.joints_and_leaf_ends`).
   """
   def matrices(quat, trans):  # motion.npz's (x, y, z, w) quaternions, as the export reads them
     quat = quaternion_np.normalize(np.asarray(quat, np.float64))
     return transforms_np.compose_trs(trans, quat, np.ones(quat.shape[:-1] + (3,)))
 
-  posed = skeleton_file.joint_positions(
-      skel, matrices(motion["rest_bone_quat"], motion["rest_bone_trans"]),
+  bone, points, _ = skeleton_file.joints_and_leaf_ends(skel)
+  if not leaf_ends:
+    bone, points = skel.bone, skel.rest_position
+  posed = skeleton_file.points_positions(
+      bone, points, matrices(motion["rest_bone_quat"], motion["rest_bone_trans"]),
       matrices(motion["bone_quat"], motion["bone_trans"]))
   if mesh_frame == "world" and "w2c" not in motion:
     raise UserError("motion.npz: no 'w2c' (the video's cameras) to put the joints in the world "
@@ -153,7 +158,9 @@ def rig_scores_of_run(run_dir: str | pathlib.Path, gt, alignment: list,
     raise UserError(f"{run_dir / 'motion.npz'}: {num_frames} frames, but the ground truth has "
                     f"{gt_joints.shape[0]}")
   matrix = np.asarray(alignment, np.float64)
-  joints = run_joints(skel, motion, mesh_frame) @ matrix[:3, :3].T + matrix[:3, 3]
+  # Scored points: the joints and the leaf bones' ends (a bone has a head and a tail).
+  joints = run_joints(skel, motion, mesh_frame, leaf_ends=True) @ matrix[:3, :3].T + matrix[:3, 3]
+  _, _, parents = skeleton_file.joints_and_leaf_ends(skel)
   if gt_frame == "camera":
     joints = transforms_np.to_camera(joints, np.linalg.inv(np.asarray(gt.w2c, np.float64)))
   rest = run_folder.load_npz(run_dir / "rest.npz")
@@ -161,10 +168,10 @@ def rig_scores_of_run(run_dir: str | pathlib.Path, gt, alignment: list,
     raise UserError(f"{run_dir / 'rest.npz'}: missing 'vertices' or 'faces'")
   gt_rest = np.asarray(gt.rest_vertices, np.float64)
   return rig_metrics.score_skeleton(
-      joints, skel.parent, gt_joints, gt.meshes.joint_parents,
+      joints, parents, gt_joints, gt.meshes.joint_parents,
       float(np.linalg.norm(gt_rest.max(0) - gt_rest.min(0))),
       gt_skin_weights=getattr(gt.meshes, "skin_weights", None),
-      pred_rest_joints=skel.rest_position, rest_vertices=rest["vertices"],
+      pred_rest_joints=skel.rest_position, rest_vertices=rest["vertices"],  # the joints only
       rest_faces=rest["faces"])
 
 

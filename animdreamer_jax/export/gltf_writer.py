@@ -343,11 +343,13 @@ def _rotation_from_y(direction: np.ndarray) -> np.ndarray:
   return quaternion_np.quaternion_to_matrix(quaternion_np.normalize(quat))
 
 
-def joint_rest_frames(parent: np.ndarray, rest_position: np.ndarray) -> np.ndarray:
+def joint_rest_frames(parent: np.ndarray, rest_position: np.ndarray,
+                      end_position: Optional[np.ndarray] = None) -> np.ndarray:
   """Rest frames J_k of a joint tree, with +Y along each joint's bone (Blender's bone axis).
 
-  The bone of joint k runs from its rest position to the mean rest position of
-  its children; a leaf's continues its parent's, parent -> joint. The frame is
+  The bone of joint k runs from its rest position to `end_position[k]` when
+  given (the skeleton's bone ends), else to the mean rest position of its
+  children; a leaf's continues its parent's, parent -> joint. The frame is
   the shortest rotation taking +Y there (no roll added); a joint without a
   direction (a lone root, or offsets under MIN_BONE_LENGTH) falls back to the
   leaf rule, then to the identity rotation.
@@ -355,6 +357,7 @@ def joint_rest_frames(parent: np.ndarray, rest_position: np.ndarray) -> np.ndarr
   Args:
     parent: (K,) parent joints, -1 for the root, parents before children.
     rest_position: (K, 3) rest joint positions.
+    end_position: optional (K, 3) where each joint's bone ends.
   Returns:
     (K, 4, 4) float64 rigid transforms, translation = rest_position.
   """
@@ -365,6 +368,8 @@ def joint_rest_frames(parent: np.ndarray, rest_position: np.ndarray) -> np.ndarr
   for k in range(parent.shape[0]):
     children = np.flatnonzero(parent == k)
     candidates = []
+    if end_position is not None:
+      candidates.append(np.asarray(end_position[k], np.float64) - position[k])
     if children.size:
       candidates.append(position[children].mean(0) - position[k])
     if parent[k] >= 0:
@@ -395,7 +400,8 @@ def tree_from_skeleton(skel: skeleton_file.Skeleton, skin_weights: np.ndarray,
                     f"the model has {skin_weights.shape[-1]}")
   return JointTree(names=skel.names, parent=skel.parent.astype(np.int64),
                    bone=skel.bone.astype(np.int64),
-                   rest_frame=joint_rest_frames(skel.parent, skel.rest_position),
+                   rest_frame=joint_rest_frames(skel.parent, skel.rest_position,
+                                                skel.end_position),
                    skin_weights=skeleton_file.merged_weights(skel, skin_weights))
 
 

@@ -16,7 +16,8 @@ The steps, each a pure NumPy function (`build` runs them in order):
 5. `place_joints`: a child joint sits where it meets its parent: the interior
    centroid weighted by w_parent * w_child, pulled onto the nearest interior
    sample when that centroid is not inside; the root at its own region's interior
-   centroid.
+   centroid. Each bone ends at its children's mean position, a leaf's at the far
+   end of its own region (`bone_ends`), so chains reach the feet and the tail tip.
 6. `motion_ranges`: over the video's frames, each joint's distance to its parent
    joint, its dislocation (the joint as carried by its own bone vs by the
    parent's bone) and the angle of its rotation relative to the parent's, from
@@ -279,6 +280,28 @@ def place_joints(parent: np.ndarray, interior: np.ndarray, interior_weights: np.
   return out
 
 
+def bone_ends(parent: np.ndarray, rest_position: np.ndarray, surface: np.ndarray,
+              surface_weights: np.ndarray, far_share: float = 0.1) -> np.ndarray:
+  """(K, 3) where each joint's bone ends: its children's mean position, or for a leaf the far end
+  of its own region (the mean of the `far_share` of the surface points it dominates, w > 0.5,
+  farthest from the joint; its region's centroid when it dominates none)."""
+  k = parent.shape[0]
+  out = np.zeros((k, 3))
+  for j in range(k):
+    children = np.flatnonzero(parent == j)
+    if children.size:
+      out[j] = rest_position[children].mean(0)
+      continue
+    own = surface[surface_weights[:, j] > 0.5]
+    if own.shape[0] == 0:
+      centroid = weighted_centroid(surface, surface_weights[:, j])
+      out[j] = rest_position[j] if centroid is None else centroid
+      continue
+    far = np.linalg.norm(own - rest_position[j], axis=1)
+    out[j] = own[far >= np.quantile(far, 1.0 - far_share)].mean(0)
+  return out
+
+
 # ----------------------------------------------------------------------------
 # 6. Motion ranges.
 
@@ -456,6 +479,7 @@ def build(samples: BoneSamples, settings: SkeletonSettings = SkeletonSettings())
   surface_w = s.surface_weights @ to_joint
   interior_w = s.interior_weights @ to_joint if s.interior.shape[0] else np.zeros((0, len(kept)))
   rest_position = place_joints(parent, s.interior, interior_w, s.surface, surface_w, s.is_inside)
+  end_position = bone_ends(parent, rest_position, s.surface, surface_w)
   ranges = motion_ranges(parent, joint_bone, rest_position, s.rest_bone_to_object,
                          s.bone_to_object)
   tip = (surface_w.T @ s.surface) / np.maximum(surface_w.sum(0), 1e-12)[:, None]
@@ -470,7 +494,8 @@ def build(samples: BoneSamples, settings: SkeletonSettings = SkeletonSettings())
             for i, reason in sorted(pruning.reasons.items())]
   skel = Skeleton(
       names=names, parent=parent, bone=joint_bone.astype(np.int32),
-      rest_position=rest_position.astype(np.float32), weight_target=weight_target,
+      rest_position=rest_position.astype(np.float32), end_position=end_position.astype(np.float32),
+      weight_target=weight_target,
       skin_mass=(mass @ to_joint).astype(np.float32), strength=joint_strength.astype(np.float32),
       rest_length=ranges["rest_length"].astype(np.float32),
       length_range=ranges["length_range"].astype(np.float32),

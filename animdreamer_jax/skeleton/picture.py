@@ -2,7 +2,8 @@
 
 The mesh is drawn pale so that the bones (drawn on top, never hidden) read at a
 glance: legs orange, tail green, head red, spine and root blue, other joints grey;
-each joint a dot, each bone a line from the parent joint to the child joint.
+each joint a dot, each bone a line from the parent joint to the child joint, and
+each leaf bone a line to its end.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import numpy as np
 from animdreamer_jax.assets import shading
 from animdreamer_jax.geometry import rays as rays_lib
 from animdreamer_jax.geometry import transforms_np
+from animdreamer_jax.skeleton import skeleton_file
 from animdreamer_jax.skeleton.skeleton_file import Skeleton
 
 MESH_COLOR = np.array([0.88, 0.88, 0.9])
@@ -52,7 +54,9 @@ def skeleton_picture(vertices: np.ndarray, faces: np.ndarray, skel: Skeleton,
                      size: int = 256) -> np.ndarray:
   """(size + 2 * header, 3 * size, 3) uint8: the three views and a legend (module docstring)."""
   vertices = np.asarray(vertices, np.float64)
-  joints = np.asarray(skel.rest_position, np.float64)
+  leaf = skeleton_file.leaves(skel)
+  joints = np.concatenate([np.asarray(skel.rest_position, np.float64),
+                           np.asarray(skel.end_position, np.float64)[leaf]])
   points = np.concatenate([vertices, joints])
   panels = []
   for _, direction, up in VIEWS:
@@ -66,6 +70,9 @@ def skeleton_picture(vertices: np.ndarray, faces: np.ndarray, skel: Skeleton,
     uv = np.stack([k[0] * cam_j[:, 0] / cam_j[:, 2] + k[2],
                    k[1] * cam_j[:, 1] / cam_j[:, 2] + k[3]], axis=-1)
     pix = np.round(uv).astype(int)
+    for i, j in enumerate(leaf):  # leaf bones to their ends
+      cv2.line(image, tuple(pix[j]), tuple(pix[skel.num_joints + i]),
+               role_color(str(skel.names[j])), 2, cv2.LINE_AA)
     for j in range(skel.num_joints):
       p = skel.parent[j]
       if p >= 0:

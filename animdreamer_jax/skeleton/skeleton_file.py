@@ -7,8 +7,9 @@ normalised units, +y up. One joint per kept model bone:
 
   joint k moves rigidly with model bone `bone[k]`; its rest position
   `rest_position[k]` is where it meets its parent (inside the surface), the
-  root's is its bone's region centre pushed inside; `parent[k]` is the parent
-  joint (-1 for the root; parents come before children).
+  root's is its bone's region centre pushed inside; `end_position[k]` where its
+  bone ends; `parent[k]` is the parent joint (-1 for the root; parents come
+  before children).
 
 So at frame t joint k sits at  P_t,b (rest_position[k]),  P_t,b = bone_t,b *
 rest_b^-1  the model's own rest -> frame transform of bone b = bone[k]
@@ -43,6 +44,10 @@ class Skeleton:
     parent: (K,) int32 parent joint, -1 for the root; parent[k] < k.
     bone: (K,) int32 the model bone each joint moves with.
     rest_position: (K, 3) float32 joint positions in the rest pose (canonical frame).
+    end_position: (K, 3) float32 where each joint's bone ends at rest: the mean of
+      its children's positions, or for a leaf the far end of its own skin region
+      (so the chains reach the feet, the tail tip, the head). None: the
+      children's mean, a leaf's own position (`validate` fills it in).
     weight_target: (B,) int32 for each model bone, the joint that receives its
       skin weight (its own joint when kept, the merge target when pruned).
     skin_mass: (K,) float32 share of the surface's skin weight per joint (merged).
@@ -70,6 +75,7 @@ class Skeleton:
   length_range: np.ndarray
   dislocation_max: np.ndarray
   angle_range_deg: np.ndarray
+  end_position: Optional[np.ndarray] = None
   pruned: list = dataclasses.field(default_factory=list)
   settings: dict = dataclasses.field(default_factory=dict)
 
@@ -92,6 +98,16 @@ class Skeleton:
     return np.flatnonzero(self.parent == k)
 
 
+def default_ends(parent: np.ndarray, rest_position: np.ndarray) -> np.ndarray:
+  """(K, 3) each joint's children's mean position; a leaf's own position."""
+  out = np.array(rest_position, np.float64).reshape(-1, 3)
+  for k in range(out.shape[0]):
+    children = np.flatnonzero(np.asarray(parent) == k)
+    if children.size:
+      out[k] = np.asarray(rest_position, np.float64)[children].mean(0)
+  return out
+
+
 def validate(skel: Skeleton, where: str = "skeleton") -> Skeleton:
   """Checks shapes and the tree; returns the skeleton with canonical dtypes. UserError on problems."""
   def fail(message):
@@ -104,6 +120,9 @@ def validate(skel: Skeleton, where: str = "skeleton") -> Skeleton:
   arrays = dict(names=np.asarray(skel.names, dtype=str), parent=parent.astype(np.int32),
                 bone=np.asarray(skel.bone, np.int32),
                 rest_position=np.asarray(skel.rest_position, np.float32),
+                end_position=np.asarray(default_ends(parent, np.asarray(skel.rest_position))
+                                        if skel.end_position is None else skel.end_position,
+                                        np.float32),
                 weight_target=np.asarray(skel.weight_target, np.int32),
                 skin_mass=np.asarray(skel.skin_mass, np.float32),
                 strength=np.asarray(skel.strength, np.float32),
@@ -111,7 +130,8 @@ def validate(skel: Skeleton, where: str = "skeleton") -> Skeleton:
                 length_range=np.asarray(skel.length_range, np.float32),
                 dislocation_max=np.asarray(skel.dislocation_max, np.float32),
                 angle_range_deg=np.asarray(skel.angle_range_deg, np.float32))
-  shapes = dict(names=(k,), parent=(k,), bone=(k,), rest_position=(k, 3), skin_mass=(k,),
+  shapes = dict(names=(k,), parent=(k,), bone=(k,), rest_position=(k, 3), end_position=(k, 3),
+                skin_mass=(k,),
                 strength=(k,), rest_length=(k,), length_range=(k, 2), dislocation_max=(k,),
                 angle_range_deg=(k, 2))
   for key, shape in shapes.items():
@@ -132,7 +152,7 @@ def validate(skel: Skeleton, where: str = "skeleton") -> Skeleton:
     fail(f"weight_target must index joints 0..{k - 1}")
   if np.any(arrays["weight_target"][arrays["bone"]] != np.arange(k)):
     fail("a kept bone's weight must go to its own joint")
-  for key in ("rest_position", "skin_mass", "strength", "rest_length", "length_range",
+  for key in ("rest_position", "end_position", "skin_mass", "strength", "rest_length", "length_range",
               "dislocation_max", "angle_range_deg"):
     if not np.all(np.isfinite(arrays[key])):
       fail(f"{key} has NaN or Inf values")
@@ -150,6 +170,7 @@ def to_json(skel: Skeleton) -> dict[str, Any]:
         "parent": int(skel.parent[k]),
         "bone": int(skel.bone[k]),
         "rest_position": [round(float(v), 6) for v in skel.rest_position[k]],
+        "end_position": [round(float(v), 6) for v in skel.end_position[k]],
         "skin_mass": round(float(skel.skin_mass[k]), 6),
         "strength": round(float(skel.strength[k]), 6),
         "rest_length": round(float(skel.rest_length[k]), 6),
@@ -177,6 +198,7 @@ def from_json(data: dict[str, Any], where: str = FILE_NAME) -> Skeleton:
         parent=np.asarray([j["parent"] for j in joints], np.int32),
         bone=np.asarray([j["bone"] for j in joints], np.int32),
         rest_position=np.asarray([j["rest_position"] for j in joints], np.float32).reshape(-1, 3),
+        end_position=np.asarray([j["end_position"] for j in joints], np.float32).reshape(-1, 3),
         weight_target=np.asarray(data["weight_target"], np.int32),
         skin_mass=np.asarray([j["skin_mass"] for j in joints], np.float32),
         strength=np.asarray([j["strength"] for j in joints], np.float32),
@@ -231,8 +253,36 @@ def joint_positions(skel: Skeleton, rest_bone_to_object: np.ndarray,
   Returns:
     (T, K, 3) float64: joint k at frame t = P_t,bone[k] (rest_position[k]).
   """
-  rel = rest_to_frame(rest_bone_to_object, bone_to_object)[:, skel.bone]  # (T, K, 4, 4)
-  p = np.asarray(skel.rest_position, np.float64)
+  return points_positions(skel.bone, skel.rest_position, rest_bone_to_object, bone_to_object)
+
+
+def leaves(skel: Skeleton) -> np.ndarray:
+  """Indices of the joints without children."""
+  return np.array([k for k in range(skel.num_joints) if not np.any(skel.parent == k)], np.int64)
+
+
+def joints_and_leaf_ends(skel: Skeleton) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+  """The skeleton's points as a rig scorer sees them: every joint, plus each leaf bone's end.
+
+  A bone has a head and a tail; the tails of inner bones are their children's
+  heads, a leaf's is its own end point (the foot, the tail tip); a leaf whose end
+  is its joint (no length) adds nothing.
+  Returns:
+    (bone (K + L,), rest point (K + L, 3), parent (K + L,)): ends are children of their leaf.
+  """
+  leaf = leaves(skel)
+  leaf = leaf[np.linalg.norm(skel.end_position[leaf] - skel.rest_position[leaf], axis=-1) > 1e-6]
+  bone = np.concatenate([skel.bone, skel.bone[leaf]])
+  points = np.concatenate([skel.rest_position, skel.end_position[leaf]])
+  parent = np.concatenate([skel.parent, leaf]).astype(np.int64)
+  return bone, points, parent
+
+
+def points_positions(bone: np.ndarray, rest_points: np.ndarray, rest_bone_to_object: np.ndarray,
+                     bone_to_object: np.ndarray) -> np.ndarray:
+  """(T, P, 3) rest points carried by model bones `bone` (P,) through the frames (object frame)."""
+  rel = rest_to_frame(rest_bone_to_object, bone_to_object)[:, bone]  # (T, P, 4, 4)
+  p = np.asarray(rest_points, np.float64)
   return np.einsum("tkij,kj->tki", rel[..., :3, :3], p) + rel[..., :3, 3]
 
 
