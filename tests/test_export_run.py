@@ -203,8 +203,8 @@ def test_export_command(run_dir, run_rig, tmp_path, capsys):
                              atol=1e-7)
   # Against the model's linear blending only the top-4 truncation remains.
   rig = run_rig.rig
-  rel = (gltf_writer.rigid_matrix(rig.bone_quat, rig.bone_trans)
-         @ np.linalg.inv(gltf_writer.rigid_matrix(rig.rest_bone_quat, rig.rest_bone_trans))[None])
+  rel = (transforms_np.rigid_matrix(rig.bone_quat, rig.bone_trans)
+         @ np.linalg.inv(transforms_np.rigid_matrix(rig.rest_bone_quat, rig.rest_bone_trans))[None])
   bound = _truncation_bound(rig.skin_weights.astype(np.float64), rel, rig.rest_vertices)
   model_lbs = transforms_np.to_camera(
       rig_from_run.forward_warp_np(rig, rig.skin_weights, "lbs"), root)
@@ -256,9 +256,9 @@ def test_reanimate_with_another_runs_motion(run_dir, run_rig, tmp_path):
   with np.load(run_dir / "motion.npz") as data:
     motion = {k: data[k] for k in data.files}
   rng = np.random.default_rng(4)
-  rest = gltf_writer.rigid_matrix(motion["rest_bone_quat"] * 0 + [0, 0, 0, 1.0],
+  rest = transforms_np.rigid_matrix(motion["rest_bone_quat"] * 0 + [0, 0, 0, 1.0],
                                   rng.normal(size=(NUM_BONES, 3)))
-  local = gltf_writer.rigid_matrix(Rotation.random(NUM_FRAMES * NUM_BONES, random_state=1)
+  local = transforms_np.rigid_matrix(Rotation.random(NUM_FRAMES * NUM_BONES, random_state=1)
                                    .as_quat().reshape(NUM_FRAMES, NUM_BONES, 4),
                                    0.1 * rng.normal(size=(NUM_FRAMES, NUM_BONES, 3)))
   bones = rest[None] @ local
@@ -271,7 +271,7 @@ def test_reanimate_with_another_runs_motion(run_dir, run_rig, tmp_path):
   # Joint b of the model moves by the other run's local motion: rest_model * local.
   asset = assets.load_gltf(out)
   joints = asset.joint_world_positions("motion", np.arange(NUM_FRAMES) / FPS)
-  rest_model = gltf_writer.rigid_matrix(run_rig.rig.rest_bone_quat, run_rig.rig.rest_bone_trans)
+  rest_model = transforms_np.rigid_matrix(run_rig.rig.rest_bone_quat, run_rig.rig.rest_bone_trans)
   expected = transforms_np.to_camera((rest_model[None] @ local)[..., :3, 3],
                                      run_rig.rig.root_to_world)
   np.testing.assert_allclose(joints[:, 1:], expected, atol=1e-5)
@@ -422,8 +422,8 @@ def test_export_tree_with_a_pruned_bone(run_dir, run_rig, tmp_path):
   merged_lbs = transforms_np.to_camera(rig_from_run.forward_warp_np(rig, merged, "lbs"),
                                        rig.root_to_world)
   player = assets.load_gltf(out).pose("motion", np.arange(NUM_FRAMES) / FPS)
-  rel = (gltf_writer.rigid_matrix(rig.bone_quat, rig.bone_trans)
-         @ np.linalg.inv(gltf_writer.rigid_matrix(rig.rest_bone_quat, rig.rest_bone_trans))[None])
+  rel = (transforms_np.rigid_matrix(rig.bone_quat, rig.bone_trans)
+         @ np.linalg.inv(transforms_np.rigid_matrix(rig.rest_bone_quat, rig.rest_bone_trans))[None])
   bound = _truncation_bound(merged.astype(np.float64), rel, rig.rest_vertices)
   assert np.all(np.linalg.norm(player - merged_lbs, axis=-1) <= bound + 1e-5)
 

@@ -13,6 +13,7 @@ from scipy.spatial.transform import Rotation
 from animdreamer_jax import cli
 from animdreamer_jax.errors import UserError
 from animdreamer_jax.export import gltf_writer
+from animdreamer_jax.geometry import transforms_np
 from animdreamer_jax.export import motion_file
 
 
@@ -130,8 +131,8 @@ def test_corrupt_and_missing_motion_files(tmp_path):
 def test_retarget_own_motion_is_identity():
   rig = random_rig()
   out = motion_file.retarget_direct(rig, motion_file.motion_from_rig(rig))
-  np.testing.assert_allclose(gltf_writer.rigid_matrix(out.bone_quat, out.bone_trans),
-                             gltf_writer.rigid_matrix(rig.bone_quat, rig.bone_trans), atol=1e-6)
+  np.testing.assert_allclose(transforms_np.rigid_matrix(out.bone_quat, out.bone_trans),
+                             transforms_np.rigid_matrix(rig.bone_quat, rig.bone_trans), atol=1e-6)
 
 
 def test_retarget_moves_each_bone_about_its_own_rest_frame():
@@ -143,11 +144,11 @@ def test_retarget_moves_each_bone_about_its_own_rest_frame():
   local = _rigid(rng.normal(size=(4, 4, 3)), rng.normal(size=(4, 4, 3)))  # (T, B)
   source = dataclasses.replace(source, bone_to_object=source.rest_bone_to_object[None] @ local)
   out = motion_file.retarget_direct(rig, source)
-  target_rest = gltf_writer.rigid_matrix(rig.rest_bone_quat, rig.rest_bone_trans)
+  target_rest = transforms_np.rigid_matrix(rig.rest_bone_quat, rig.rest_bone_trans)
   for t in range(4):
     for b in range(4):
       expected = target_rest[b] @ local[t, b]
-      got = gltf_writer.rigid_matrix(out.bone_quat[t, b], out.bone_trans[t, b])
+      got = transforms_np.rigid_matrix(out.bone_quat[t, b], out.bone_trans[t, b])
       np.testing.assert_allclose(got, expected, atol=1e-5)
   assert out.fps == source.fps
   np.testing.assert_array_equal(out.root_to_world, source.object_to_world)

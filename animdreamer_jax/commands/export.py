@@ -346,7 +346,7 @@ def _write_videos(job: ExportJob, rig: gltf_writer.Rig, player: np.ndarray, root
     bar, tick = _progress(count, "turntable", job.progress)
     frames = videos.turntable_frames(
         rig.rest_vertices, rig.faces, rig.vertex_colors, job.weights,
-        gltf_writer.rigid_matrix(rig.rest_bone_quat, rig.rest_bone_trans), job.log_scale,
+        transforms_np.rigid_matrix(rig.rest_bone_quat, rig.rest_bone_trans), job.log_scale,
         num_frames=count, size=size, progress=tick)
     if bar is not None:
       bar.close()

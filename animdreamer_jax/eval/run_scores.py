@@ -28,7 +28,6 @@ from animdreamer_jax.eval import comparison
 from animdreamer_jax.eval import metrics as metrics_lib
 from animdreamer_jax.eval import parts as parts_lib
 from animdreamer_jax.eval import rig_metrics
-from animdreamer_jax.geometry import quaternion_np
 from animdreamer_jax.geometry import transforms_np
 from animdreamer_jax.skeleton import skeleton_file
 from animdreamer_jax.stages import run_folder
@@ -101,16 +100,12 @@ def run_joints(skel: skeleton_file.Skeleton, motion: dict, mesh_frame: str,
   camera by the learned root poses, -> world by the video's cameras).
   leaf_ends: also the leaf bones' ends, after the joints (`skeleton_file.joints_and_leaf_ends`).
   """
-  def matrices(quat, trans):  # motion.npz's (x, y, z, w) quaternions, as the export reads them
-    quat = quaternion_np.normalize(np.asarray(quat, np.float64))
-    return transforms_np.compose_trs(trans, quat, np.ones(quat.shape[:-1] + (3,)))
-
   bone, points, _ = skeleton_file.joints_and_leaf_ends(skel)
   if not leaf_ends:
     bone, points = skel.bone, skel.rest_position
   posed = skeleton_file.points_positions(
-      bone, points, matrices(motion["rest_bone_quat"], motion["rest_bone_trans"]),
-      matrices(motion["bone_quat"], motion["bone_trans"]))
+      bone, points, transforms_np.rigid_matrix(motion["rest_bone_quat"], motion["rest_bone_trans"]),
+      transforms_np.rigid_matrix(motion["bone_quat"], motion["bone_trans"]))
   if mesh_frame == "world" and "w2c" not in motion:
     raise UserError("motion.npz: no 'w2c' (the video's cameras) to put the joints in the world "
                     "frame of meshes.npz")

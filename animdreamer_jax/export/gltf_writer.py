@@ -318,12 +318,6 @@ def vertex_normals(vertices: np.ndarray, faces: np.ndarray) -> np.ndarray:
                   np.array([0.0, 1.0, 0.0]))
 
 
-def rigid_matrix(quat: np.ndarray, trans: np.ndarray) -> np.ndarray:
-  """(..., 4) quaternions (x, y, z, w), renormalised, + (..., 3) translations -> (..., 4, 4)."""
-  quat = quaternion_np.normalize(quat)
-  return transforms_np.compose_trs(trans, quat, np.ones(quat.shape[:-1] + (3,)))
-
-
 def matrix_to_quat_trans(matrix: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
   """(..., 4, 4) rigid transforms -> unit quaternions (..., 4) (x, y, z, w), (..., 3)."""
   matrix = np.asarray(matrix, np.float64)
@@ -414,7 +408,7 @@ def joint_parents(rig: Rig) -> np.ndarray:
 
 def rest_joint_transforms(rig: Rig) -> np.ndarray:
   """(num_joints, 4, 4) joint-to-object transforms in the bind pose (rest_b, or J_k)."""
-  rest = rigid_matrix(rig.rest_bone_quat, rig.rest_bone_trans)
+  rest = transforms_np.rigid_matrix(rig.rest_bone_quat, rig.rest_bone_trans)
   return rest if rig.tree is None else np.asarray(rig.tree.rest_frame, np.float64)
 
 
@@ -423,10 +417,10 @@ def object_joint_transforms(rig: Rig) -> np.ndarray:
 
   Flat: bone_t,b. Tree: A_t,bone[k] * J_k, A_t,b = bone_t,b * rest_b^-1.
   """
-  bones = rigid_matrix(rig.bone_quat, rig.bone_trans)  # (T, B, 4, 4)
+  bones = transforms_np.rigid_matrix(rig.bone_quat, rig.bone_trans)  # (T, B, 4, 4)
   if rig.tree is None:
     return bones
-  rel = skeleton_file.rest_to_frame(rigid_matrix(rig.rest_bone_quat, rig.rest_bone_trans),
+  rel = skeleton_file.rest_to_frame(transforms_np.rigid_matrix(rig.rest_bone_quat, rig.rest_bone_trans),
                                     bones)
   return rel[:, rig.tree.bone] @ np.asarray(rig.tree.rest_frame, np.float64)[None]
 

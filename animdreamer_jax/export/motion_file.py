@@ -40,6 +40,7 @@ import numpy as np
 from animdreamer_jax import files
 from animdreamer_jax.errors import UserError
 from animdreamer_jax.export import gltf_writer
+from animdreamer_jax.geometry import transforms_np
 
 FORMAT_NAME = "animdreamer-motion"
 FORMAT_VERSION = 1
@@ -83,8 +84,8 @@ def motion_from_rig(rig: gltf_writer.Rig, object_to_camera: Optional[np.ndarray]
           else np.asarray(rig.root_to_world, np.float64))
   return validate_motion(Motion(
       fps=float(rig.fps),
-      bone_to_object=gltf_writer.rigid_matrix(rig.bone_quat, rig.bone_trans),
-      rest_bone_to_object=gltf_writer.rigid_matrix(rig.rest_bone_quat, rig.rest_bone_trans),
+      bone_to_object=transforms_np.rigid_matrix(rig.bone_quat, rig.bone_trans),
+      rest_bone_to_object=transforms_np.rigid_matrix(rig.rest_bone_quat, rig.rest_bone_trans),
       object_to_world=root,
       object_to_camera=None if object_to_camera is None else np.asarray(object_to_camera,
                                                                         np.float64),
@@ -245,7 +246,7 @@ def retarget_direct(rig: gltf_writer.Rig, motion: Motion, where: str = "motion"
     raise UserError(f"{where}: the motion has {motion.num_bones} bones but the model has "
                     f"{rig.num_bones}; re-animation needs the same bone count (retargeting "
                     "between different skeletons is not implemented)")
-  rest_rig = gltf_writer.rigid_matrix(rig.rest_bone_quat, rig.rest_bone_trans)  # (B, 4, 4)
+  rest_rig = transforms_np.rigid_matrix(rig.rest_bone_quat, rig.rest_bone_trans)  # (B, 4, 4)
   delta = np.linalg.inv(motion.rest_bone_to_object)[None] @ motion.bone_to_object
   bones = rest_rig[None] @ delta
   quat, trans = gltf_writer.matrix_to_quat_trans(bones)

@@ -298,8 +298,8 @@ def load_run_motion(run_dir: str | pathlib.Path, video_dir: Optional[str | pathl
     root = root_from_cameras(object_to_camera, video_cameras(video_dir, num_frames)[0])
   return motion_file.validate_motion(motion_file.Motion(
       fps=float(fps),
-      bone_to_object=gltf_writer.rigid_matrix(motion["bone_quat"], motion["bone_trans"]),
-      rest_bone_to_object=gltf_writer.rigid_matrix(motion["rest_bone_quat"],
+      bone_to_object=transforms_np.rigid_matrix(motion["bone_quat"], motion["bone_trans"]),
+      rest_bone_to_object=transforms_np.rigid_matrix(motion["rest_bone_quat"],
                                                    motion["rest_bone_trans"]),
       object_to_world=root, object_to_camera=object_to_camera,
       bone_log_scale=np.asarray(motion["bone_log_scale"], np.float64),

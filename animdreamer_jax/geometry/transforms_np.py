@@ -47,3 +47,9 @@ def compose_trs(translation: np.ndarray, rotation: np.ndarray,
   out[..., :3, 3] = translation
   out[..., 3, 3] = 1.0
   return out
+
+
+def rigid_matrix(quat: np.ndarray, trans: np.ndarray) -> np.ndarray:
+  """(..., 4) quaternions (x, y, z, w), renormalised, + (..., 3) translations -> (..., 4, 4) float64."""
+  quat = quaternion_np.normalize(np.asarray(quat, np.float64))
+  return compose_trs(np.asarray(trans, np.float64), quat, np.ones(quat.shape[:-1] + (3,)))

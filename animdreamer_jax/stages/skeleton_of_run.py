@@ -19,7 +19,6 @@ import numpy as np
 
 from animdreamer_jax import files
 from animdreamer_jax.geometry import mesh as mesh_lib
-from animdreamer_jax.geometry import quaternion_np
 from animdreamer_jax.geometry import transforms_np
 from animdreamer_jax.render import posing
 from animdreamer_jax.skeleton import construct
@@ -29,13 +28,6 @@ from animdreamer_jax.stages import run_folder
 
 PICTURE_NAME = "skeleton.png"
 _CHUNK = 8192  # points per jitted SDF / feature call
-
-
-def rigid_matrix(quat, trans) -> np.ndarray:
-  """(..., 4) quaternions (x, y, z, w), renormalised, + (..., 3) translations -> (..., 4, 4)."""
-  quat = quaternion_np.normalize(np.asarray(quat, np.float64))
-  return transforms_np.compose_trs(np.asarray(trans, np.float64), quat,
-                                   np.ones(quat.shape[:-1] + (3,)))
 
 
 def _chunked(fn, points: np.ndarray) -> np.ndarray:
@@ -69,8 +61,8 @@ def bone_samples(model, params, rest_vertices: np.ndarray,
       interior_weights=(posing.forward_skin_weights(model, params, interior).astype(np.float64)
                         if interior.shape[0] else np.zeros((0, centres.shape[0]))),
       features=features, centres=centres, centre_sdf=sdf_np(centres).astype(np.float64),
-      rest_bone_to_object=rigid_matrix(rest.quat, rest.trans),
-      bone_to_object=rigid_matrix(bones.quat, bones.trans),
+      rest_bone_to_object=transforms_np.rigid_matrix(rest.quat, rest.trans),
+      bone_to_object=transforms_np.rigid_matrix(bones.quat, bones.trans),
       is_inside=lambda x: sdf_np(x) < 0)
 
 
