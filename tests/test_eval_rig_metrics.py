@@ -565,3 +565,19 @@ def test_a_skeleton_of_another_model_is_one_error_line(video_dir, tmp_path, caps
   (run / skeleton_file.FILE_NAME).write_text(json.dumps(data))
   code, _, stderr = run_eval(capsys, "--pred", run, "--gt", video_dir, "--samples", 500)
   assert code == 2 and stderr.count("\n") == 1 and "5" in stderr and "model bones" in stderr
+
+
+def test_leaf_bone_ends_are_scored_with_the_joints(video_dir, tmp_path):
+  video = video_io.load_video(video_dir)
+  run = write_run(tmp_path / "run", "object", video.gt.w2c)
+  result = run_scores.score_run(run, video)
+  skel = skeleton_file.load(run / skeleton_file.FILE_NAME)
+  leaves = skeleton_file.leaves(skel)
+  ends = skel.end_position.copy()
+  ends[leaves] += 0.05  # each leaf bone gets a length
+  with_ends = dataclasses.replace(skel, end_position=ends)
+  rig = run_scores.rig_scores_of_run(run, video.gt, result["alignment"]["matrix"], skel=with_ends)
+  assert rig["num_joints"] == skel.num_joints and rig["num_leaf_ends"] == len(leaves) > 0
+  assert f"+ {len(leaves)} leaf ends" in rig_metrics.summary_line(rig)
+  # The ends are extra points near nothing in the ground truth: the distances grow.
+  assert rig["mean"]["cd_j2j_pct_diag"] > result["rig"]["mean"]["cd_j2j_pct_diag"]

@@ -421,7 +421,9 @@ def summary_line(report: dict[str, Any]) -> str:
   text = lambda x, spec: "n/a" if x is None else format(x, spec)  # noqa: E731
   mean = report["mean"]
   inside = report["inside_rest_mesh"]
-  return (f"rig: {report['num_joints']} joints (depth {report['depth']}) vs GT "
+  ends = report.get("num_leaf_ends", 0)
+  return (f"rig: {report['num_joints']} joints{f' + {ends} leaf ends' if ends else ''} "
+          f"(depth {report['depth']}) vs GT "
           f"{report['num_gt_joints']} (depth {report['gt_depth']}); CD-J2J "
           f"{mean['cd_j2j_pct_diag']:.2f} J2B {mean['cd_j2b_pct_diag']:.2f} B2B "
           f"{mean['cd_b2b_pct_diag']:.2f} (% of diagonal); edge P "

@@ -162,12 +162,16 @@ def rig_scores_of_run(run_dir: str | pathlib.Path, gt, alignment: list,
   if "vertices" not in rest or "faces" not in rest:
     raise UserError(f"{run_dir / 'rest.npz'}: missing 'vertices' or 'faces'")
   gt_rest = np.asarray(gt.rest_vertices, np.float64)
-  return rig_metrics.score_skeleton(
+  report = rig_metrics.score_skeleton(
       joints, parents, gt_joints, gt.meshes.joint_parents,
       float(np.linalg.norm(gt_rest.max(0) - gt_rest.min(0))),
       gt_skin_weights=getattr(gt.meshes, "skin_weights", None),
       pred_rest_joints=skel.rest_position, rest_vertices=rest["vertices"],  # the joints only
       rest_faces=rest["faces"])
+  # num_joints: the skeleton's joints; the scored points also hold the leaf bones' ends.
+  report["num_leaf_ends"] = int(parents.shape[0] - skel.num_joints)
+  report["num_joints"] = skel.num_joints
+  return report
 
 
 def comparison_of_run(meshes, alignment: list, gt, mesh_frame: str, image_size: tuple[int, int],
