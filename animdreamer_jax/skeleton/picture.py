@@ -87,7 +87,9 @@ def skeleton_picture(vertices: np.ndarray, faces: np.ndarray, skel: Skeleton,
     cv2.putText(header, name, (i * size + 4, HEADER_HEIGHT - 5), cv2.FONT_HERSHEY_SIMPLEX, 0.45,
                 (0, 0, 0), 1, cv2.LINE_AA)
   footer = np.full((HEADER_HEIGHT, 3 * size, 3), 255, np.uint8)
-  legend = (f"{skel.num_joints} joints, tree depth {skel.depth()}, {len(skel.pruned)} bones pruned; "
+  pruned = len(skel.pruned)
+  legend = (f"{skel.num_joints} joints, tree depth {skel.depth()}, {pruned} "
+            f"bone{'' if pruned == 1 else 's'} pruned; "
             "legs orange, tail green, head red, spine blue")
   cv2.putText(footer, legend, (4, HEADER_HEIGHT - 5), cv2.FONT_HERSHEY_SIMPLEX, 0.42, (0, 0, 0), 1,
               cv2.LINE_AA)
