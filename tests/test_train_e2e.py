@@ -303,6 +303,7 @@ def _chain_skeleton(num_model_bones: int) -> skeleton_file.Skeleton:
       angle_range_deg=np.zeros((3, 2)))
 
 
+@pytest.mark.slow  # a tiny extraction step (~50 s); the losses themselves: test_skeleton_constraints.py
 def test_skeleton_constraints_are_built_and_logged(tiny_video, tmp_path, compile_cache):
   """loss.weights.bone_inside and .skeleton (with a skeleton.json over the tiny model's 3
   bones): with the bones moved off their rest pose and out of the surface, one
