@@ -18,6 +18,7 @@ the same object.
 from __future__ import annotations
 
 import ast
+import sys
 import dataclasses
 import importlib.util
 import json
@@ -171,6 +172,24 @@ def split_overrides(argv: Sequence[str]) -> tuple[list[str], list[tuple[str, str
       rest.append(arg)
     i += 1
   return rest, overrides
+
+
+def accept_overrides(parser) -> None:
+  """Makes an argparse parser also take `--config.<key>=<value>` options, as `args.config_overrides`.
+
+  argparse cannot declare a family of `--config.*` options, so the wrapped
+  `parse_args` separates them first (`split_overrides`).
+  """
+  plain_parse = parser.parse_args
+
+  def parse_args(args: Sequence[str] | None = None, namespace=None):
+    argv = sys.argv[1:] if args is None else list(args)
+    rest, overrides = split_overrides(argv)
+    parsed = plain_parse(rest, namespace)
+    parsed.config_overrides = overrides
+    return parsed
+
+  parser.parse_args = parse_args
 
 
 def _parse_value(text: str) -> Any:

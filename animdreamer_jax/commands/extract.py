@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import pathlib
-import sys
 from typing import Any, Sequence
 
 from animdreamer_jax import settings
@@ -34,18 +33,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
   parser.add_argument("--resume", action="store_true",
                       help="require a checkpoint in --workdir and continue from it")
   parser.epilog = "Override config fields with --config.<key>=<value>, e.g. --config.train.num_rounds=2"
-  # The CLI calls parser.parse_args(); argparse cannot declare a family of
-  # `--config.*` options, so this parser separates them first.
-  plain_parse = parser.parse_args
-
-  def parse_args(args: Sequence[str] | None = None, namespace=None):
-    argv = sys.argv[1:] if args is None else list(args)
-    rest, overrides = settings.split_overrides(argv)
-    parsed = plain_parse(rest, namespace)
-    parsed.config_overrides = overrides
-    return parsed
-
-  parser.parse_args = parse_args  # type: ignore[method-assign]
+  settings.accept_overrides(parser)
 
 
 def run_extraction(config: Any, video_dir: str | pathlib.Path, workdir: str | pathlib.Path,

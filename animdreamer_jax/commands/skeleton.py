@@ -14,7 +14,6 @@ armature, and `animdreamer eval` scores it against a ground-truth rig.
 from __future__ import annotations
 
 import argparse
-import sys
 from typing import Sequence
 
 import ml_collections
@@ -29,16 +28,7 @@ from animdreamer_jax.stages import skeleton_of_run
 def add_arguments(parser: argparse.ArgumentParser) -> None:
   parser.add_argument("--run", required=True, help="finished extraction run folder")
   parser.epilog = "Override skeleton settings with --config.skeleton.<field>=<value>"
-  plain_parse = parser.parse_args
-
-  def parse_args(args: Sequence[str] | None = None, namespace=None):
-    argv = sys.argv[1:] if args is None else list(args)
-    rest, overrides = settings_lib.split_overrides(argv)
-    parsed = plain_parse(rest, namespace)
-    parsed.config_overrides = overrides
-    return parsed
-
-  parser.parse_args = parse_args  # type: ignore[method-assign]
+  settings_lib.accept_overrides(parser)
 
 
 def skeleton_settings(base: construct.SkeletonSettings,

@@ -113,10 +113,13 @@ def feature_similarity(weights: np.ndarray, features: np.ndarray) -> np.ndarray:
   return np.clip(unit @ unit.T, 0.0, 1.0)
 
 
-def connection_strength(weights: np.ndarray, features: Optional[np.ndarray],
-                        alpha: float) -> np.ndarray:
-  """T = alpha * feature_similarity + (1 - alpha) * skin_overlap (no features: overlap only)."""
-  overlap = skin_overlap(weights)
+def connection_strength(weights: np.ndarray, features: Optional[np.ndarray], alpha: float,
+                        overlap: Optional[np.ndarray] = None) -> np.ndarray:
+  """T = alpha * feature_similarity + (1 - alpha) * skin_overlap (no features: overlap only).
+
+  overlap: `skin_overlap(weights)` when the caller has it already.
+  """
+  overlap = skin_overlap(weights) if overlap is None else overlap
   if features is None or alpha == 0.0:
     return overlap
   return alpha * feature_similarity(weights, features) + (1.0 - alpha) * overlap
@@ -457,7 +460,7 @@ def build(samples: BoneSamples, settings: SkeletonSettings = SkeletonSettings())
     raise UserError("skeleton: the rest mesh has no vertices")
   mass = skin_mass(s.surface_weights)
   overlap = skin_overlap(s.surface_weights)
-  strength = connection_strength(s.surface_weights, s.features, settings.alpha)
+  strength = connection_strength(s.surface_weights, s.features, settings.alpha, overlap)
   pruning = prune(mass, s.centre_sdf, overlap, s.centres, settings.min_mass, settings.max_outside,
                   lambda i, t: merge_displacement(s.surface, s.surface_weights,
                                                   s.rest_bone_to_object, s.bone_to_object, i, t),
