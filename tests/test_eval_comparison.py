@@ -45,3 +45,21 @@ def test_columns_show_ground_truth_and_prediction():
   mask = np.any(columns[0] < 250, axis=-1)
   rows, cols = np.nonzero(mask[20:])
   assert np.ptp(cols) < 2 * max(np.ptp(rows), 1)
+
+
+def test_the_side_view_looks_at_the_side_the_cameras_never_saw():
+  """Cameras all at x > 0: the side columns look from -x (a marker on the -x face shows);
+  cameras on both sides: +x, as before."""
+  def centres_to_w2c(xs):
+    return np.stack([rays_lib.look_at(np.array([x, 0.0, 1.0]), np.zeros(3)) for x in xs])
+
+  assert comparison.unseen_side(centres_to_w2c([0.5, 1.0])) == -1
+  assert comparison.unseen_side(centres_to_w2c([-0.5, -1.0])) == 1
+  assert comparison.unseen_side(centres_to_w2c([-0.5, 1.0])) == 0
+  # The reference of which side a camera sees: its w2c maps the far (-x) face's centre
+  # nearer than the near (+x) one's only on the -x side.
+  w2c, _ = comparison.side_camera(np.array([[-0.1, 0, 0], [0.1, 0, 0]]), 64, sign=-1.0)
+  depth = lambda p: (w2c[:3, :3] @ p + w2c[:3, 3])[2]  # noqa: E731
+  assert depth(np.array([-0.1, 0, 0])) < depth(np.array([0.1, 0, 0]))
+  w2c, _ = comparison.side_camera(np.array([[-0.1, 0, 0], [0.1, 0, 0]]), 64)
+  assert depth(np.array([-0.1, 0, 0])) > depth(np.array([0.1, 0, 0]))

@@ -469,3 +469,20 @@ def test_host_sampler_without_faces():
   assert np.all(np.all(got[:, None] == vertices[None], -1).any(1))
   np.testing.assert_array_equal(
       mesh.sample_surface_host(0, np.zeros((0, 3)), np.zeros((0, 3), np.int32), 5), 0.0)
+
+
+def test_find_surface_follows_a_surface_out_of_the_box():
+  """A sphere outside the extended box is found in a grown box; none when nothing crosses."""
+  centre, radius = np.array([0.7, 0.0, 0.0]), 0.25
+  sphere = lambda x: jnp.linalg.norm(x - centre, axis=-1) - radius  # noqa: E731
+  aabb = np.array([[-0.25] * 3, [0.25] * 3], np.float32)
+  vertices, faces, first, found_in = mesh.find_surface(sphere, aabb, 0.5, 48)
+  assert found_in == 1 and first.min() > 0
+  box_half = 0.25 * 1.5 * mesh.SEARCH_GROWTH[1]
+  check_sphere_mesh(vertices, faces, centre, radius, tolerance=2 * box_half / 47)
+  inside = lambda x: jnp.linalg.norm(x, axis=-1) - 0.2  # noqa: E731
+  vertices, faces, first, found_in = mesh.find_surface(inside, aabb, 0.5, 32)
+  assert found_in == 0 and first.min() < 0 and len(faces)
+  far = lambda x: jnp.linalg.norm(x - 50.0, axis=-1) - 0.1  # noqa: E731
+  vertices, faces, first, found_in = mesh.find_surface(far, aabb, 0.5, 16)
+  assert found_in == -1 and faces.shape == (0, 3) and first.shape == (16, 16, 16)

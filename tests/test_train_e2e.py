@@ -239,6 +239,14 @@ def test_extract_end_to_end_and_resume(tiny_video, tmp_path, compile_cache):
   result = extract_cmd.run_extraction(config, tiny_video, workdir, progress=False)
   assert result["resumed_from"] == 6 and result["steps"] == 9
   assert checkpoint_lib.Checkpointer(workdir / "checkpoints").latest_step() == 9
+  # The round log: one row per round (the resumed run appended round 3), with the SDF's
+  # statistics; the surface checkpoint holds the last round that had a surface.
+  rounds = loop.read_round_log(workdir)
+  assert [r["round"] for r in rounds] == [1, 2, 3] and [r["step"] for r in rounds] == [3, 6, 9]
+  assert all(set(r) >= {"proxy_vertices", "sdf_min", "inside_share", "search_box"} for r in rounds)
+  with_surface = [r["step"] for r in rounds if r["proxy_vertices"] > 0]
+  surface_ckpt = checkpoint_lib.Checkpointer(workdir / loop.SURFACE_CHECKPOINTS, 1)
+  assert surface_ckpt.latest_step() == (with_surface[-1] if with_surface else None)
   # Another model in the same run folder: one clear error, config.json untouched.
   saved = (workdir / "config.json").read_text()
   config.model.sdf_width = 24

@@ -99,6 +99,44 @@ def extract_mesh(sdf_fn: SdfFn, aabb: np.ndarray, resolution: int, level: float 
   return vertices, faces
 
 
+# Search boxes of `find_surface`, as size multiples of the first (extended) box.
+SEARCH_GROWTH = (1.0, 3.0, 9.0)
+
+
+def find_surface(sdf_fn: SdfFn, aabb: np.ndarray, extend: float, resolution: int
+                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
+  """The largest surface component near `aabb`, searched in growing boxes.
+
+  A box from the previous surface goes stale when the surface moves (the root
+  poses and the canonical shape trade places in the first rounds), so where the
+  extended box holds no zero crossing the same grid spans boxes 3 and 9 times
+  its size around the same centre.
+
+  Args:
+    sdf_fn: jit-able (N, 3) -> (N,) SDF.
+    aabb: (2, 3) box of the previous surface.
+    extend: growth of `aabb` for the first search (`extend_aabb`).
+    resolution: grid samples per axis of every search.
+
+  Returns:
+    vertices (V, 3), faces (F, 3) (both empty when no box holds a crossing),
+    the first box's SDF grid (R, R, R), and the index of the box that held the
+    surface in SEARCH_GROWTH (-1: none).
+  """
+  first = extend_aabb(aabb, extend)
+  centre, half = first.mean(0), (first[1] - first[0]) / 2
+  first_volume = None
+  for index, growth in enumerate(SEARCH_GROWTH):
+    box = np.stack([centre - growth * half, centre + growth * half]).astype(np.float32)
+    volume = sdf_on_grid(sdf_fn, box, resolution)
+    if first_volume is None:
+      first_volume = volume
+    vertices, faces = largest_component(*marching_cubes(volume, box))
+    if faces.shape[0]:
+      return vertices, faces, first_volume, index
+  return vertices, faces, first_volume, -1
+
+
 def extend_aabb(aabb: np.ndarray, factor: float) -> np.ndarray:
   """Scales a (2, 3) box about its centre by (1 + factor) (lab4d extend_aabb)."""
   aabb = np.asarray(aabb, np.float32)

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import json
 import os
 import pathlib
 import time
@@ -95,6 +96,11 @@ class TrainingPlan:
       restore a checkpoint into).
     render_image: optional (params, near_far (2,), frame) -> {"rgb", "mask"}
       for TensorBoard; reference_image: frame -> (H, W, 3) in [0, 1].
+    recovery_scalars: scalars that replace the schedule's while the loop
+      recovers from a round that ended without a surface in the previous
+      surface's box (vanished, or moved away): that round is redone from its
+      start with them, and they stay on until a round ends with one there
+      (None: no recovery; the names must be among the schedule's).
   """
   name: str
   model: Any
@@ -106,6 +112,7 @@ class TrainingPlan:
   initial_state: Callable[[bool], state_lib.TrainState]
   render_image: Optional[Callable[..., dict]] = None
   reference_image: Optional[Callable[[int], np.ndarray]] = None
+  recovery_scalars: Optional[dict] = None
 
 
 class TrainingDiverged(UserError):
@@ -141,9 +148,15 @@ class Trainer:
   def root_poses(self, params) -> np.ndarray:
     return np.asarray(self._root(params))
 
-  def step(self, state: state_lib.TrainState, step: int) -> tuple[str, state_lib.TrainState, dict]:
-    """Runs the scheduled kind of step `step` -> (kind, new state, metrics on the host, with scalars)."""
+  def step(self, state: state_lib.TrainState, step: int, recovering: bool = False
+           ) -> tuple[str, state_lib.TrainState, dict]:
+    """Runs the scheduled kind of step `step` -> (kind, new state, metrics on the host, with scalars).
+
+    recovering: the plan's recovery_scalars replace the schedule's.
+    """
     kind, scalars = self.plan.schedule(step, self.total_steps)
+    if recovering and self.plan.recovery_scalars:
+      scalars = {**scalars, **self.plan.recovery_scalars}
     state, metrics = self.steps[kind](state, self.plan.data, scalars)
     return kind, state, {**jax.device_get(metrics), **scalars}
 
@@ -168,12 +181,17 @@ def update_geometry(state: state_lib.TrainState, trainer: Trainer,
   cfg = trainer.settings
   aux = {k: np.asarray(v) for k, v in state.aux.items()}
   aabb = aux["aabb"]
-  search = mesh_lib.extend_aabb(aabb, cfg.mc_extend)
-  verts, faces = mesh_lib.extract_mesh(trainer.sdf_fn(state.params), search, cfg.mc_resolution)
-  stats = {"proxy_vertices": float(verts.shape[0])}
+  verts, faces, volume, found_in = mesh_lib.find_surface(
+      trainer.sdf_fn(state.params), aabb, cfg.mc_extend, cfg.mc_resolution)
+  # The SDF's minimum and inside share in the box tell a vanishing surface (minimum > 0:
+  # a positive "fog" renders the animal without a zero level) from one that moved away.
+  stats = {"proxy_vertices": float(verts.shape[0]), "sdf_min": float(volume.min()),
+           "inside_share": float((volume < 0).mean()), "search_box": float(found_in)}
   if faces.shape[0] == 0:
     return state, stats
   ema = cfg.geometry_ema if ema is None else ema
+  if found_in > 0:
+    ema = 0.0  # the surface moved out of the old box: follow it at once
   new_aabb = np.stack([verts.min(0), verts.max(0)]).astype(np.float32)
   aux["aabb"] = (ema * aabb + (1 - ema) * new_aabb).astype(np.float32)
   aux["proxy_points"] = mesh_lib.sample_surface_host(
@@ -223,6 +241,31 @@ class _Logs:
       self.writer.close()
 
 
+SURFACE_CHECKPOINTS = "checkpoints_surface"  # the newest state with a surface (keep 1)
+ROUND_LOG = "rounds.jsonl"  # one line per round: its geometry statistics
+
+
+def _append_round_log(workdir: pathlib.Path, row: dict) -> None:
+  with open(workdir / ROUND_LOG, "a") as f:
+    f.write(json.dumps(row) + "\n")
+
+
+def read_round_log(workdir: str | os.PathLike) -> list[dict]:
+  """The rows `train` appended to the run's round log (a resumed run repeats rounds: the
+  last row of each round wins)."""
+  path = pathlib.Path(workdir) / ROUND_LOG
+  if not path.is_file():
+    return []
+  rows = {}
+  for line in path.read_text().splitlines():
+    try:
+      row = json.loads(line)
+    except json.JSONDecodeError:
+      continue  # a line cut by a kill
+    rows[int(row["round"])] = row
+  return [rows[k] for k in sorted(rows)]
+
+
 def _start_state(trainer: Trainer, checkpointer: checkpoint_lib.Checkpointer,
                  resume: bool) -> tuple[state_lib.TrainState, Optional[int]]:
   if checkpointer.latest_step() is not None:
@@ -230,6 +273,7 @@ def _start_state(trainer: Trainer, checkpointer: checkpoint_lib.Checkpointer,
     return state, int(state.step)
   if resume:
     raise UserError(f"{trainer.workdir}: --resume given but there is no checkpoint to resume from")
+  (trainer.workdir / ROUND_LOG).unlink(missing_ok=True)  # a fresh run starts a fresh log
   state = trainer.plan.initial_state(True)
   # Proxy mesh, box and near/far from the initial SDF before the first step.
   state, _ = update_geometry(state, trainer, ema=0.0)
@@ -237,9 +281,13 @@ def _start_state(trainer: Trainer, checkpointer: checkpoint_lib.Checkpointer,
   return state, None
 
 
-def train(trainer: Trainer, resume: bool = False,
-          progress: bool = True) -> tuple[state_lib.TrainState, dict]:
+def train(trainer: Trainer, resume: bool = False, progress: bool = True,
+          on_round: Optional[Callable[[state_lib.TrainState, int, dict], bool]] = None
+          ) -> tuple[state_lib.TrainState, dict]:
   """Runs (or resumes) training to train.num_rounds rounds.
+
+  `on_round(state, round, geometry stats)` runs after each round's geometry
+  refresh (diagnostics, experiments); returning True stops training there.
 
   Returns:
     (final state, {"steps", "train_seconds", "rollbacks", "resumed_from"}).
@@ -248,11 +296,15 @@ def train(trainer: Trainer, resume: bool = False,
   iters = cfg.iters_per_round
   checkpointer = checkpoint_lib.Checkpointer(trainer.workdir / "checkpoints", cfg.keep_checkpoints)
   state, resumed_from = _start_state(trainer, checkpointer, resume)
+  # The newest state whose SDF had a surface, kept apart: a run whose surface vanishes
+  # later still leaves one (the message of `outputs.NoSurface` points to it).
+  surface_checkpointer = checkpoint_lib.Checkpointer(trainer.workdir / SURFACE_CHECKPOINTS, 1)
   logs = _Logs(trainer)
   pbar = tqdm.tqdm(total=trainer.total_steps, initial=int(state.step), desc=trainer.plan.name,
                    unit="step", dynamic_ncols=True, disable=not progress)
   cache: collections.deque = collections.deque(maxlen=2)  # states at the last two round starts
-  rollbacks = nonfinite_in_row = 0
+  rollbacks = nonfinite_in_row = redone_rounds = 0
+  recovering = False
   start = time.time()
   step = int(state.step)
   loss_ema = None
@@ -261,7 +313,7 @@ def train(trainer: Trainer, resume: bool = False,
     while step < trainer.total_steps:
       if step % iters == 0 or not cache:
         cache.append(state_lib.to_host(state))
-      kind, state, m = trainer.step(state, step)
+      kind, state, m = trainer.step(state, step, recovering)
       step += 1
       if not bool(m["applied"]):
         nonfinite_in_row = nonfinite_in_row + 1 if not bool(m["finite"]) else 0
@@ -289,19 +341,39 @@ def train(trainer: Trainer, resume: bool = False,
       if step % iters == 0:
         round_index = step // iters
         state, stats = update_geometry(state, trainer)
+        stats["recovering"] = float(recovering)
         logs.scalars(stats, step, "geometry")
+        lost = stats["search_box"] != 0  # no surface left in the previous surface's box
+        if lost and trainer.plan.recovery_scalars and not recovering:
+          # The surface vanished or moved away during this round: redo it from its start
+          # with the recovery scalars (extraction: the root pose held while the shape forms).
+          _append_round_log(trainer.workdir, {"round": round_index, "step": step, **stats})
+          state = state_lib.to_device(cache[-1])
+          step = int(state.step)
+          recovering, redone_rounds = True, redone_rounds + 1
+          pbar.n = step
+          pbar.refresh()
+          continue
+        if not lost:
+          recovering = False
         if cfg.log_image_every_rounds and round_index % cfg.log_image_every_rounds == 0:
           logs.image(state, step)
         if round_index % cfg.checkpoint_every_rounds == 0 or step == trainer.total_steps:
           checkpointer.save(state, {"round": round_index})
+        if stats["proxy_vertices"] > 0:
+          surface_checkpointer.save(state, {"round": round_index})
+        _append_round_log(trainer.workdir, {"round": round_index, "step": step, **stats})
+        if on_round is not None and on_round(state, round_index, stats):
+          break
     if checkpointer.latest_step() != step:
       checkpointer.save(state, {"round": step // iters})
   finally:
     pbar.close()
     logs.close()
     checkpointer.close()
+    surface_checkpointer.close()
   return state, {"steps": step, "train_seconds": time.time() - start, "rollbacks": rollbacks,
-                 "resumed_from": resumed_from}
+                 "redone_rounds": redone_rounds, "resumed_from": resumed_from}
 
 
 def check_resumable(trainer: Trainer, resume: bool) -> None:

@@ -43,6 +43,10 @@ class OptimSettings:
   # Not in lab4d (0 = off): the root pose is held at its camera fit for this fraction of
   # training (the workaround for the SDF collapse on narrow camera arcs).
   root_pose_warmup_fraction: float = 0.0
+  # Not in lab4d: a round that ends without a surface is redone from its start with the root
+  # pose held there, and held until a round ends with a surface (what keeps one-sided videos
+  # from ending as a surfaceless fog; docs/results.md, "One side").
+  hold_root_pose_without_surface: bool = True
 
   def __post_init__(self):
     if not self.lr > 0:

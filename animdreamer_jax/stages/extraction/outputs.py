@@ -32,6 +32,7 @@ from animdreamer_jax.geometry import transforms_np
 from animdreamer_jax.model import skinning
 from animdreamer_jax.render import posing
 from animdreamer_jax.stages import skeleton_of_run
+from animdreamer_jax.train import loop
 
 MESH_COLOR = np.array([0.75, 0.8, 0.9])  # the posed mesh in the pictures: blue-grey
 
@@ -74,12 +75,34 @@ def bone_glyphs(bones_quat: np.ndarray, bones_trans: np.ndarray, log_scale: np.n
 
 def rest_mesh(trainer, params, aux: dict, settings) -> tuple[np.ndarray, np.ndarray]:
   """Largest component of the canonical surface (NoSurface when there is none)."""
-  box = mesh_lib.extend_aabb(aux["aabb"], settings.train.mc_extend)
-  vertices, faces = mesh_lib.extract_mesh(trainer.sdf_fn(params), box, settings.extract.mc_resolution)
+  vertices, faces, _, _ = mesh_lib.find_surface(trainer.sdf_fn(params), aux["aabb"],
+                                                settings.train.mc_extend,
+                                                settings.extract.mc_resolution)
   if faces.shape[0] == 0:
-    raise NoSurface(f"{trainer.workdir}: training produced no surface (the canonical SDF has no zero "
-                    "crossing in the bounding box); try more rounds or check the video's masks")
+    raise NoSurface(no_surface_message(trainer.workdir, loop.read_round_log(trainer.workdir)))
   return vertices, faces
+
+
+def no_surface_message(workdir: pathlib.Path, rounds: list[dict]) -> str:
+  """What failed (from the round log) and what to change, in one line."""
+  head = f"{workdir}: training produced no surface (the canonical SDF has no zero crossing)"
+  if not rounds:
+    return head + "; try more rounds or check the video's masks"
+  with_surface = [r for r in rounds if r.get("proxy_vertices", 0) > 0]
+  last = rounds[-1]
+  if not with_surface:
+    what = "no round ended with a surface"
+  else:
+    what = (f"round {with_surface[-1]['round']} was the last with one (its state is kept in "
+            f"{workdir / loop.SURFACE_CHECKPOINTS})")
+  if last.get("sdf_min", 0.0) > 0:
+    signal = (f"the SDF's minimum stayed above zero (+{last['sdf_min']:.3g} at the end): a "
+              "half-transparent fog explains the masks without a surface")
+  else:
+    signal = "the surface left the searched box"
+  return (f"{head}: {what}; {signal}. Hold the root pose while the shape forms "
+          "(--config.optim.root_pose_warmup_fraction=0.2), give it more rounds, or check the "
+          "video's masks and cameras")
 
 
 def write_motion(path: pathlib.Path, model, params, video, rest_v: np.ndarray, obj2cam: np.ndarray,

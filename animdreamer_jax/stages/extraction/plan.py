@@ -209,4 +209,6 @@ def build_plan(settings: ExtractionSettings, video, source: str = "video",
       initial_state=lambda fit: (initial_state(settings, model, video, fit=True) if fit
                                  else state_lib.to_device(state_lib.to_host(template))),
       render_image=render_image,
-      reference_image=lambda frame: video.rgb[frame].astype(np.float32) / 255.0)
+      reference_image=lambda frame: video.rgb[frame].astype(np.float32) / 255.0,
+      recovery_scalars=({update.UPDATE_SCALE_PREFIX + "root_pose": np.float32(0.0)}
+                        if settings.optim.hold_root_pose_without_surface else None))
