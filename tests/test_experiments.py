@@ -35,7 +35,7 @@ def with_and_without():
 
 
 @pytest.mark.parametrize("name", ["csd_with_and_without", "csd_memory", "oracle_ladder",
-                                  "skeleton_settings"])
+                                  "skeleton_settings", "one_side_probe"])
 def test_each_driver_has_help(name, capsys):
   with pytest.raises(SystemExit) as exit_info:
     _script(name).main(["--help"])
@@ -202,3 +202,21 @@ def test_skeleton_settings_variants_are_settings_and_names_are_checked(capsys):
   with pytest.raises(SystemExit):
     driver.main(["--runs", "a:b", "--out", "x.md", "--variants", "default,nope"])
   assert "unknown variant 'nope'" in capsys.readouterr().err
+
+
+def test_probe_root_error_ignores_the_object_frame_and_matches_a_pair_loop():
+  """The probe's relative root-pose error: zero for the exact poses in another object frame
+  (R_t G), and the mean over frame pairs of the angle of (R_i R_j^T)^T (E_i E_j^T)."""
+  from scipy.spatial.transform import Rotation
+  probe = _script("one_side_probe")
+  exact = Rotation.random(6, random_state=0).as_matrix()
+  gauge = Rotation.random(random_state=1).as_matrix()
+  assert probe.relative_error_deg(exact @ gauge, exact) < 1e-4
+  noisy = Rotation.from_rotvec(0.1 * Rotation.random(6, random_state=2).as_rotvec()).as_matrix()
+  noisy = noisy @ exact
+  angles = []
+  for i in range(6):
+    for j in range(i + 1, 6):
+      a, b = noisy[i] @ noisy[j].T, exact[i] @ exact[j].T
+      angles.append(np.degrees(Rotation.from_matrix(a.T @ b).magnitude()))
+  np.testing.assert_allclose(probe.relative_error_deg(noisy, exact), np.mean(angles), rtol=1e-5)
