@@ -63,6 +63,10 @@ class TrainSettings:
   geometry_ema: float = 0.9  # EMA weight of the old box and near/far at each refresh
   near_far_tolerance: float = 1.5  # near/far = depth centre -+ this x half the proxy's depth range
   proxy_points: int = 1024  # surface points of the proxy mesh kept for feature matching
+  # A round whose largest surface component spans less than this share of the previous
+  # surface's box (diagonals) lost its surface (it broke up), like one with none in the box;
+  # the plan's recovery_scalars then redo it. 0: only a vanished surface counts.
+  min_surface_size: float = 0.5
   # XLA compilations are cached here across runs (a resumed or repeated run skips most of
   # the ~1 min of compiling); "" disables the cache.
   compilation_cache: str = "~/.cache/animdreamer_jax/xla"
@@ -189,10 +193,14 @@ def update_geometry(state: state_lib.TrainState, trainer: Trainer,
            "inside_share": float((volume < 0).mean()), "search_box": float(found_in)}
   if faces.shape[0] == 0:
     return state, stats
+  new_aabb = np.stack([verts.min(0), verts.max(0)]).astype(np.float32)
+  # The largest component's size against the box it came from: well under 1 when the
+  # surface broke up into fragments (the animal's rest box does not halve in a round).
+  stats["surface_size"] = float(np.linalg.norm(new_aabb[1] - new_aabb[0]) /
+                                max(np.linalg.norm(aabb[1] - aabb[0]), 1e-9))
   ema = cfg.geometry_ema if ema is None else ema
   if found_in > 0:
     ema = 0.0  # the surface moved out of the old box: follow it at once
-  new_aabb = np.stack([verts.min(0), verts.max(0)]).astype(np.float32)
   aux["aabb"] = (ema * aabb + (1 - ema) * new_aabb).astype(np.float32)
   aux["proxy_points"] = mesh_lib.sample_surface_host(
       int(state.step), verts, faces, aux["proxy_points"].shape[0])
@@ -343,7 +351,8 @@ def train(trainer: Trainer, resume: bool = False, progress: bool = True,
         state, stats = update_geometry(state, trainer)
         stats["recovering"] = float(recovering)
         logs.scalars(stats, step, "geometry")
-        lost = stats["search_box"] != 0  # no surface left in the previous surface's box
+        # No surface left in the previous surface's box, or only a fragment of it.
+        lost = stats["search_box"] != 0 or stats.get("surface_size", 0.0) < cfg.min_surface_size
         if lost and trainer.plan.recovery_scalars and not recovering:
           # The surface vanished or moved away during this round: redo it from its start
           # with the recovery scalars (extraction: the root pose held while the shape forms).
