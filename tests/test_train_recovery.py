@@ -10,6 +10,8 @@ them the sphere ends 0.6 per round away and the round log says where it was foun
 
 from __future__ import annotations
 
+import dataclasses
+
 import jax.numpy as jnp
 import numpy as np
 import optax
@@ -87,3 +89,37 @@ def test_rounds_whose_surface_leaves_the_box_are_redone_with_the_hold(tmp_path, 
     # The box followed the sphere: its centre is the sphere's at the end.
     aabb = np.asarray(state.aux["aabb"])
     np.testing.assert_allclose(aabb.mean(0), shift, atol=0.1)
+
+
+class ShrinkingSphere(SphereOnRoot):
+  """A sphere of radius 0.3 + `grow` (in the root-pose group) at the origin."""
+
+  def apply(self, params, x, method):
+    if method == "sdf":
+      return jnp.linalg.norm(x, axis=-1) - (0.3 + params["params"]["root_pose"]["shift"][0])
+    return super().apply(params, x, method)
+
+
+def test_a_surface_that_shrinks_to_a_fragment_counts_as_lost(tmp_path):
+  """The sphere shrinks from radius 0.3 to 0.1 in the first round (a third of its box):
+  that round is redone with the hold; with train.min_surface_size 0 it is not."""
+  def push_inwards(params, ctx):
+    return {"push": params["params"]["root_pose"]["shift"][0]}, {}
+
+  for min_size, redone in ((0.5, 1), (0.0, 0)):
+    workdir = tmp_path / f"min_size_{min_size}"
+    trainer = make_trainer(workdir, recovery=True)
+    kind = step_lib.StepKind("push", (LossTerm("push", push_inwards),))
+    plan = dataclasses.replace(
+        trainer.plan, model=ShrinkingSphere(), kinds={"push": kind},
+        # 0.05 per step: four steps take 0.2 off the radius; one round only.
+        schedule=lambda step, total: ("push", {"lr": np.float32(0.05),
+                                               "grad_spike_threshold": np.float32(0.0),
+                                               "w_push": np.float32(1.0),
+                                               update.UPDATE_SCALE_PREFIX + "root_pose":
+                                               np.float32(1.0)}))
+    settings = dataclasses.replace(trainer.settings, num_rounds=1, min_surface_size=min_size)
+    state, info = loop.train(loop.Trainer(plan, settings, workdir), progress=False)
+    assert info["redone_rounds"] == redone
+    radius = 0.3 + float(state.params["params"]["root_pose"]["shift"][0])
+    np.testing.assert_allclose(radius, 0.3 if redone else 0.1, atol=1e-6)
