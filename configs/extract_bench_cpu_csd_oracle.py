@@ -6,12 +6,10 @@ targets in the model's object frame, weight 0.1 on the canonical field, warp,
 skinning and bones ("fg"); both arms train the same 1200 steps.
 
 Command (trains with and without CSD and compares the never-seen side; videos
-as in extract_bench_cpu.py with --camera fixed or arc; the root-pose warm-up
-only on fixed-camera videos):
+as in extract_bench_cpu.py with --camera fixed or arc):
 
   python3 experiments/csd_with_and_without.py --video runs/bench/qfox_walk_fixed \
-      --out runs/csd/qfox_walk_fixed --config configs/extract_bench_cpu_csd_oracle.py \
-      --config.optim.root_pose_warmup_fraction=0.1
+      --out runs/csd/qfox_walk_fixed --config configs/extract_bench_cpu_csd_oracle.py
 
 Runtime: 8-9 min per arm on an arc video, 15-19 min on a fixed-camera one
 (2-core CPU, 3.3 GB peak RSS). Result (2026-12-04): with a fixed camera, CSD
