@@ -1,6 +1,6 @@
 r"""Extraction benchmark on the 2-core CPU: 64 frames at 128 px, noisy cameras.
 
-Command (orbit and 60-degree arc videos of the Quaternius Fox / Deer Walk and
+Command (orbit, 60-degree arc and fixed-camera videos of the Quaternius Fox / Deer Walk and
 the Khronos Fox Run, 10 degrees of camera rotation noise; $QUATERNIUS holds the
 Quaternius Fox.glb and Deer.glb, which are not bundled):
 
@@ -9,12 +9,12 @@ Quaternius Fox.glb and Deer.glb, which are not bundled):
   bin/animdreamer extract --config configs/extract_bench_cpu.py \
       --video runs/bench/qfox_walk_orbit --workdir runs/bench/qfox_walk_orbit.run
 
-Runtime: 11-18 min wall on a shared 2-core CPU (about 850 CPU s, 3.2-3.4 GB
-peak RSS). Result (2026-11-25, commit 0f38eca): orbit videos Chamfer
-0.0148-0.0173, F@2% 72.0-81.0; the Deer and Khronos Fox Run arcs stop with
-"training produced no surface" unless --config.optim.root_pose_warmup_fraction=0.1
-(not the default: it costs the videos that work without it). Every row:
-docs/results.md, "Extraction benchmark".
+Runtime: 7-9 min wall on the 2-core CPU, one run at a time (6-8 min of
+training, 2.1-2.8 GB peak RSS). Result (2026-12-06, commit e0238a7): every
+video of the three animals with orbit, 60-degree arc and fixed cameras ends
+with a surface (a round whose surface vanishes or breaks up is redone with the
+root pose held); arcs F@2% 54-63 (bodies without legs), fixed 22-67. Every row:
+docs/results.md, "One side" (and "Extraction benchmark" for the 2026-11-25 rows).
 """
 
 from animdreamer_jax.stages.extraction import settings as extraction

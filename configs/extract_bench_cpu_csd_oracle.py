@@ -5,18 +5,21 @@ views at the video's 128 px, 128 random pixels of each rendered, ground-truth
 targets in the model's object frame, weight 0.1 on the canonical field, warp,
 skinning and bones ("fg"); both arms train the same 1200 steps.
 
-Command (trains with and without CSD and compares the never-seen side; videos
-as in extract_bench_cpu.py with --camera fixed or arc):
+Commands (videos as in extract_bench_cpu.py with --camera fixed or arc): one
+run, or both arms (with and without CSD) compared on the never-seen side:
 
+  bin/animdreamer extract --config configs/extract_bench_cpu_csd_oracle.py \
+      --video runs/bench/qfox_walk_fixed --workdir runs/bench/qfox_walk_fixed.csd.run
   python3 experiments/csd_with_and_without.py --video runs/bench/qfox_walk_fixed \
       --out runs/csd/qfox_walk_fixed --config configs/extract_bench_cpu_csd_oracle.py
 
-Runtime: 8-9 min per arm on an arc video, 15-19 min on a fixed-camera one
-(2-core CPU, 3.3 GB peak RSS). Result (2026-12-04): with a fixed camera, CSD
-halves the never-seen error (Quaternius Fox Chamfer 0.0356 -> 0.0161, F@2%
-30.2 -> 76.1); on 60-degree arcs there is little to fill in (Fox 0.0188 ->
-0.0150 and 0.0140 -> 0.0155 over two seeds). Every row and probe:
-docs/results.md, "CSD with the oracle prior".
+Runtime: 6-10 min per run on the 2-core CPU, one run at a time (2.4 GB peak
+RSS). Result (2026-12-06, commit e0238a7): on the fixed-camera videos of the
+Quaternius Fox / Deer Walk and the Khronos Fox Run, F@2% 74.9 / 72.0 / 70.0
+with the never-seen side within 8 points of the seen side (without CSD 66.6 /
+57.9 / 21.6), whole bodies but no legs; on 60-degree arcs there is little to
+fill in (2026-12-04: Fox 0.0188 -> 0.0150 and 0.0140 -> 0.0155 over two seeds).
+Every row: docs/results.md, "One side" and "CSD with the oracle prior".
 """
 
 import pathlib
