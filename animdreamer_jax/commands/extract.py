@@ -82,8 +82,8 @@ def run(args: argparse.Namespace) -> int:
   print(f"run folder: {result['workdir']}")
   print(f"per-frame meshes: {result['meshes']}")
   if result.get("redone_rounds"):
-    print(f"redone rounds: {result['redone_rounds']} (the surface left its box; redone with the root "
-          "pose held: see rounds.jsonl)")
+    print(f"redone rounds: {result['redone_rounds']} (the surface vanished, left its box or broke up; "
+          "redone with the root pose held: see rounds.jsonl)")
   metrics = result.get("metrics")
   if metrics:
     mean = metrics["mean"]["all"]

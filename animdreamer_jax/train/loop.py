@@ -351,12 +351,12 @@ def train(trainer: Trainer, resume: bool = False, progress: bool = True,
         state, stats = update_geometry(state, trainer)
         stats["recovering"] = float(recovering)
         logs.scalars(stats, step, "geometry")
+        _append_round_log(trainer.workdir, {"round": round_index, "step": step, **stats})
         # No surface left in the previous surface's box, or only a fragment of it.
         lost = stats["search_box"] != 0 or stats.get("surface_size", 0.0) < cfg.min_surface_size
         if lost and trainer.plan.recovery_scalars and not recovering:
           # The surface vanished or moved away during this round: redo it from its start
           # with the recovery scalars (extraction: the root pose held while the shape forms).
-          _append_round_log(trainer.workdir, {"round": round_index, "step": step, **stats})
           state = state_lib.to_device(cache[-1])
           step = int(state.step)
           recovering, redone_rounds = True, redone_rounds + 1
@@ -371,7 +371,6 @@ def train(trainer: Trainer, resume: bool = False, progress: bool = True,
           checkpointer.save(state, {"round": round_index})
         if stats["proxy_vertices"] > 0:
           surface_checkpointer.save(state, {"round": round_index})
-        _append_round_log(trainer.workdir, {"round": round_index, "step": step, **stats})
         if on_round is not None and on_round(state, round_index, stats):
           break
     if checkpointer.latest_step() != step:
