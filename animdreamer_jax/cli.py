@@ -27,6 +27,8 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
                 "train an animatable model from a video folder"),
     "skeleton": ("animdreamer_jax.commands.skeleton",
                  "build a finished run's joint tree (skeleton.json, skeleton.png)"),
+    "generate": ("animdreamer_jax.commands.generate",
+                 "a new animatable model on an extracted skeleton and motion, by CSD"),
     "export": ("animdreamer_jax.commands.export",
                "export a trained run as a rigged, animated glTF"),
     "reanimate": ("animdreamer_jax.commands.reanimate",

@@ -57,7 +57,7 @@ def run_extraction(config: ml_collections.ConfigDict, video_dir: str | pathlib.P
   settings_lib.save_config(settings_mod.to_config(settings), workdir / "config.json")
   state, info = loop.train(trainer, resume=resume, progress=progress)
   results = outputs.write_outputs(trainer, state, settings, video, workdir, progress=progress)
-  run_info = {**info, "wall_seconds": time.time() - wall0,
+  run_info = {**info, "stage": "extract", "video": str(video_dir.resolve()), "wall_seconds": time.time() - wall0,
               "cpu_seconds": time.process_time() - cpu0,
               # Peak resident memory of this process so far (Linux reports KiB).
               "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0,
