@@ -73,6 +73,12 @@ def main(argv=None) -> int:
   parser.add_argument("--source-row", action="store_true",
                       help="add the source run itself, scored against the target")
   args = parser.parse_args(argv)
+  names = [n.strip() for n in args.variants.split(",") if n.strip()]
+  unknown = [n for n in names if n not in VARIANTS]
+  if unknown:
+    print(f"error: --variants: unknown {', '.join(unknown)}; use {', '.join(VARIANTS)}",
+          file=sys.stderr)
+    return 2
   out = pathlib.Path(args.out)
   out.mkdir(parents=True, exist_ok=True)
   rows = {}
@@ -92,9 +98,7 @@ def main(argv=None) -> int:
     metrics = json.loads((copy / "metrics.json").read_text())
     metrics["motion_kept"] = generate.motion_kept_of(pathlib.Path(args.run), pathlib.Path(args.run))
     rows["source run as it is (no generation)"] = row(metrics, None)
-  for name in args.variants.split(","):
-    if name not in VARIANTS:
-      raise SystemExit(f"unknown variant {name!r}; use {sorted(VARIANTS)}")
+  for name in names:
     workdir = out / name
     if not (workdir / "metrics.json").is_file() or not (workdir / "run.json").is_file():
       t0 = time.time()

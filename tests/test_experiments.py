@@ -35,7 +35,7 @@ def with_and_without():
 
 
 @pytest.mark.parametrize("name", ["csd_with_and_without", "csd_memory", "oracle_ladder",
-                                  "skeleton_settings", "one_side_probe"])
+                                  "skeleton_settings", "one_side_probe", "generation_ablation"])
 def test_each_driver_has_help(name, capsys):
   with pytest.raises(SystemExit) as exit_info:
     _script(name).main(["--help"])
@@ -220,3 +220,31 @@ def test_probe_root_error_ignores_the_object_frame_and_matches_a_pair_loop():
       a, b = noisy[i] @ noisy[j].T, exact[i] @ exact[j].T
       angles.append(np.degrees(Rotation.from_matrix(a.T @ b).magnitude()))
   np.testing.assert_allclose(probe.relative_error_deg(noisy, exact), np.mean(angles), rtol=1e-5)
+
+
+def test_generation_variants_are_valid_overrides_and_rows_read_the_metrics(capsys, repo_root,
+                                                                           tmp_path):
+  from animdreamer_jax import settings as settings_lib  # pylint: disable=import-outside-toplevel
+  from animdreamer_jax.stages.generation import settings as gen  # pylint: disable=import-outside-toplevel
+  driver = _script("generation_ablation")
+  config_path = repo_root / "configs" / "generate_bench_cpu_oracle.py"
+  seen = set()
+  for name, overrides in driver.VARIANTS.items():
+    config = settings_lib.load_config(config_path, overrides)
+    settings = gen.from_config(gen.with_skeleton_file(config, "skeleton.json"))
+    seen.add((settings.loss.weights.skeleton, settings.loss.weights.bone_inside,
+              settings.generate.warp, settings.generate.start))
+  assert len(seen) == len(driver.VARIANTS)  # every variant changes something
+  metrics = {"mean": {"all": {"chamfer": 0.0172, "fscore@2%": 71.0},
+                      "limbs": {"recall@2%": 35.4, "fscore@2%": 26.2}},
+             "rig": {"mean": {"cd_j2j_pct_diag": 5.17}},
+             "motion_kept": {"joint_drift": 0.06, "bone_length_variation": 0.05}}
+  row = driver.row(metrics, 120.0)
+  assert row == {"chamfer": 0.0172, "F@2%": 71.0, "limb recall@2%": 35.4, "limb F@2%": 26.2,
+                 "CD-J2J %": 5.17, "joint drift": 0.06, "bone-length var.": 0.05, "wall min": 2.0}
+  capsys.readouterr()
+  assert driver.main(["--run", "R", "--target", "T", "--out", str(tmp_path / "o"), "--config", "C",
+                      "--variants", "full,magic"]) == 2
+  err = capsys.readouterr().err
+  assert err.startswith("error: ") and "magic" in err and err.count("\n") == 1
+  assert not (tmp_path / "o").exists()
