@@ -296,7 +296,8 @@ def generated(source_run, videos, tmp_path_factory, compile_cache):
 
 def test_end_to_end_writes_a_run_folder_that_exports(generated, source_run, tmp_path):
   workdir, result = generated
-  for name in run_folder.FINISHED_FILES + ("skeleton.json", "generation.png", "metrics.json"):
+  for name in run_folder.FINISHED_FILES + ("skeleton.json", "generation.png", "turntable.mp4",
+                                          "metrics.json"):
     assert (workdir / name).is_file(), name
   info = json.loads((workdir / "run.json").read_text())
   assert info["stage"] == "generate" and info["source_run"] == str(source_run)

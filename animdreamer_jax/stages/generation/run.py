@@ -3,8 +3,9 @@
 The new run folder has extraction's layout (`stages.extraction.outputs`), so
 `export`, `reanimate`, `eval` and `skeleton` read it unchanged; its meshes are
 posed with the source's motion, reconstruction.mp4 shows the source video next
-to the generated animal in the same poses, and generation.png the 4 CSD views
-around one frame: the source model, the generated one and (oracle) the target.
+to the generated animal in the same poses, generation.png the 4 CSD views
+around two frames (the source model, the generated one and, oracle, the target)
+and turntable.mp4 the generated animal from all around.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import time
 from typing import Optional
 
 import cv2
+import imageio.v2 as imageio
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -41,6 +43,8 @@ SHEET_NAME = "generation.png"
 SHEET_RESOLUTION = 96  # pixels per view on generation.png
 SHEET_ELEVATION = 15.0  # degrees
 SHEET_FOV = 50.0  # degrees
+TURNTABLE_NAME = "turntable.mp4"
+TURNTABLE_VIEWS = 24  # azimuths, 15 degrees apart
 
 
 def source_video_dir(run_dir: pathlib.Path, video_dir: Optional[str]) -> pathlib.Path:
@@ -73,26 +77,27 @@ def load_source(run_dir: pathlib.Path):
   return model, params, skel
 
 
-def sheet_cameras(aabb: np.ndarray, frame: int, resolution: int = SHEET_RESOLUTION
-                  ) -> cameras_lib.CsdCameras:
-  """4 orthogonal views (azimuth 0/90/180/270, the CSD layout) of frame `frame`, framing the box."""
+def sheet_cameras(aabb: np.ndarray, frame: int, resolution: int = SHEET_RESOLUTION,
+                  num_views: int = 4) -> cameras_lib.CsdCameras:
+  """`num_views` views evenly around frame `frame` (4: azimuth 0/90/180/270, the CSD layout),
+  framing the box."""
   center, size, radius = csd_term.object_bounds(jnp.asarray(aabb))
   distance = 0.6 * size / jnp.tan(0.5 * jnp.deg2rad(SHEET_FOV))
-  azimuth = jnp.arange(4, dtype=jnp.float32) * 90.0
+  azimuth = jnp.arange(num_views, dtype=jnp.float32) * (360.0 / num_views)
   w2c = cameras_lib.orbit_w2c(jnp.float32(SHEET_ELEVATION), azimuth, distance, center)
   margin = csd_settings.RADIUS_MARGIN * radius
   near_far = jnp.broadcast_to(jnp.stack([jnp.maximum(distance - margin, 1e-2), distance + margin]),
-                              (4, 2))
+                              (num_views, 2))
   return cameras_lib.CsdCameras(
       w2c=w2c, intrinsics=jnp.broadcast_to(cameras_lib.pinhole_intrinsics(resolution, SHEET_FOV),
-                                           (4, 4)),
+                                           (num_views, 4)),
       near_far=near_far, mvdream=cameras_lib.to_mvdream(w2c), frame=jnp.int32(frame),
       elevation=jnp.float32(SHEET_ELEVATION), azimuth=azimuth, fov=jnp.float32(SHEET_FOV),
       distance=distance)
 
 
 def render_views(render, params, cameras, resolution: int) -> np.ndarray:
-  """(4, R, R, 3) volume renders of `params` from `cameras` (`plan.view_renderer`'s render)."""
+  """(V, R, R, 3) volume renders of `params` from `cameras` (`plan.view_renderer`'s render)."""
   uv = csd_gradient.image_pixels(resolution, 1)
   views = []
   for v in range(cameras.w2c.shape[0]):
@@ -128,6 +133,21 @@ def write_sheet(render, num_frames: int, source_params, state, target_renderer,
   picture = np.concatenate(blocks, axis=1)
   files.save_png(workdir / SHEET_NAME, picture)
   return str(workdir / SHEET_NAME)
+
+
+def write_turntable(render, params, aabb: np.ndarray, workdir: pathlib.Path,
+                    resolution: int = SHEET_RESOLUTION) -> Optional[str]:
+  """turntable.mp4: the generated animal at frame 0 from TURNTABLE_VIEWS azimuths (None when the
+  video cannot be written, e.g. no ffmpeg: the run's other results stand)."""
+  views = render_views(jax.jit(render), params, sheet_cameras(aabb, 0, resolution, TURNTABLE_VIEWS),
+                       resolution)
+  frames = [shading.to_uint8(np.clip(v, 0.0, 1.0)) for v in views]
+  try:
+    with files.atomic_path(workdir / TURNTABLE_NAME) as tmp:
+      imageio.mimwrite(tmp, frames, fps=12, macro_block_size=1)
+  except Exception:  # pylint: disable=broad-except
+    return None
+  return str(workdir / TURNTABLE_NAME)
 
 
 def run_generation(config: ml_collections.ConfigDict, run_dir: str | pathlib.Path,
@@ -181,9 +201,12 @@ def run_generation(config: ml_collections.ConfigDict, run_dir: str | pathlib.Pat
   if target is not None and settings.csd.prior == "oracle":
     target_renderer = (plan_lib.priors_lib.ground_truth_renderer(target) if settings.generate.warp
                        else plan_lib.rest_pose_target(target))
-  results["sheet"] = write_sheet(plan_lib.view_renderer(settings, model, video),
-                                 video.num_frames, jax.tree_util.tree_map(jnp.asarray, source_params),
-                                 state, target_renderer, workdir)
+  view_render = plan_lib.view_renderer(settings, model, video)
+  results["sheet"] = write_sheet(view_render, video.num_frames,
+                                 jax.tree_util.tree_map(jnp.asarray, source_params), state,
+                                 target_renderer, workdir)
+  results["turntable"] = write_turntable(view_render, state.params, np.asarray(state.aux["aabb"]),
+                                         workdir)
   run_info = {**info, "stage": "generate", "source_run": str(run_dir), "video": str(video_path),
               "target": str(target_dir) if target_dir else None,
               "wall_seconds": time.time() - wall0, "cpu_seconds": time.process_time() - cpu0,
