@@ -17,11 +17,14 @@ Hugging Face repository MVDream/MVDream, converted with
       --run runs/fox256_extract --workdir runs/fox256_to_wolf --prompt "a grey wolf" \
       --config.csd.mvdream.weights=weights/mvdream
 
-Runtime: NOT MEASURED (no GPU and no weights here); the CSD step is the
-extraction's (615 ms, 21.6 GiB on one NVIDIA H200, 2026-12-04, random weights),
-so about 25 min of device time. Memory of the CSD step by XLA's
-`memory_analysis()` (compiled for the CPU with random weights): NOT YET READ.
-Result: not measured.
+Runtime: NOT MEASURED (no GPU and no weights here). Memory of its CSD step by
+XLA's `memory_analysis()`, compiled for the 2-core CPU with abstract MVDream
+weights (`python3 experiments/csd_memory.py --strategy patches --dtype bfloat16
+--groups fg`, 2026-12-06): 40.2 GiB peak (36.9 temporaries); the extraction's
+CSD step ("canonical" groups) reads 37.4 GiB the same way, and 21.4 GiB on an
+H200 (21.6 measured, 615 ms a step; 2026-12-04). Training the bones and
+skinning through the warp ("fg") thus costs about 8% more: roughly 23 GiB on
+an H200 (an estimate, not measured), an 80 GB card. Result: not measured.
 """
 
 import pathlib
