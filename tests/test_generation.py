@@ -164,13 +164,15 @@ def test_reconstruction_step_carries_l_skel_to_the_bones(source_run, videos):
   params = {"params": {**state.params["params"], "bones": bones}}
   aux = {**state.aux, "aabb": jnp.asarray([[-0.6] * 3, [0.6] * 3], jnp.float32)}
 
-  def bone_grad(w_skeleton):
-    only = {k: (jnp.float32(w_skeleton) if k == "w_skeleton" else jnp.float32(0.0))
-            if k.startswith("w_") else v for k, v in scalars.items()}
+  @jax.jit
+  def grads_for(only):
     ctx = StepContext(data=plan.data, aux=aux, scalars=only, key=jax.random.PRNGKey(0),
                       step=jnp.int32(1))
-    grads = jax.grad(lambda p: step_lib.total_loss(kind, p, ctx)[0])(params)
-    return grads["params"]
+    return jax.grad(lambda p: step_lib.total_loss(kind, p, ctx)[0])(params)["params"]
+
+  def bone_grad(w_skeleton):  # the scalars are arguments: one compile for both weights
+    return grads_for({k: (jnp.float32(w_skeleton) if k == "w_skeleton" else jnp.float32(0.0))
+                      if k.startswith("w_") else jnp.asarray(v) for k, v in scalars.items()})
 
   with_skel = bone_grad(1.0)
   assert _norm(with_skel["bones"]) > 0
