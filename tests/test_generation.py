@@ -19,7 +19,6 @@ from animdreamer_jax.commands import generate as generate_cmd
 from animdreamer_jax.commands import sample
 from animdreamer_jax.data import synthetic
 from animdreamer_jax.data import video as video_lib
-from animdreamer_jax.errors import UserError
 from animdreamer_jax.eval import motion_kept
 from animdreamer_jax.geometry import quaternion_np
 from animdreamer_jax.losses.term import StepContext

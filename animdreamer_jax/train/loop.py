@@ -26,6 +26,7 @@ import dataclasses
 import json
 import os
 import pathlib
+import resource
 import time
 from typing import Any, Callable, Optional
 
@@ -382,6 +383,16 @@ def train(trainer: Trainer, resume: bool = False, progress: bool = True,
     surface_checkpointer.close()
   return state, {"steps": step, "train_seconds": time.time() - start, "rollbacks": rollbacks,
                  "redone_rounds": redone_rounds, "resumed_from": resumed_from}
+
+
+def process_stats(wall0: float, cpu0: float, settings: TrainSettings) -> dict:
+  """run.json's cost figures since (time.time(), time.process_time()) = (wall0, cpu0): wall and
+  CPU seconds, peak resident memory, device, rounds x steps per round."""
+  return {"wall_seconds": time.time() - wall0, "cpu_seconds": time.process_time() - cpu0,
+          # Peak resident memory of this process so far (Linux reports KiB).
+          "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0,
+          "device": str(jax.devices()[0].device_kind), "num_devices": jax.device_count(),
+          "num_rounds": settings.num_rounds, "iters_per_round": settings.iters_per_round}
 
 
 def check_resumable(trainer: Trainer, resume: bool) -> None:

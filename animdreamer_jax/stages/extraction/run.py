@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import pathlib
-import resource
 import time
 from typing import Optional
 
-import jax
 import ml_collections
 
 from animdreamer_jax import files
@@ -57,12 +55,7 @@ def run_extraction(config: ml_collections.ConfigDict, video_dir: str | pathlib.P
   settings_lib.save_config(settings_mod.to_config(settings), workdir / "config.json")
   state, info = loop.train(trainer, resume=resume, progress=progress)
   results = outputs.write_outputs(trainer, state, settings, video, workdir, progress=progress)
-  run_info = {**info, "stage": "extract", "video": str(video_dir.resolve()), "wall_seconds": time.time() - wall0,
-              "cpu_seconds": time.process_time() - cpu0,
-              # Peak resident memory of this process so far (Linux reports KiB).
-              "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0,
-              "device": str(jax.devices()[0].device_kind), "num_devices": jax.device_count(),
-              "num_rounds": settings.train.num_rounds,
-              "iters_per_round": settings.train.iters_per_round}
+  run_info = {**info, "stage": "extract", "video": str(video_dir.resolve()),
+              **loop.process_stats(wall0, cpu0, settings.train)}
   files.save_json(workdir / "run.json", run_info)
   return {"workdir": str(workdir), **run_info, **results}

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import pathlib
-import resource
 import time
 from typing import Optional
 
@@ -209,11 +208,7 @@ def run_generation(config: ml_collections.ConfigDict, run_dir: str | pathlib.Pat
                                          workdir)
   run_info = {**info, "stage": "generate", "source_run": str(run_dir), "video": str(video_path),
               "target": str(target_dir) if target_dir else None,
-              "wall_seconds": time.time() - wall0, "cpu_seconds": time.process_time() - cpu0,
-              "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0,
-              "device": str(jax.devices()[0].device_kind), "num_devices": jax.device_count(),
-              "num_rounds": settings.train.num_rounds,
-              "iters_per_round": settings.train.iters_per_round}
+              **loop.process_stats(wall0, cpu0, settings.train)}
   files.save_json(workdir / "run.json", run_info)
   return {"workdir": str(workdir), **run_info, **results}
 
