@@ -114,17 +114,14 @@ def run_generation(config: Any, run_dir, workdir, *, target: Optional[str] = Non
     `stages.generation.run.run_generation`'s result plus "metrics" (or None).
   """
   config = prepare_config(config, overrides, prompt, target)
-  if target is not None:
-    target_video = video_lib.load_video(target)  # fails before anything is written
-    del target_video
+  # Read once (a bad folder fails before anything is written): the prior's and the scores' target.
+  target_video = video_lib.load_video(target) if target is not None else None
   result = generation_run.run_generation(config, run_dir, workdir, video_dir=video,
                                          target_dir=target, resume=resume, progress=progress,
-                                         prior=prior)
+                                         prior=prior, target=target_video)
   result["metrics"] = None
-  if target is not None:
-    target_video = video_lib.load_video(target)
-    if target_video.gt is not None:
-      result["metrics"] = score(pathlib.Path(workdir), pathlib.Path(run_dir), target_video)
+  if target_video is not None and target_video.gt is not None:
+    result["metrics"] = score(pathlib.Path(workdir), pathlib.Path(run_dir), target_video)
   return result
 
 

@@ -110,6 +110,15 @@ def rest_pose_target(video) -> priors_lib.GroundTruthRenderer:
       renderer.world_to_video_camera, rest_vertices=rest)
 
 
+def target_renderer(settings: settings_lib.GenerationSettings, target
+                    ) -> priors_lib.GroundTruthRenderer:
+  """What the oracle shows of `target`: its frame-t meshes (through the warp), or its rest pose
+  at every frame (`generate.warp=False`, canonical-space SDS)."""
+  if settings.generate.warp:
+    return priors_lib.ground_truth_renderer(target, supersample=settings.csd.oracle.supersample)
+  return rest_pose_target(target)
+
+
 def build_prior(settings: settings_lib.GenerationSettings, target) -> tuple:
   """(prior, params, text) of the generation's `csd` section; the oracle reads `target`'s gt/."""
   csd = settings.csd
@@ -117,9 +126,7 @@ def build_prior(settings: settings_lib.GenerationSettings, target) -> tuple:
     if target is None:
       raise UserError("csd.prior=oracle: generation needs --target (a video folder whose gt/ holds "
                       "the new animal moving with the source's motion), or --prompt for MVDream")
-    renderer = (priors_lib.ground_truth_renderer(target, supersample=csd.oracle.supersample)
-                if settings.generate.warp else rest_pose_target(target))
-    return priors_lib.oracle_prior(renderer, csd.resolution), None, None
+    return priors_lib.oracle_prior(target_renderer(settings, target), csd.resolution), None, None
   return priors_lib.build_prior(csd, target)
 
 

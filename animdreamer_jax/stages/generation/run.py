@@ -96,7 +96,7 @@ def sheet_cameras(aabb: np.ndarray, frame: int, resolution: int = SHEET_RESOLUTI
 
 
 def render_views(render, params, cameras, resolution: int) -> np.ndarray:
-  """(V, R, R, 3) volume renders of `params` from `cameras` (`plan.view_renderer`'s render)."""
+  """(V, R, R, 3) volume renders of `params` from `cameras` (`plan.view_renderer`'s render, jitted)."""
   uv = csd_gradient.image_pixels(resolution, 1)
   views = []
   for v in range(cameras.w2c.shape[0]):
@@ -117,7 +117,6 @@ def write_sheet(render, num_frames: int, source_params, state, target_renderer,
                 workdir: pathlib.Path, resolution: int = SHEET_RESOLUTION) -> str:
   """generation.png: rows (source, generated[, target]) x 4 views, at 2 frames side by side."""
   aabb = np.asarray(state.aux["aabb"])
-  render = jax.jit(render)
   blocks = []
   for frame in (0, num_frames // 2):
     cameras = sheet_cameras(aabb, frame, resolution)
@@ -138,7 +137,7 @@ def write_turntable(render, params, aabb: np.ndarray, workdir: pathlib.Path,
                     resolution: int = SHEET_RESOLUTION) -> Optional[str]:
   """turntable.mp4: the generated animal at frame 0 from TURNTABLE_VIEWS azimuths (None when the
   video cannot be written, e.g. no ffmpeg: the run's other results stand)."""
-  views = render_views(jax.jit(render), params, sheet_cameras(aabb, 0, resolution, TURNTABLE_VIEWS),
+  views = render_views(render, params, sheet_cameras(aabb, 0, resolution, TURNTABLE_VIEWS),
                        resolution)
   frames = [shading.to_uint8(np.clip(v, 0.0, 1.0)) for v in views]
   try:
@@ -152,7 +151,7 @@ def write_turntable(render, params, aabb: np.ndarray, workdir: pathlib.Path,
 def run_generation(config: ml_collections.ConfigDict, run_dir: str | pathlib.Path,
                    workdir: str | pathlib.Path, video_dir: Optional[str] = None,
                    target_dir: Optional[str] = None, resume: bool = False, progress: bool = True,
-                   prior: Optional[tuple] = None) -> dict:
+                   prior: Optional[tuple] = None, target=None) -> dict:
   """Generates (or resumes) a new animatable model from a finished extraction run.
 
   Args:
@@ -164,6 +163,7 @@ def run_generation(config: ml_collections.ConfigDict, run_dir: str | pathlib.Pat
     resume: require an existing checkpoint.
     progress: progress bar and log lines.
     prior: (DiffusionPrior, params, text) replacing the configured prior.
+    target: `target_dir` already loaded (`data.video.load_video`), when the caller has it.
 
   Returns:
     run.json's values plus `outputs.write_outputs`' keys and "sheet".
@@ -185,7 +185,8 @@ def run_generation(config: ml_collections.ConfigDict, run_dir: str | pathlib.Pat
   if video.num_frames != model.config.num_frames:
     raise UserError(f"{video_path}: {video.num_frames} frames, but the run's model has "
                     f"{model.config.num_frames}; pass the run's own video with --video")
-  target = video_lib.load_video(target_dir) if target_dir else None
+  if target is None and target_dir:
+    target = video_lib.load_video(target_dir)
   loop.enable_compilation_cache(settings.train.compilation_cache)
   plan = plan_lib.build_plan(settings, model, source_params, video, target=target, prior=prior,
                              source=str(video_path))
@@ -198,9 +199,9 @@ def run_generation(config: ml_collections.ConfigDict, run_dir: str | pathlib.Pat
   results = outputs.write_outputs(trainer, state, ext, video, workdir, progress=progress)
   target_renderer = None
   if target is not None and settings.csd.prior == "oracle":
-    target_renderer = (plan_lib.priors_lib.ground_truth_renderer(target) if settings.generate.warp
-                       else plan_lib.rest_pose_target(target))
-  view_render = plan_lib.view_renderer(settings, model, video)
+    target_renderer = plan_lib.target_renderer(settings, target)
+  # One compiled renderer for every picture (one view of SHEET_RESOLUTION^2 pixels a call).
+  view_render = jax.jit(plan_lib.view_renderer(settings, model, video))
   results["sheet"] = write_sheet(view_render, video.num_frames,
                                  jax.tree_util.tree_map(jnp.asarray, source_params), state,
                                  target_renderer, workdir)
