@@ -77,6 +77,9 @@ def main(argv: list[str] | None = None) -> int:
   module.add_arguments(sub_parser)
   args = sub_parser.parse_args(argv[1:])
   try:
+    # A multi-host launch (JAX_COORDINATOR_ADDRESS, ...) joins its peers before any device use.
+    from animdreamer_jax import parallel  # pylint: disable=import-outside-toplevel
+    parallel.initialize_distributed()
     return int(module.run(args) or 0)
   except UserError as e:
     print(f"error: {e}", file=sys.stderr)

@@ -2,7 +2,7 @@ r"""Peak memory of the CSD train step from XLA's `memory_analysis()` (compiled, 
 
   python3 experiments/csd_memory.py [--strategy full,patches] [--resolution 200] [--samples 64]
       [--patches 8] [--model lab4d|cpu|tiny] [--prior mvdream|mvdream-tiny|oracle]
-      [--encode-resolution 256] [--dtype float32|bfloat16] [--prior-part] [--json OUT]
+      [--encode-resolution 256] [--dtype float32|bfloat16] [--prior-part] [--devices N] [--json OUT]
 
 The step compiled is the one `animdreamer bench csd` runs and extraction
 trains (`animdreamer_jax.bench.csd.csd_step`: the extraction plan's CSD
@@ -20,7 +20,9 @@ activations saved); "patches" = render without gradient, then vjp patch by
 patch (lax.scan; `csd.patches`). `--prior oracle` measures the render and
 pull-back alone (the oracle's host renderer is never called when compiling);
 `--prior-part` adds the prior alone (resize, VAE encoder vjp, UNet forward
-with CFG).
+with CFG). `--devices N` compiles the step split over N devices (`parallel`; on
+this CPU: XLA_FLAGS=--xla_force_host_platform_device_count=N): the figures are
+then one device's.
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 
 from animdreamer_jax import files  # noqa: E402
+from animdreamer_jax import parallel  # noqa: E402
 from animdreamer_jax.bench import common  # noqa: E402
 from animdreamer_jax.bench import csd as bench_csd  # noqa: E402
 from animdreamer_jax.csd import cameras as cameras_lib  # noqa: E402
@@ -50,7 +53,7 @@ STRATEGIES = ("full", "patches")
 def step_memory(strategy: str = "patches", *, resolution: int = 200, num_samples: int = 64,
                 patches: int = 8, model_preset: str = "lab4d", prior_kind: str = "mvdream",
                 encode_resolution: int = 256, dtype: str = "float32",
-                groups: str = "canonical") -> dict[str, Any]:
+                groups: str = "canonical", devices: int = 1) -> dict[str, Any]:
   """Compiles one CSD train step and returns its memory analysis (bytes and GiB)."""
   if strategy not in STRATEGIES:
     raise UserError(f"--strategy: {strategy!r} unknown; use {', '.join(STRATEGIES)}")
@@ -61,9 +64,11 @@ def step_memory(strategy: str = "patches", *, resolution: int = 200, num_samples
   prior, prior_params, text = bench_csd.prior_and_shapes(
       prior_kind, resolution, encode_resolution, dtype=bench_csd.DTYPES[dtype])
   start = time.time()
-  compiled = bench_csd.lower(bench_csd.csd_step(settings, prior, prior_params, text)).compile()
+  layout = parallel.make_layout(parallel.ParallelSettings(devices=devices))
+  compiled = bench_csd.lower(bench_csd.csd_step(settings, prior, prior_params, text,
+                                                layout=layout)).compile()
   out = common.memory_figures(compiled)
-  out.update(part="step", strategy=strategy, resolution=resolution, num_samples=num_samples,
+  out.update(part="step", devices=layout.num_devices, strategy=strategy, resolution=resolution, num_samples=num_samples,
              patches=num_patches, model=model_preset, prior=prior_kind,
              encode_resolution=encode_resolution, dtype=dtype,
              samples_per_step=4 * resolution * resolution * num_samples,
@@ -98,6 +103,8 @@ def prior_memory(*, resolution: int = 200, prior_kind: str = "mvdream",
 
 
 def _line(label: str, row: dict) -> str:
+  if row.get("devices", 1) > 1:
+    label = f"{label} / {row['devices']} dev"
   return (f"{label:>14}: peak {row['peak_gib']:8.2f} GiB (temp {row['temp_gib']:8.2f}, "
           f"arguments {row['argument_gib']:.2f}) [{row['backend']}, compiled in "
           f"{row['compile_seconds']:.0f} s]")
@@ -118,6 +125,8 @@ def main(argv=None) -> int:
   parser.add_argument("--groups", default="canonical", help="parameter groups CSD trains")
   parser.add_argument("--prior-part", action="store_true",
                       help="also measure the prior part alone (encoder vjp + UNet with CFG)")
+  parser.add_argument("--devices", type=int, default=1,
+                      help="compile the step split over this many devices (figures per device)")
   parser.add_argument("--json", default=None, help="also write the results here")
   args = parser.parse_args(argv)
   try:
@@ -134,7 +143,7 @@ def main(argv=None) -> int:
       rows.append(step_memory(strategy, resolution=args.resolution, num_samples=args.samples,
                               patches=args.patches, model_preset=args.model,
                               prior_kind=args.prior, encode_resolution=args.encode_resolution,
-                              dtype=args.dtype, groups=args.groups))
+                              dtype=args.dtype, groups=args.groups, devices=args.devices))
       print(_line(strategy, rows[-1]), flush=True)
   except UserError as e:
     print(f"error: {e}", file=sys.stderr)

@@ -1,6 +1,10 @@
 """`animdreamer bench`: flags and their errors, the shared figures, the host initialiser, and
 tiny step and CSD benchmarks end to end (slow; paper scale runs on a GPU)."""
 import json
+import os
+import pathlib
+import subprocess
+import sys
 import types
 
 import jax
@@ -37,6 +41,8 @@ def test_each_benchmark_has_help(capsys, which):
      "error: --patches: 3 must divide the pixels of a view, --resolution^2 = 40000"),
     ("step", ["--rays", "100"],
      "error: --rays: 100 is not a multiple of 2 x --rays-per-frame (16); frames come in pairs"),
+    ("step", ["--devices", "one"], "error: --devices 'one': give device counts like 1,2 (0: every "
+     "device)"),
 ])
 def test_bad_arguments_give_one_error_line(capsys, which, args, line):
   code, _, err = _bench(capsys, which, *args)
@@ -105,3 +111,35 @@ def test_tiny_reconstruction_step_runs_and_reports_the_ratio(capsys, tmp_path):
   assert "feat_reproj" in r["losses"]  # the stage's own loss set, not a hand-picked one
   assert r["samples_per_s"] == pytest.approx(64 * r["samples"] / r["step_s_best"])
   assert "samples per second" in stdout
+
+
+@pytest.mark.slow  # two subprocesses with 2 forced CPU devices (~2 min)
+def test_benchmarks_split_over_two_devices(tmp_path):
+  """`bench step --devices 1,2` times the step on 1 and on 2 devices in one run and prints the
+  speed-up; `bench csd --devices 2` splits the tiny MVDream CSD step (views' pixels and the
+  UNet's CFG batch); both report per-device samples per second."""
+  env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
+
+  def bench(*args):
+    proc = subprocess.run([sys.executable, "-m", "animdreamer_jax.cli", "bench", *args],
+                          capture_output=True, text=True, env=env, timeout=600,
+                          cwd=pathlib.Path(__file__).parent.parent)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc.stdout
+
+  step_json = tmp_path / "step.json"
+  out = bench("step", "--config", "tiny", "--rays", "64", "--steps", "1", "--matmul-size", "128",
+              "--devices", "1,2", "--json", str(step_json))
+  assert "speed-up vs 1 device(s)" in out
+  rows = json.loads(step_json.read_text())
+  assert [r["num_devices"] for r in rows] == [1, 2]
+  for r in rows:
+    assert np.isfinite(r["loss"])
+    assert r["samples_per_s_per_device"] == pytest.approx(r["samples_per_s"] / r["num_devices"])
+  csd_json = tmp_path / "csd.json"
+  bench("csd", "--model", "tiny", "--prior", "mvdream-tiny", "--resolution", "8", "--samples", "4",
+        "--patches", "2", "--steps", "1", "--encode-resolution", "32", "--dtype", "float32",
+        "--matmul-size", "128", "--count-flops", "no", "--devices", "2", "--json", str(csd_json))
+  r = json.loads(csd_json.read_text())
+  assert r["num_devices"] == 2 and np.isfinite(r["loss"])
+  assert r["samples_per_s_per_device"] == pytest.approx(r["samples_per_s"] / 2)

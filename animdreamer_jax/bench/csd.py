@@ -42,7 +42,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from animdreamer_jax import files
+from animdreamer_jax import parallel
 from animdreamer_jax.bench import common
+from animdreamer_jax.bench import step as bench_step
 from animdreamer_jax.csd import priors
 from animdreamer_jax.csd import settings as csd_settings
 from animdreamer_jax.errors import UserError
@@ -85,6 +87,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
   parser.add_argument("--count-flops", choices=("yes", "no"), default="yes",
                       help="with --patches: compile the unpatched step once more for XLA's FLOP "
                            "count (no: skip it and the FLOP ratios)")
+  parser.add_argument("--devices", default="0",
+                      help="device counts to split the step over (each view's pixels and the "
+                           "prior's batch), comma-separated, each timed (0: every device)")
   parser.add_argument("--json", default=None, help="also write the figures to this JSON file")
 
 
@@ -188,8 +193,9 @@ class CsdStep(NamedTuple):
 
 
 def csd_step(settings: extraction_settings.ExtractionSettings, prior: priors.DiffusionPrior,
-             prior_params: Any, text: Optional[tuple], num_frames: int = NUM_FRAMES) -> CsdStep:
-  """The CSD step of the extraction plan built on a synthetic video.
+             prior_params: Any, text: Optional[tuple], num_frames: int = NUM_FRAMES,
+             layout: parallel.Layout = parallel.Layout()) -> CsdStep:
+  """The CSD step of the extraction plan built on a synthetic video, on `layout`'s devices.
 
   prior_params / text may be arrays or ShapeDtypeStructs (then the step can be
   lowered and compiled, not run).
@@ -200,7 +206,8 @@ def csd_step(settings: extraction_settings.ExtractionSettings, prior: priors.Dif
   kind, scalars = plan.schedule(0, settings.train.total_steps)
   if kind != plan_lib.CSD:
     raise UserError(f"bench csd: step 0 of the schedule is a {kind} step, not a CSD step")
-  step = step_lib.make_train_step(plan.kinds[plan_lib.CSD], plan.tx)
+  step_lib.check_layout([plan.kinds[plan_lib.CSD]], layout)
+  step = step_lib.make_train_step(plan.kinds[plan_lib.CSD], plan.tx, layout)
   return CsdStep(step, plan.initial_state(False), plan.data, scalars)
 
 
@@ -213,8 +220,8 @@ def lower(bench: CsdStep):
 # The benchmark.
 
 
-def benchmark(args: argparse.Namespace) -> dict[str, Any]:
-  """Builds, compiles, runs and times the step; returns the figures."""
+def benchmark(args: argparse.Namespace, devices: int = 1) -> dict[str, Any]:
+  """Builds, compiles, runs and times the step on `devices` devices (0: all); the figures."""
   backend = jax.default_backend()
   fused = args.fused_attention == "on" or (args.fused_attention == "auto" and backend == "gpu")
   dtype = DTYPES[args.dtype]
@@ -223,7 +230,9 @@ def benchmark(args: argparse.Namespace) -> dict[str, Any]:
                             encode_resolution=args.encode_resolution, dtype=args.dtype,
                             fused_attention=fused)
   prior, prior_params, text = random_prior(args.prior, args.encode_resolution, dtype, fused)
-  bench = csd_step(settings, prior, prior_params, text)
+  layout = parallel.make_layout(parallel.ParallelSettings(devices=devices))
+  bench = csd_step(settings, prior, prior_params, text, layout=layout)
+  bench = bench._replace(state=layout.place(bench.state), data=layout.place(bench.data))
   model_params = am.count_params(bench.state.params)
   start = time.perf_counter()
   compiled = lower(bench).compile()
@@ -235,10 +244,12 @@ def benchmark(args: argparse.Namespace) -> dict[str, Any]:
     counted = None
   elif args.patches > 1:  # loop bodies count once: count the unpatched step instead (never run)
     unpatched = dataclasses.replace(settings, csd=dataclasses.replace(settings.csd, patches=0))
-    counted = lower(csd_step(unpatched, prior, prior_params, text)).compile()
+    counted = lower(csd_step(unpatched, prior, prior_params, text, layout=layout)).compile()
   else:
     counted = compiled
-  flops = None if counted is None else common.compiled_flops(counted, "bench csd")
+  # XLA counts one device's share of a split program: the step's total is n times it.
+  flops = (None if counted is None
+           else common.compiled_flops(counted, "bench csd") * layout.num_devices)
 
   state, times, applied, metrics = bench.state, [], 0, None
   for i in range(args.steps + 1):  # the first call is the warm-up
@@ -248,8 +259,8 @@ def benchmark(args: argparse.Namespace) -> dict[str, Any]:
     if i:
       times.append(time.perf_counter() - begin)
       # A refused update (spike test) costs the same; counted to say so.
-      applied += int(metrics["applied"])
-  loss = float(metrics["loss"])
+      applied += int(parallel.to_host(metrics["applied"]))
+  loss = float(parallel.to_host(metrics["loss"]))
   if not np.isfinite(loss):
     raise UserError("bench csd: the CSD loss is not finite")
   peak_device = common.peak_device_bytes()
@@ -257,13 +268,14 @@ def benchmark(args: argparse.Namespace) -> dict[str, Any]:
   mm_f32 = common.matmul_flops_per_second(size)[0]
   mm_dtype = common.matmul_flops_per_second(size, dtype=dtype)[0]
   best, median = min(times), statistics.median(times)
+  samples_per_step = (csd_settings.NUM_VIEWS * settings.csd.pixels_rendered
+                      * settings.csd.samples_per_ray(settings.render.num_samples))
   return {
       "backend": backend, "device": str(jax.devices()[0].device_kind), "model": args.model,
       "prior": args.prior, "resolution": args.resolution, "samples": args.samples,
       "patches": args.patches, "encode_resolution": args.encode_resolution, "dtype": args.dtype,
       "fused_attention": fused, "groups": args.groups,
-      "samples_per_step": (csd_settings.NUM_VIEWS * settings.csd.pixels_rendered
-                           * settings.csd.samples_per_ray(settings.render.num_samples)),
+      "samples_per_step": samples_per_step,
       "model_params": model_params,
       "prior_params": int(sum(np.prod(a.shape) for a in jax.tree_util.tree_leaves(prior_params))),
       "compile_s": compile_s, "step_s_best": best, "step_s_median": median,
@@ -273,7 +285,10 @@ def benchmark(args: argparse.Namespace) -> dict[str, Any]:
       "ratio_f32_matmul": flops and flops / best / mm_f32,
       "ratio_dtype_matmul": flops and flops / best / mm_dtype,
       "xla_peak_bytes": memory["peak_bytes"], "device_peak_bytes": peak_device,
-      "loss": loss, "csd_loss": float(metrics["csd_loss"]),
+      "num_devices": layout.num_devices,
+      "samples_per_s": samples_per_step / best,
+      "samples_per_s_per_device": samples_per_step / best / layout.num_devices,
+      "loss": loss, "csd_loss": float(parallel.to_host(metrics["csd_loss"])),
       "applied_steps": applied,
   }
 
@@ -298,14 +313,29 @@ def check_arguments(args: argparse.Namespace) -> None:
 
 def run(args: argparse.Namespace) -> int:
   check_arguments(args)
+  counts = bench_step.parse_devices(args.devices)
   print(f"bench csd: model={args.model} prior={args.prior} {args.resolution}px x {args.samples} "
         f"samples, {args.patches} patches, {args.dtype}, backend={jax.default_backend()}",
         flush=True)
-  r = benchmark(args)
+  results = []
+  for count in counts:
+    r = benchmark(args, count)
+    print_figures(r)
+    if results:
+      print(f"  speed-up vs {results[0]['num_devices']} device(s)  "
+            f"{results[0]['step_s_best'] / r['step_s_best']:.2f}x (best step times)")
+    results.append(r)
+  if args.json:
+    files.save_json(args.json, results[0] if len(results) == 1 else results, indent=2)
+  return 0
+
+
+def print_figures(r: dict) -> None:
   gib = common.GIB
   device_peak = ("n/a (this backend keeps no statistics)" if r["device_peak_bytes"] is None
                  else f"{r['device_peak_bytes'] / gib:.2f} GiB")
-  print(f"  device                  {r['device']} (fused attention: {r['fused_attention']})")
+  print(f"  device                  {r['num_devices']} x {r['device']} (fused attention: "
+        f"{r['fused_attention']})")
   print(f"  parameters              model {r['model_params']:,}, prior {r['prior_params']:,}")
   print(f"  step time best/median   {r['step_s_best'] * 1e3:.1f} / {r['step_s_median'] * 1e3:.1f} ms")
   print(f"  dense matmul {r['matmul_size']}^3     float32 {r['matmul_f32_flops_per_s'] / 1e12:.2f} "
@@ -318,8 +348,8 @@ def run(args: argparse.Namespace) -> int:
     print(f"  achieved                {r['achieved_flops_per_s'] / 1e12:.2f} TFLOP/s")
     print(f"  ratio achieved/matmul   {r['ratio_f32_matmul']:.3f} of float32, "
           f"{r['ratio_dtype_matmul']:.3f} of {r['dtype']}")
+  print(f"  samples per second      {r['samples_per_s'] / 1e6:.3f} M (rendered ray samples / "
+        f"step time), {r['samples_per_s_per_device'] / 1e6:.3f} M per device")
   print(f"  peak memory             device {device_peak}; XLA memory_analysis "
-        f"{r['xla_peak_bytes'] / gib:.2f} GiB")
-  if args.json:
-    files.save_json(args.json, r, indent=2)
-  return 0
+        f"{r['xla_peak_bytes'] / gib:.2f} GiB"
+        + (" (one device's)" if r["num_devices"] > 1 else ""))

@@ -15,11 +15,16 @@ step, times the step (warm-up excluded; best and median of --steps runs),
 times a dense fp32 matmul in the same process, and prints
 
   achieved FLOP/s = step FLOPs / step time,  ratio = achieved / matmul FLOP/s,
-  samples per second = rays x samples per ray / step time.
+  samples per second = rays x samples per ray / step time (and per device).
+
+With `--devices 1,2` the same step is built and timed on 1 and on 2 devices
+(`parallel.Layout`, the batch's frame rows split over them) in this process,
+and the speed-up of each against the first is printed.
 
 Examples:
   animdreamer bench step --config cpu                 # 1024 rays x 32 samples
   animdreamer bench step --config lab4d --rays 1024 --samples 64
+  XLA_FLAGS=--xla_force_host_platform_device_count=2 animdreamer bench step --devices 1,2
 """
 
 from __future__ import annotations
@@ -35,6 +40,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from animdreamer_jax import files
+from animdreamer_jax import parallel
 from animdreamer_jax.bench import common
 from animdreamer_jax.errors import UserError
 from animdreamer_jax.model import articulated_model as am
@@ -66,6 +72,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
   parser.add_argument("--steps", type=int, default=5, help="timed steps after warm-up")
   parser.add_argument("--matmul-size", type=int, default=2048,
                       help="side of the square fp32 matmul used as the peak")
+  parser.add_argument("--devices", default="0",
+                      help="device counts to time the step on, comma-separated (0: every "
+                           "device; default 0)")
   parser.add_argument("--json", default=None, help="also write the figures to this JSON file")
 
 
@@ -83,39 +92,54 @@ def bench_settings(preset: str, rays: int, samples: int, rays_per_frame: int,
                                  eikonal_ray_fraction=eikonal_fraction, blend=blend))
 
 
+def parse_devices(text: str) -> list[int]:
+  """--devices "1,2" -> [1, 2] (0: every device)."""
+  try:
+    counts = [int(part) for part in text.split(",") if part.strip()]
+  except ValueError:
+    counts = []
+  if not counts or any(c < 0 for c in counts):
+    raise UserError(f"--devices {text!r}: give device counts like 1,2 (0: every device)")
+  return counts
+
+
 def benchmark(preset: str, rays: int, samples: int, rays_per_frame: int,
               eikonal_fraction: float, bones: int | None, blend: str, steps: int,
-              matmul_size: int) -> dict[str, Any]:
-  """Builds, compiles and times the step; returns the figures."""
+              matmul_size: int, devices: int = 1) -> dict[str, Any]:
+  """Builds, compiles and times the step on `devices` devices (0: all); returns the figures."""
   settings = bench_settings(preset, rays, samples, rays_per_frame, eikonal_fraction, bones, blend)
+  layout = parallel.make_layout(parallel.ParallelSettings(devices=devices))
   video = common.synthetic_video(NUM_FRAMES, *IMAGE_SIZE, settings.model.feature_dim)
   plan = plan_lib.build_plan(settings, video, source="synthetic video")
   kind, scalars = plan.schedule(0, settings.train.total_steps)
-  step = step_lib.make_train_step(plan.kinds[kind], plan.tx)
+  step_lib.check_layout(plan.kinds.values(), layout)
+  step = step_lib.make_train_step(plan.kinds[kind], plan.tx, layout)
   state = plan.initial_state(False)  # random init: the mlp_init fits change no shape
   near_far = np.tile(np.asarray([NEAR_FAR], np.float32), (NUM_FRAMES, 1))
-  state = state.replace(aux={**state.aux, "near_far": jnp.asarray(near_far)})
+  state = layout.place(state.replace(aux={**state.aux, "near_far": jnp.asarray(near_far)}))
+  data = layout.place(plan.data)
   num_params = am.count_params(state.params)
 
   start = time.perf_counter()
-  compiled = step.lower(state, plan.data, scalars).compile()
+  compiled = step.lower(state, data, scalars).compile()
   compile_s = time.perf_counter() - start
-  flops = common.compiled_flops(compiled, "bench step")
+  # XLA counts one device's share of a split program: the step's total is n times it.
+  flops = common.compiled_flops(compiled, "bench step") * layout.num_devices
 
   # Step and matmul timings are interleaved so both see the same machine load
   # (other processes share the cores); the best of each is the unloaded figure.
   mm, (a, b) = common.matmul_setup(matmul_size)
-  state, metrics = compiled(state, plan.data, scalars)  # warm-up
+  state, metrics = compiled(state, data, scalars)  # warm-up
   jax.block_until_ready(metrics["loss"])
   times, mm_times, applied = [], common.time_calls(lambda: mm(a, b), 2), 0
   for _ in range(steps):
     start = time.perf_counter()
-    state, metrics = compiled(state, plan.data, scalars)
+    state, metrics = compiled(state, data, scalars)
     jax.block_until_ready(metrics["loss"])
     times.append(time.perf_counter() - start)
-    applied += int(metrics["applied"])  # a refused update (spike test) costs the same
+    applied += int(parallel.to_host(metrics["applied"]))  # a refused update costs the same
     mm_times += common.time_calls(lambda: mm(a, b), 2)
-  loss = float(metrics["loss"])
+  loss = float(parallel.to_host(metrics["loss"]))
   if not np.isfinite(loss):
     raise UserError("bench step: the loss is not finite")
   mm_flops = common.matmul_flops(matmul_size)
@@ -134,7 +158,9 @@ def benchmark(preset: str, rays: int, samples: int, rays_per_frame: int,
       "ratio": flops / best / peak, "ratio_median": flops / median / peak_median,
       # Ray samples through the whole step (render, losses, backward, update) per second.
       "samples_per_s": rays * samples / best, "samples_per_s_median": rays * samples / median,
-      "devices": str(jax.devices()[0].platform), "loss": loss, "applied_steps": applied,
+      "samples_per_s_per_device": rays * samples / best / layout.num_devices,
+      "backend": str(jax.devices()[0].platform), "num_devices": layout.num_devices,
+      "loss": loss, "applied_steps": applied,
   }
 
 
@@ -152,16 +178,32 @@ def run(args: argparse.Namespace) -> int:
                     f"({args.rays_per_frame}); frames come in pairs")
   if not 0.0 <= args.eikonal_fraction <= 1.0:
     raise UserError("--eikonal-fraction: must be in [0, 1]")
+  counts = parse_devices(args.devices)
   print(f"bench step: config={args.config} rays={args.rays} samples={samples} "
         f"bones={args.bones or 'preset'} blend={args.blend} "
-        f"backend={jax.devices()[0].platform}", flush=True)
-  r = benchmark(args.config, args.rays, samples, args.rays_per_frame, args.eikonal_fraction,
-                args.bones, args.blend, args.steps, args.matmul_size)
+        f"backend={jax.devices()[0].platform} ({jax.device_count()} devices)", flush=True)
+  results = []
+  for count in counts:
+    r = benchmark(args.config, args.rays, samples, args.rays_per_frame, args.eikonal_fraction,
+                  args.bones, args.blend, args.steps, args.matmul_size, count)
+    print_figures(r)
+    if results:
+      print(f"  speed-up vs {results[0]['num_devices']} device(s)  "
+            f"{results[0]['step_s_best'] / r['step_s_best']:.2f}x (best step times)")
+    results.append(r)
+  if args.json:
+    files.save_json(args.json, results[0] if len(results) == 1 else results, indent=2)
+  return 0
+
+
+def print_figures(r: dict) -> None:
   g = 1e9
+  print(f"  devices                 {r['num_devices']} x {r['backend']}")
   print(f"  model parameters        {r['params']:,} ({r['bones']} bones)")
   print(f"  losses                  {', '.join(r['losses'])}")
   print(f"  compile                 {r['compile_s']:.1f} s")
-  print(f"  step FLOPs (XLA)        {r['step_flops'] / g:.2f} GFLOP")
+  print(f"  step FLOPs (XLA)        {r['step_flops'] / g:.2f} GFLOP"
+        + (f" ({r['num_devices']} x one device's share)" if r["num_devices"] > 1 else ""))
   print(f"  step time best/median   {r['step_s_best'] * 1e3:.1f} / {r['step_s_median'] * 1e3:.1f} ms")
   print(f"  achieved                {r['achieved_flops_per_s'] / g:.1f} GFLOP/s "
         f"(median {r['achieved_flops_per_s_median'] / g:.1f})")
@@ -169,7 +211,5 @@ def run(args: argparse.Namespace) -> int:
         f"(median {r['matmul_flops_per_s_median'] / g:.1f})")
   print(f"  ratio achieved/matmul   {r['ratio']:.2f} (median {r['ratio_median']:.2f})")
   print(f"  samples per second      {r['samples_per_s'] / 1e6:.3f} M "
-        f"(median {r['samples_per_s_median'] / 1e6:.3f} M; rays x samples / step time)")
-  if args.json:
-    files.save_json(args.json, r, indent=2)
-  return 0
+        f"(median {r['samples_per_s_median'] / 1e6:.3f} M; rays x samples / step time), "
+        f"{r['samples_per_s_per_device'] / 1e6:.3f} M per device")

@@ -18,6 +18,7 @@ import argparse
 import pathlib
 from typing import Any, Sequence
 
+from animdreamer_jax import parallel
 from animdreamer_jax import settings
 from animdreamer_jax.data import video as video_lib
 from animdreamer_jax.errors import UserError
@@ -66,7 +67,7 @@ def run_extraction(config: Any, video_dir: str | pathlib.Path, workdir: str | pa
   result = extraction_run.run_extraction(config, video_dir, workdir, resume=resume,
                                          progress=progress, video=video)
   result["metrics"] = result["metrics_path"] = None
-  if video.gt is not None:
+  if video.gt is not None and parallel.is_primary():
     result["metrics"] = run_scores.score_run(workdir, video)
     result["metrics_path"] = str(pathlib.Path(workdir) / "metrics.json")
   return result
@@ -79,6 +80,8 @@ def _fmt(x: Any) -> str:
 def run(args: argparse.Namespace) -> int:
   result = run_extraction(args.config, args.video, args.workdir, resume=args.resume,
                           overrides=getattr(args, "config_overrides", []))
+  if not parallel.is_primary():
+    return 0  # several hosts: process 0 wrote the run folder and reports it
   print(f"run folder: {result['workdir']}")
   print(f"per-frame meshes: {result['meshes']}")
   if result.get("redone_rounds"):

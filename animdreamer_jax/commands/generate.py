@@ -30,6 +30,7 @@ import pathlib
 from typing import Any, Optional, Sequence
 
 from animdreamer_jax import files
+from animdreamer_jax import parallel
 from animdreamer_jax import settings
 from animdreamer_jax.commands import sample
 from animdreamer_jax.data import video as video_lib
@@ -120,7 +121,7 @@ def run_generation(config: Any, run_dir, workdir, *, target: Optional[str] = Non
                                          target_dir=target, resume=resume, progress=progress,
                                          prior=prior, target=target_video)
   result["metrics"] = None
-  if target_video is not None and target_video.gt is not None:
+  if target_video is not None and target_video.gt is not None and parallel.is_primary():
     result["metrics"] = score(pathlib.Path(workdir), pathlib.Path(run_dir), target_video)
   return result
 
@@ -133,6 +134,8 @@ def run(args: argparse.Namespace) -> int:
   result = run_generation(args.config, args.run, args.workdir, target=args.target,
                           prompt=args.prompt, video=args.video, resume=args.resume,
                           overrides=getattr(args, "config_overrides", []))
+  if not parallel.is_primary():
+    return 0  # several hosts: process 0 wrote the run folder and reports it
   print(f"run folder: {result['workdir']}")
   print(f"per-frame meshes: {result['meshes']}  views: {result['sheet']}")
   metrics = result.get("metrics")

@@ -51,6 +51,12 @@ Text = Optional[tuple[jnp.ndarray, jnp.ndarray]]
 # render(params, cameras, uv (V, N, 2), alpha) -> (V, N, 3) colours over the background;
 # alpha: the coarse-to-fine fraction (a traced scalar) or None (all bands).
 RenderFn = Callable[[Any, cameras_lib.CsdCameras, jnp.ndarray, Any], jnp.ndarray]
+# split(tree) -> tree: marks a batch to split over the step's devices (`StepContext.split`).
+Split = Callable[[Any], Any]
+
+
+def _unsplit(tree: Any) -> Any:
+  return tree
 
 
 def sample_timestep(key: jax.Array, t_min: jnp.ndarray, t_max: jnp.ndarray,
@@ -64,21 +70,23 @@ def sample_timestep(key: jax.Array, t_min: jnp.ndarray, t_max: jnp.ndarray,
 
 def guided_eps(prior: priors.DiffusionPrior, prior_params: Any, noisy: jnp.ndarray,
                timesteps: jnp.ndarray, text: Text, cameras: cameras_lib.CsdCameras,
-               guidance_scale: float) -> tuple[jnp.ndarray, jnp.ndarray]:
+               guidance_scale: float, split: Split = _unsplit) -> tuple[jnp.ndarray, jnp.ndarray]:
   """(guided eps, conditional eps), each like `noisy`.
 
   With a text-conditional prior and (cond, uncond) states, one batch
   [cond views; uncond views] (MVDream-threestudio's order) goes through the
-  prior; otherwise one plain call (guidance is then the identity).
+  prior, split over the devices by `split` (on 2 devices: the conditional
+  views on one, the unconditional on the other); otherwise one plain call
+  (guidance is then the identity).
   """
   n = noisy.shape[0]
   if prior.conditional and text is not None:
     cond, uncond = text
     context = jnp.concatenate([jnp.broadcast_to(cond, (n,) + cond.shape),
                                jnp.broadcast_to(uncond, (n,) + uncond.shape)])
-    both = prior.eps_fn(prior_params, jnp.concatenate([noisy, noisy]),
-                        jnp.concatenate([timesteps, timesteps]), context,
-                        cameras_lib.repeat_views(cameras, 2))
+    both = prior.eps_fn(prior_params, *split((jnp.concatenate([noisy, noisy]),
+                                              jnp.concatenate([timesteps, timesteps]), context,
+                                              cameras_lib.repeat_views(cameras, 2))))
     eps_uncond, eps_cond = guidance_lib.split_guidance_batch(both, uncond_first=False)
     return guidance_lib.classifier_free_guidance(eps_uncond, eps_cond, guidance_scale), eps_cond
   context = None
@@ -90,7 +98,7 @@ def guided_eps(prior: priors.DiffusionPrior, prior_params: Any, noisy: jnp.ndarr
 
 def latent_gradient(prior: priors.DiffusionPrior, prior_params: Any, latents: jnp.ndarray,
                     noise: jnp.ndarray, t: jnp.ndarray, cameras: cameras_lib.CsdCameras,
-                    text: Text, settings: CsdSettings) -> jnp.ndarray:
+                    text: Text, settings: CsdSettings, split: Split = _unsplit) -> jnp.ndarray:
   """The CSD gradient w.r.t. the latents, before the reduction (deterministic).
 
   Args:
@@ -101,6 +109,7 @@ def latent_gradient(prior: priors.DiffusionPrior, prior_params: Any, latents: jn
     cameras: CsdCameras of the V views.
     text: (cond, uncond) text states or None.
     settings: mode, guidance_scale, rescale.
+    split: marks the prior's batch to split over the devices (`StepContext.split`).
 
   Returns:
     (V, h, w, c): mode "sds": (1 - abar_t) (eps_hat - eps); mode "recon":
@@ -112,7 +121,7 @@ def latent_gradient(prior: priors.DiffusionPrior, prior_params: Any, latents: jn
   timesteps = jnp.full((latents.shape[0],), t, jnp.int32)
   noisy = schedule_lib.q_sample(latents, timesteps, noise, abar)
   eps_hat, eps_cond = guided_eps(prior, prior_params, noisy, timesteps, text, cameras,
-                                 settings.guidance_scale)
+                                 settings.guidance_scale, split)
   eps_hat, eps_cond = jax.lax.stop_gradient((eps_hat, eps_cond))
   if settings.mode == "sds":
     grad = (1.0 - abar[t]) * (eps_hat - noise)
@@ -127,8 +136,8 @@ def latent_gradient(prior: priors.DiffusionPrior, prior_params: Any, latents: jn
 
 def image_gradient(prior: priors.DiffusionPrior, prior_params: Any, images: jnp.ndarray,
                    cameras: cameras_lib.CsdCameras, text: Text, key: jax.Array,
-                   t_min: jnp.ndarray, t_max: jnp.ndarray, settings: CsdSettings
-                   ) -> tuple[jnp.ndarray, dict[str, jnp.ndarray]]:
+                   t_min: jnp.ndarray, t_max: jnp.ndarray, settings: CsdSettings,
+                   split: Split = _unsplit) -> tuple[jnp.ndarray, dict[str, jnp.ndarray]]:
   """dL_CSD / d images for rendered views (no gradient flows through the result).
 
   Draws the timestep (shared by the views), the noise and the VAE posterior
@@ -143,6 +152,7 @@ def image_gradient(prior: priors.DiffusionPrior, prior_params: Any, images: jnp.
     key: PRNG key (timestep, noise, posterior sample).
     t_min, t_max: step fractions (scalars).
     settings: mode, guidance, reduction, resolution.
+    split: see latent_gradient.
 
   Returns:
     (image gradient like images, {"csd_loss" (the pseudo-loss 0.5 |g|^2 / norm
@@ -153,7 +163,7 @@ def image_gradient(prior: priors.DiffusionPrior, prior_params: Any, images: jnp.
   latents, encoder_vjp = jax.vjp(lambda im: prior.encode_fn(prior_params, im, k_post), images)
   t = sample_timestep(k_t, t_min, t_max, prior.num_timesteps)
   noise = jax.random.normal(k_noise, latents.shape, latents.dtype)
-  grad = latent_gradient(prior, prior_params, latents, noise, t, cameras, text, settings)
+  grad = latent_gradient(prior, prior_params, latents, noise, t, cameras, text, settings, split)
   if settings.reduction == "sum":
     norm = float(latents.shape[0])
     if cameras.pixels is not None:  # the subset stands for all R^2 pixels of each view

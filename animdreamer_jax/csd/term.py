@@ -167,17 +167,33 @@ def make_csd_term(settings: CsdSettings, prior: priors.DiffusionPrior, num_frame
     def image_grad_fn(images):
       return gradient.image_gradient(prior, prior_inputs.get("params"), images, cameras,
                                      prior_inputs.get("text"), k_prior, ctx.scalars["csd_t_min"],
-                                     ctx.scalars["csd_t_max"], settings)
+                                     ctx.scalars["csd_t_max"], settings, split=ctx.split)
+
+    def render_split(p, cams, uv, alpha):  # on several devices, each renders its share of pixels
+      return render(p, cams, ctx.split(uv, axis=1), alpha)
 
     loss, images, metrics = gradient.surrogate_loss(
-        render, params, cameras, image_grad_fn, settings.resolution, settings.patches,
+        render_split, params, cameras, image_grad_fn, settings.resolution, settings.patches,
         alpha=alpha_for_step(settings, ctx.scalars))
     metrics = {**metrics, "csd_frame": cameras.frame, "csd_elevation": cameras.elevation,
                "csd_fov": cameras.fov, "csd_distance": cameras.distance,
                "csd_mean_image": jnp.mean(images)}
     return {NAME: loss}, metrics
 
-  return LossTerm(NAME, fn)
+  return LossTerm(NAME, fn, splits=split_sizes(settings, prior))
+
+
+def split_sizes(settings: CsdSettings, prior: priors.DiffusionPrior) -> tuple[tuple[str, int], ...]:
+  """The batch axes the term splits over the devices (see `LossTerm.splits`)."""
+  if settings.pixels_per_view:
+    pixels = ("config.csd.pixels_per_view", settings.pixels_per_view)
+  else:
+    per_patch = settings.resolution ** 2 // max(settings.patches, 1)
+    pixels = ("config.csd.resolution^2 / config.csd.patches (pixels a view renders at once)",
+              per_patch)
+  if not prior.conditional:
+    return (pixels,)
+  return (pixels, ("the prior's batch (4 views x 2 for guidance)", 2 * settings_lib.NUM_VIEWS))
 
 
 def csd_gradient(render: gradient.RenderFn, params: Any, mask: Any,

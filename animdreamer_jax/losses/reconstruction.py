@@ -208,8 +208,9 @@ def make_reconstruction_term(model, loss: LossSettings, render: render_settings_
   def fn(params, ctx: StepContext) -> tuple[dict, dict]:
     data = ctx.data
     key_batch, key_match, key_points = jax.random.split(ctx.key, 3)
-    rays = batching.sample_batch(data.video, key_batch, batch.pairs_per_batch,
-                                 batch.pixels_per_frame, batch.fg_fraction)
+    # On several devices each renders its share of the frame rows.
+    rays = ctx.split(batching.sample_batch(data.video, key_batch, batch.pairs_per_batch,
+                                           batch.pixels_per_frame, batch.fg_fraction))
     cameras = partner_cameras = None
     if render.use_video_intrinsics:
       cameras = warp_render.CameraOverride(intrinsics=data.intrinsics[rays.frame_index])
@@ -241,7 +242,8 @@ def make_reconstruction_term(model, loss: LossSettings, render: render_settings_
                "opacity_bg": jnp.sum(out["opacity"] * (1 - fg)) / jnp.maximum(jnp.sum(1 - fg), 1)}
     return terms, metrics
 
-  return LossTerm(NAME, fn)
+  return LossTerm(NAME, fn, splits=(("config.data.pairs_per_batch x 2 (frame rows)",
+                                     2 * batch.pairs_per_batch),))
 
 
 def scalars(settings: LossSettings, step: int, total_steps: int) -> dict[str, np.float32]:

@@ -15,13 +15,16 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 # Rows of MVDream's `flip_yz`: y-up world coordinates -> z-up world coordinates.
-FLIP_YZ = jnp.array([[1.0, 0.0, 0.0, 0.0],
-                     [0.0, 0.0, -1.0, 0.0],
-                     [0.0, 1.0, 0.0, 0.0],
-                     [0.0, 0.0, 0.0, 1.0]], jnp.float32)
-OPENCV_TO_OPENGL_AXES = jnp.diag(jnp.array([1.0, -1.0, -1.0, 1.0], jnp.float32))
+# (NumPy constants: importing the package must not start a JAX backend, so that a
+# multi-host run can still call jax.distributed.initialize.)
+FLIP_YZ = np.array([[1.0, 0.0, 0.0, 0.0],
+                    [0.0, 0.0, -1.0, 0.0],
+                    [0.0, 1.0, 0.0, 0.0],
+                    [0.0, 0.0, 0.0, 1.0]], np.float32)
+OPENCV_TO_OPENGL_AXES = np.diag(np.array([1.0, -1.0, -1.0, 1.0], np.float32))
 
 
 def normalize_camera(c2w: jax.Array) -> jax.Array:

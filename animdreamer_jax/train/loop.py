@@ -17,6 +17,11 @@ stage it runs. One round = `train.iters_per_round` steps. The host
 - writes TensorBoard scalars (each kind's latest metrics under its name) and
   one rendered image per round, and a checkpoint every
   `train.checkpoint_every_rounds` rounds (never a non-finite state).
+
+On several devices (a `parallel.Layout` with a mesh) the steps run on all of
+them with the state and data replicated; the host-side work between steps
+(geometry, pictures, the returned state) uses this process's own copy, and
+only the primary process writes logs (orbax coordinates the checkpoints).
 """
 
 from __future__ import annotations
@@ -37,6 +42,7 @@ import optax
 import tensorboardX
 import tqdm
 
+from animdreamer_jax import parallel
 from animdreamer_jax.errors import UserError
 from animdreamer_jax.geometry import mesh as mesh_lib
 from animdreamer_jax.train import checkpoint as checkpoint_lib
@@ -127,11 +133,21 @@ class TrainingDiverged(UserError):
 class Trainer:
   """Runs a TrainingPlan in a run folder: jitted steps, geometry refresh, checkpoints, logs."""
 
-  def __init__(self, plan: TrainingPlan, settings: TrainSettings, workdir: pathlib.Path):
+  def __init__(self, plan: TrainingPlan, settings: TrainSettings, workdir: pathlib.Path,
+               layout: parallel.Layout = parallel.Layout()):
+    """layout: the devices every step is split over (`parallel.make_layout`).
+
+    Raises:
+      UserError: a batch axis of the plan's terms does not split over the layout's devices.
+    """
     self.plan = plan
     self.settings = settings
     self.workdir = pathlib.Path(workdir)
-    self.steps = {name: step_lib.make_train_step(kind, plan.tx) for name, kind in plan.kinds.items()}
+    self.layout = layout
+    step_lib.check_layout(plan.kinds.values(), layout)
+    self.steps = {name: step_lib.make_train_step(kind, plan.tx, layout)
+                  for name, kind in plan.kinds.items()}
+    self.data = layout.place(plan.data)
     # Kept on the host: the device copies handed out are donated by the steps.
     self._template = state_lib.to_host(plan.initial_state(False))
     model = plan.model
@@ -148,10 +164,11 @@ class Trainer:
     return state_lib.to_device(self._template)
 
   def sdf_fn(self, params) -> Callable:
+    params = parallel.local(params)
     return lambda x: self._sdf(params, x)
 
   def root_poses(self, params) -> np.ndarray:
-    return np.asarray(self._root(params))
+    return np.asarray(self._root(parallel.local(params)))
 
   def step(self, state: state_lib.TrainState, step: int, recovering: bool = False
            ) -> tuple[str, state_lib.TrainState, dict]:
@@ -162,8 +179,8 @@ class Trainer:
     kind, scalars = self.plan.schedule(step, self.total_steps)
     if recovering and self.plan.recovery_scalars:
       scalars = {**scalars, **self.plan.recovery_scalars}
-    state, metrics = self.steps[kind](state, self.plan.data, scalars)
-    return kind, state, {**jax.device_get(metrics), **scalars}
+    state, metrics = self.steps[kind](self.layout.place(state), self.data, scalars)
+    return kind, state, {**parallel.to_host(metrics), **scalars}
 
 
 # ----------------------------------------------------------------------------
@@ -184,7 +201,7 @@ def update_geometry(state: state_lib.TrainState, trainer: Trainer,
   zero crossing in the box, the previous proxy is kept.
   """
   cfg = trainer.settings
-  aux = {k: np.asarray(v) for k, v in state.aux.items()}
+  aux = parallel.to_host(state.aux)
   aabb = aux["aabb"]
   verts, faces, volume, found_in = mesh_lib.find_surface(
       trainer.sdf_fn(state.params), aabb, cfg.mc_extend, cfg.mc_resolution)
@@ -204,7 +221,7 @@ def update_geometry(state: state_lib.TrainState, trainer: Trainer,
     ema = 0.0  # the surface moved out of the old box: follow it at once
   aux["aabb"] = (ema * aabb + (1 - ema) * new_aabb).astype(np.float32)
   aux["proxy_points"] = mesh_lib.sample_surface_host(
-      int(state.step), verts, faces, aux["proxy_points"].shape[0])
+      int(parallel.to_host(state.step)), verts, faces, aux["proxy_points"].shape[0])
   near_far = mesh_lib.near_far_from_points(verts, trainer.root_poses(state.params),
                                            tolerance=cfg.near_far_tolerance)
   aux["near_far"] = (ema * aux["near_far"] + (1 - ema) * near_far).astype(np.float32)
@@ -223,7 +240,7 @@ class _Logs:
   def __init__(self, trainer: Trainer):
     self.trainer = trainer
     self.writer = None
-    if trainer.settings.tensorboard:
+    if trainer.settings.tensorboard and parallel.is_primary():
       self.writer = tensorboardX.SummaryWriter(str(trainer.workdir / "tensorboard"))
 
   def scalars(self, metrics: dict, step: int, prefix: str) -> None:
@@ -238,7 +255,8 @@ class _Logs:
     if self.writer is None or plan.render_image is None:
       return
     frame = int(self.trainer.settings.log_image_frame) % plan.num_frames
-    out = plan.render_image(state.params, np.asarray(state.aux["near_far"])[frame], frame)
+    out = plan.render_image(parallel.local(state.params),
+                            parallel.to_host(state.aux["near_far"])[frame], frame)
     panels = [np.asarray(out["rgb"]), np.repeat(np.asarray(out["mask"])[..., None], 3, -1)]
     if plan.reference_image is not None:
       panels.insert(0, plan.reference_image(frame))
@@ -255,6 +273,8 @@ ROUND_LOG = "rounds.jsonl"  # one line per round: its geometry statistics
 
 
 def _append_round_log(workdir: pathlib.Path, row: dict) -> None:
+  if not parallel.is_primary():
+    return
   with open(workdir / ROUND_LOG, "a") as f:
     f.write(json.dumps(row) + "\n")
 
@@ -282,7 +302,8 @@ def _start_state(trainer: Trainer, checkpointer: checkpoint_lib.Checkpointer,
     return state, int(state.step)
   if resume:
     raise UserError(f"{trainer.workdir}: --resume given but there is no checkpoint to resume from")
-  (trainer.workdir / ROUND_LOG).unlink(missing_ok=True)  # a fresh run starts a fresh log
+  if parallel.is_primary():
+    (trainer.workdir / ROUND_LOG).unlink(missing_ok=True)  # a fresh run starts a fresh log
   state = trainer.plan.initial_state(True)
   # Proxy mesh, box and near/far from the initial SDF before the first step.
   state, _ = update_geometry(state, trainer, ema=0.0)
@@ -310,7 +331,8 @@ def train(trainer: Trainer, resume: bool = False, progress: bool = True,
   surface_checkpointer = checkpoint_lib.Checkpointer(trainer.workdir / SURFACE_CHECKPOINTS, 1)
   logs = _Logs(trainer)
   pbar = tqdm.tqdm(total=trainer.total_steps, initial=int(state.step), desc=trainer.plan.name,
-                   unit="step", dynamic_ncols=True, disable=not progress)
+                   unit="step", dynamic_ncols=True,
+                   disable=not (progress and parallel.is_primary()))
   cache: collections.deque = collections.deque(maxlen=2)  # states at the last two round starts
   rollbacks = nonfinite_in_row = redone_rounds = 0
   recovering = False
@@ -381,22 +403,38 @@ def train(trainer: Trainer, resume: bool = False, progress: bool = True,
     logs.close()
     checkpointer.close()
     surface_checkpointer.close()
-  return state, {"steps": step, "train_seconds": time.time() - start, "rollbacks": rollbacks,
-                 "redone_rounds": redone_rounds, "resumed_from": resumed_from}
+  # This process's own copy: what follows (outputs, pictures) runs once, on one device.
+  info = {"steps": step, "train_seconds": time.time() - start, "rollbacks": rollbacks,
+          "redone_rounds": redone_rounds, "resumed_from": resumed_from}
+  return parallel.local(state), info
 
 
-def process_stats(wall0: float, cpu0: float, settings: TrainSettings) -> dict:
+def process_stats(wall0: float, cpu0: float, trainer: Trainer) -> dict:
   """run.json's cost figures since (time.time(), time.process_time()) = (wall0, cpu0): wall and
-  CPU seconds, peak resident memory, device, rounds x steps per round."""
+  CPU seconds, peak resident memory (this process's), device, the devices and processes the
+  steps ran on, rounds x steps per round."""
+  settings = trainer.settings
   return {"wall_seconds": time.time() - wall0, "cpu_seconds": time.process_time() - cpu0,
           # Peak resident memory of this process so far (Linux reports KiB).
           "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0,
-          "device": str(jax.devices()[0].device_kind), "num_devices": jax.device_count(),
+          "device": str(jax.devices()[0].device_kind), "num_devices": trainer.layout.num_devices,
+          "num_processes": jax.process_count(),
           "num_rounds": settings.num_rounds, "iters_per_round": settings.iters_per_round}
 
 
 def check_resumable(trainer: Trainer, resume: bool) -> None:
-  """Fails before anything is written if the run folder's checkpoint does not fit this plan."""
+  """Fails before anything is written if the run folder's checkpoint does not fit this plan.
+
+  Several processes read the folder together (between two barriers), so all take the same
+  branch (orbax's managers synchronise the processes that open them)."""
+  parallel.sync("check_resumable:start")
+  try:
+    _check_resumable(trainer, resume)
+  finally:
+    parallel.sync("check_resumable:end")
+
+
+def _check_resumable(trainer: Trainer, resume: bool) -> None:
   directory = trainer.workdir / "checkpoints"
   if not directory.is_dir():
     if resume:

@@ -16,6 +16,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from animdreamer_jax import parallel
+
 
 @flax.struct.dataclass
 class TrainState:
@@ -41,8 +43,9 @@ def create(params: Any, tx: optax.GradientTransformation, aux: dict, seed: int) 
 
 
 def to_host(state: TrainState) -> TrainState:
-  """A NumPy copy (safe to keep while the device state is donated)."""
-  return jax.tree_util.tree_map(lambda x: np.array(x), state)
+  """A NumPy copy (safe to keep while the device state is donated; a state replicated over
+  several devices or hosts is read from this process's own copy)."""
+  return parallel.to_host(state)
 
 
 def to_device(state: TrainState) -> TrainState:

@@ -14,17 +14,22 @@ term given its own PRNG key fold_in(fold_in(state.key, state.step), i); its
 gradient goes through the one update rule (`train.update.apply_gradients`).
 Parameters outside `trainable` are stop_gradient-ed before the terms run, so
 their backward is never built.
+
+On several devices (`parallel.Layout` with a mesh) the step is jitted with
+every argument and result replicated on the mesh; the terms split their
+batches (`StepContext.split`) and XLA reduces the gradient across devices.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Iterable, Optional
 
 import jax
 import jax.numpy as jnp
 import optax
 
+from animdreamer_jax import parallel
 from animdreamer_jax.losses.term import LossTerm, StepContext
 from animdreamer_jax.train import state as state_lib
 from animdreamer_jax.train import update
@@ -71,8 +76,21 @@ def total_loss(kind: StepKind, params: Any, ctx: StepContext) -> tuple[jnp.ndarr
   return total, metrics
 
 
-def make_train_step(kind: StepKind, tx: optax.GradientTransformation):
+def check_layout(kinds: Iterable[StepKind], layout: parallel.Layout) -> None:
+  """UserError naming the setting if a batch axis some term splits does not divide over the
+  layout's devices (before anything runs)."""
+  for kind in kinds:
+    for term in kind.terms:
+      for what, size in term.splits:
+        layout.check_divisible(size, what)
+
+
+def make_train_step(kind: StepKind, tx: optax.GradientTransformation,
+                    layout: parallel.Layout = parallel.Layout()):
   """The jitted step(state, data, scalars) -> (state, metrics) of a step kind; state is donated.
+
+  layout: the devices it runs on; with a mesh, its arguments must be replicated there
+  (`layout.place`) and its results are.
 
   metrics: "loss" (the weighted total), every term's unweighted losses and
   metrics, and the update rule's "grad_norm", "finite", "applied".
@@ -80,7 +98,8 @@ def make_train_step(kind: StepKind, tx: optax.GradientTransformation):
 
   def step(state: state_lib.TrainState, data: Any, scalars: dict):
     ctx = StepContext(data=data, aux=state.aux, scalars=scalars,
-                      key=jax.random.fold_in(state.key, state.step), step=state.step)
+                      key=jax.random.fold_in(state.key, state.step), step=state.step,
+                      layout=layout)
 
     def loss_fn(params):
       return total_loss(kind, _freeze(params, kind.trainable), ctx)
@@ -93,4 +112,8 @@ def make_train_step(kind: StepKind, tx: optax.GradientTransformation):
     new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state)
     return new_state, {"loss": loss, **metrics, **update_metrics}
 
-  return jax.jit(step, donate_argnums=(0,))
+  if layout.mesh is None:
+    return jax.jit(step, donate_argnums=(0,))
+  replicated = layout.replicated
+  return jax.jit(step, donate_argnums=(0,), in_shardings=(replicated,) * 3,
+                 out_shardings=(replicated, replicated))

@@ -9,6 +9,7 @@ from typing import Optional
 import ml_collections
 
 from animdreamer_jax import files
+from animdreamer_jax import parallel
 from animdreamer_jax import settings as settings_lib
 from animdreamer_jax.data import video as video_lib
 from animdreamer_jax.errors import UserError
@@ -48,14 +49,17 @@ def run_extraction(config: ml_collections.ConfigDict, video_dir: str | pathlib.P
     video = video_lib.load_video(video_dir)
   loop.enable_compilation_cache(settings.train.compilation_cache)
   plan = plan_lib.build_plan(settings, video, source=str(video_dir), prior=prior)
-  trainer = loop.Trainer(plan, settings.train, workdir)
+  trainer = loop.Trainer(plan, settings.train, workdir, parallel.make_layout(settings.parallel))
   # A checkpoint from another config must fail before config.json is replaced.
   loop.check_resumable(trainer, resume)
   workdir.mkdir(parents=True, exist_ok=True)
-  settings_lib.save_config(settings_mod.to_config(settings), workdir / "config.json")
+  if parallel.is_primary():
+    settings_lib.save_config(settings_mod.to_config(settings), workdir / "config.json")
   state, info = loop.train(trainer, resume=resume, progress=progress)
+  if not parallel.is_primary():  # several hosts: process 0 writes the run folder
+    return {"workdir": str(workdir), **info}
   results = outputs.write_outputs(trainer, state, settings, video, workdir, progress=progress)
   run_info = {**info, "stage": "extract", "video": str(video_dir.resolve()),
-              **loop.process_stats(wall0, cpu0, settings.train)}
+              **loop.process_stats(wall0, cpu0, trainer)}
   files.save_json(workdir / "run.json", run_info)
   return {"workdir": str(workdir), **run_info, **results}

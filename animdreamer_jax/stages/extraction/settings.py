@@ -14,6 +14,7 @@ Sections and where each is declared (its meaning beside each default):
 | `extract` | `OutputSettings` (here) | the files a finished run writes |
 | `csd` | `csd.settings.CsdSettings` | Canonical Score Distillation (off by default) |
 | `skeleton` | `skeleton.construct.SkeletonSettings` | the joint tree built from the bones when training ends |
+| `parallel` | `parallel.ParallelSettings` | the devices a train step is split over (default: all) |
 
 A config file starts from `base_config(preset)` (a ConfigDict with every
 field), edits it, and is read back with `from_config`, which names any unknown
@@ -28,6 +29,7 @@ import ml_collections
 
 from animdreamer_jax import settings as settings_lib
 from animdreamer_jax.csd.settings import CsdSettings
+from animdreamer_jax.parallel import ParallelSettings
 from animdreamer_jax.data.batching import BatchSettings
 from animdreamer_jax.errors import UserError
 from animdreamer_jax.losses.reconstruction import LossSettings
@@ -101,6 +103,7 @@ class ExtractionSettings:
   extract: OutputSettings = OutputSettings()
   csd: CsdSettings = CsdSettings()
   skeleton: SkeletonSettings = SkeletonSettings()
+  parallel: ParallelSettings = ParallelSettings()
 
 
 def default_model(preset: str) -> articulated_model.ModelConfig:

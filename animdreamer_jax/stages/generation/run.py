@@ -23,6 +23,7 @@ import ml_collections
 import numpy as np
 
 from animdreamer_jax import files
+from animdreamer_jax import parallel
 from animdreamer_jax import settings as config_lib
 from animdreamer_jax.assets import shading
 from animdreamer_jax.csd import cameras as cameras_lib
@@ -190,11 +191,14 @@ def run_generation(config: ml_collections.ConfigDict, run_dir: str | pathlib.Pat
   loop.enable_compilation_cache(settings.train.compilation_cache)
   plan = plan_lib.build_plan(settings, model, source_params, video, target=target, prior=prior,
                              source=str(video_path))
-  trainer = loop.Trainer(plan, settings.train, workdir)
+  trainer = loop.Trainer(plan, settings.train, workdir, parallel.make_layout(settings.parallel))
   loop.check_resumable(trainer, resume)
   workdir.mkdir(parents=True, exist_ok=True)
-  config_lib.save_config(config_lib.to_config(settings), workdir / "config.json")
+  if parallel.is_primary():
+    config_lib.save_config(config_lib.to_config(settings), workdir / "config.json")
   state, info = loop.train(trainer, resume=resume, progress=progress)
+  if not parallel.is_primary():  # several hosts: process 0 writes the run folder
+    return {"workdir": str(workdir), **info}
   ext = settings_mod.as_extraction(settings, model.config)
   results = outputs.write_outputs(trainer, state, ext, video, workdir, progress=progress)
   target_renderer = None
@@ -209,7 +213,7 @@ def run_generation(config: ml_collections.ConfigDict, run_dir: str | pathlib.Pat
                                          workdir)
   run_info = {**info, "stage": "generate", "source_run": str(run_dir), "video": str(video_path),
               "target": str(target_dir) if target_dir else None,
-              **loop.process_stats(wall0, cpu0, settings.train)}
+              **loop.process_stats(wall0, cpu0, trainer)}
   files.save_json(workdir / "run.json", run_info)
   return {"workdir": str(workdir), **run_info, **results}
 

@@ -28,6 +28,7 @@ from animdreamer_jax.data.batching import BatchSettings
 from animdreamer_jax.errors import UserError
 from animdreamer_jax.losses.reconstruction import LossSchedules, LossSettings, LossWeights
 from animdreamer_jax.model import articulated_model
+from animdreamer_jax.parallel import ParallelSettings
 from animdreamer_jax.render.settings import RenderSettings
 from animdreamer_jax.skeleton.construct import SkeletonSettings
 from animdreamer_jax.stages.extraction import settings as extraction
@@ -91,6 +92,7 @@ class GenerationSettings:
   csd: CsdSettings = CsdSettings()
   skeleton: SkeletonSettings = SkeletonSettings()
   generate: GenerateSettings = GenerateSettings()
+  parallel: ParallelSettings = ParallelSettings()
 
 
 def defaults() -> GenerationSettings:
@@ -143,4 +145,4 @@ def as_extraction(settings: GenerationSettings, model: articulated_model.ModelCo
       model=model, data=settings.data, render=settings.render, loss=settings.loss,
       optim=settings.optim, train=settings.train,
       init=extraction.InitSettings(root_steps=0, sdf_steps=0), extract=settings.extract,
-      csd=settings.csd, skeleton=settings.skeleton)
+      csd=settings.csd, skeleton=settings.skeleton, parallel=settings.parallel)
