@@ -133,6 +133,14 @@ class Layout:
 
     return jax.tree_util.tree_map(constrain, tree)
 
+  def gather(self, tree: Any) -> Any:
+    """Inside a jitted step: every leaf whole on every device again (e.g. split renders
+    before a prior that needs whole images, or a host callback)."""
+    if self.num_devices == 1:
+      return tree
+    return jax.tree_util.tree_map(
+        lambda x: jax.lax.with_sharding_constraint(x, self.replicated), tree)
+
   def check_divisible(self, size: int, what: str) -> None:
     """UserError unless `size` (a batch axis) splits evenly over the devices."""
     if size % self.num_devices:

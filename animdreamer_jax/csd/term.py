@@ -165,9 +165,11 @@ def make_csd_term(settings: CsdSettings, prior: priors.DiffusionPrior, num_frame
     prior_inputs = ctx.data.prior or {}
 
     def image_grad_fn(images):
-      return gradient.image_gradient(prior, prior_inputs.get("params"), images, cameras,
-                                     prior_inputs.get("text"), k_prior, ctx.scalars["csd_t_min"],
-                                     ctx.scalars["csd_t_max"], settings, split=ctx.split)
+      # The views whole again: the prior sees images (a UNet, or the oracle's host renderer).
+      return gradient.image_gradient(prior, prior_inputs.get("params"), ctx.gather(images),
+                                     cameras, prior_inputs.get("text"), k_prior,
+                                     ctx.scalars["csd_t_min"], ctx.scalars["csd_t_max"], settings,
+                                     split=ctx.split)
 
     def render_split(p, cams, uv, alpha):  # on several devices, each renders its share of pixels
       return render(p, cams, ctx.split(uv, axis=1), alpha)

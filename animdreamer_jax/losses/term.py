@@ -45,6 +45,10 @@ class StepContext(NamedTuple):
     """`tree`'s leaves split over the step's devices along `axis` (values unchanged)."""
     return self.layout.split(tree, axis)
 
+  def gather(self, tree: Any) -> Any:
+    """`tree` whole on every device again (values unchanged)."""
+    return self.layout.gather(tree)
+
 
 TermFn = Callable[[Any, StepContext], tuple[dict, dict]]
 
