@@ -16,6 +16,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from animdreamer_jax import files
 from animdreamer_jax.data import video as video_lib
 from animdreamer_jax.errors import UserError
 
@@ -114,3 +115,32 @@ def synthetic_video(num_frames: int, height: int, width: int, feature_dim: int,
       intrinsics=np.tile(np.array([[focal, focal, width / 2, height / 2]], np.float32),
                          (num_frames, 1)),
       w2c=w2c, meta={"fps": 24.0, "background": [1.0, 1.0, 1.0]})
+
+
+def parse_devices(text: str) -> list[int]:
+  """--devices "1,2" -> [1, 2] (0: every device)."""
+  try:
+    counts = [int(part) for part in text.split(",") if part.strip()]
+  except ValueError:
+    counts = []
+  if not counts or any(c < 0 for c in counts):
+    raise UserError(f"--devices {text!r}: give device counts like 1,2 (0: every device)")
+  return counts
+
+
+def per_device_count(counts: list[int], measure: Callable[[int], dict],
+                     show: Callable[[dict], None], json_path: str | None) -> list[dict]:
+  """Measures and shows a benchmark on each device count in turn (one process, so the speed-ups
+  printed against the first are ratios of one run); the figures go to `json_path` (one dict for
+  one count, else a list)."""
+  results = []
+  for count in counts:
+    r = measure(count)
+    show(r)
+    if results:
+      print(f"  speed-up vs {results[0]['num_devices']} device(s)  "
+            f"{results[0]['step_s_best'] / r['step_s_best']:.2f}x (best step times)")
+    results.append(r)
+  if json_path:
+    files.save_json(json_path, results[0] if len(results) == 1 else results, indent=2)
+  return results

@@ -41,10 +41,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from animdreamer_jax import files
 from animdreamer_jax import parallel
 from animdreamer_jax.bench import common
-from animdreamer_jax.bench import step as bench_step
 from animdreamer_jax.csd import priors
 from animdreamer_jax.csd import settings as csd_settings
 from animdreamer_jax.errors import UserError
@@ -313,20 +311,11 @@ def check_arguments(args: argparse.Namespace) -> None:
 
 def run(args: argparse.Namespace) -> int:
   check_arguments(args)
-  counts = bench_step.parse_devices(args.devices)
+  counts = common.parse_devices(args.devices)
   print(f"bench csd: model={args.model} prior={args.prior} {args.resolution}px x {args.samples} "
         f"samples, {args.patches} patches, {args.dtype}, backend={jax.default_backend()}",
         flush=True)
-  results = []
-  for count in counts:
-    r = benchmark(args, count)
-    print_figures(r)
-    if results:
-      print(f"  speed-up vs {results[0]['num_devices']} device(s)  "
-            f"{results[0]['step_s_best'] / r['step_s_best']:.2f}x (best step times)")
-    results.append(r)
-  if args.json:
-    files.save_json(args.json, results[0] if len(results) == 1 else results, indent=2)
+  common.per_device_count(counts, lambda count: benchmark(args, count), print_figures, args.json)
   return 0
 
 

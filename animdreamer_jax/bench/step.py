@@ -39,7 +39,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from animdreamer_jax import files
 from animdreamer_jax import parallel
 from animdreamer_jax.bench import common
 from animdreamer_jax.errors import UserError
@@ -90,17 +89,6 @@ def bench_settings(preset: str, rays: int, samples: int, rays_per_frame: int,
                                pixels_per_frame=rays_per_frame),
       render=dataclasses.replace(base.render, num_samples=samples,
                                  eikonal_ray_fraction=eikonal_fraction, blend=blend))
-
-
-def parse_devices(text: str) -> list[int]:
-  """--devices "1,2" -> [1, 2] (0: every device)."""
-  try:
-    counts = [int(part) for part in text.split(",") if part.strip()]
-  except ValueError:
-    counts = []
-  if not counts or any(c < 0 for c in counts):
-    raise UserError(f"--devices {text!r}: give device counts like 1,2 (0: every device)")
-  return counts
 
 
 def benchmark(preset: str, rays: int, samples: int, rays_per_frame: int,
@@ -178,21 +166,15 @@ def run(args: argparse.Namespace) -> int:
                     f"({args.rays_per_frame}); frames come in pairs")
   if not 0.0 <= args.eikonal_fraction <= 1.0:
     raise UserError("--eikonal-fraction: must be in [0, 1]")
-  counts = parse_devices(args.devices)
+  counts = common.parse_devices(args.devices)
   print(f"bench step: config={args.config} rays={args.rays} samples={samples} "
         f"bones={args.bones or 'preset'} blend={args.blend} "
         f"backend={jax.devices()[0].platform} ({jax.device_count()} devices)", flush=True)
-  results = []
-  for count in counts:
-    r = benchmark(args.config, args.rays, samples, args.rays_per_frame, args.eikonal_fraction,
-                  args.bones, args.blend, args.steps, args.matmul_size, count)
-    print_figures(r)
-    if results:
-      print(f"  speed-up vs {results[0]['num_devices']} device(s)  "
-            f"{results[0]['step_s_best'] / r['step_s_best']:.2f}x (best step times)")
-    results.append(r)
-  if args.json:
-    files.save_json(args.json, results[0] if len(results) == 1 else results, indent=2)
+  common.per_device_count(
+      counts, lambda count: benchmark(args.config, args.rays, samples, args.rays_per_frame,
+                                      args.eikonal_fraction, args.bones, args.blend, args.steps,
+                                      args.matmul_size, count),
+      print_figures, args.json)
   return 0
 
 
