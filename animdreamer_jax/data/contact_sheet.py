@@ -102,17 +102,23 @@ def make_contact_sheet(video, num_columns: int = 6) -> np.ndarray:
   valid = flows[..., 2] > 0.5
   mags = np.linalg.norm(flows[..., :2], axis=-1)[valid]
   max_mag = float(np.percentile(mags, 99)) if mags.size else 1.0
-  depth = np.asarray(video.depth[frames], np.float32)
-  fg_depth = depth[masks]
-  near, far = (float(fg_depth.min()), float(fg_depth.max())) if fg_depth.size else (0.0, 1.0)
-  feats = features_to_color(np.asarray(video.feature[frames]), masks)
+  blank = np.full((len(frames), video.height, video.width, 3), 255, np.uint8)
+  if video.depth is None:  # a real video: no depth
+    depth_row = blank
+  else:
+    depth = np.asarray(video.depth[frames], np.float32)
+    fg_depth = depth[masks]
+    near, far = (float(fg_depth.min()), float(fg_depth.max())) if fg_depth.size else (0.0, 1.0)
+    depth_row = np.stack([depth_to_color(d, m, near, far) for d, m in zip(depth, masks)])
+  feats = (features_to_color(np.asarray(video.feature[frames]), masks) if video.feature_dim
+           else blank)
   rows = {
       "RGB": np.asarray(video.rgb[frames]),
       "mask": np.repeat((masks * 255).astype(np.uint8)[..., None], 3, axis=-1),
       f"flow +{gap}": np.stack([flow_to_color(f[..., :2], v, max_mag, m)
                                 for f, v, m in zip(flows, valid, masks)]),
       "feature": feats,
-      "depth": np.stack([depth_to_color(d, m, near, far) for d, m in zip(depth, masks)]),
+      "depth": depth_row,
   }
   sep = 2  # white gap between frames
   out_rows = []

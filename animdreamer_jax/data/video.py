@@ -2,16 +2,18 @@
 
 A video folder DIR holds (T frames of H x W pixels, C feature channels):
 
-  video.json        {"format": "animdreamer-video", "version": 1, "num_frames": T,
+  video.json        {"format": "animdreamer-video", "version": 2, "num_frames": T,
                      "height": H, "width": W, "fps": f, "feature_dim": C,
-                     "feature_kind": "oracle" | "dinov2", "flow_gaps": [1, 2, 4, 8],
+                     "feature_kind": "oracle" | "dinov2" | "none", "flow_gaps": [1, 2, 4, 8],
                      "background": [r, g, b] (0..1), "camera_path": "orbit|arc|fixed|real",
                      "source": {...free-form provenance...},
                      "normalisation": {"center": [3], "scale": s}}
   rgb.npy           uint8   (T, H, W, 3)
   mask.npy          uint8   (T, H, W)     1 = foreground
-  depth.npy         float32 (T, H, W)     camera-space z of the visible surface, 0 on background
-  feature.npy       float16 (T, H, W, C)  unit-norm on foreground, 0 on background
+  depth.npy         float32 (T, H, W)     camera-space z of the visible surface, 0 on background;
+                                          optional (a real video has none)
+  feature.npy       float16 (T, H, W, C)  unit-norm on foreground, 0 on background; absent when
+                                          feature_kind is "none" (C = 0)
   flow_fw_<d>.npy   float16 (T, H, W, 3)  for each gap d: (dx, dy, valid), the pixel displacement
                                           of the surface point seen at pixel (u, v) of frame t to
                                           its projection in frame t + d; valid = 1 only if
@@ -34,6 +36,8 @@ Normalisation: x_normalised = (x_asset - center) * scale. Cameras follow OpenCV
 (x right, y down, z forward; world-to-camera `w2c`); pixel (u, v) has its centre
 at (u + 0.5, v + 0.5), so frame t's pixel centre p moves to p + (dx, dy).
 
+Version 1 folders (depth.npy and feature.npy required) are read unchanged.
+
 `load_video` checks every file (presence, dtype, shape, frame counts, basic value
 ranges) and raises `UserError` naming the file; `write_video` runs the same checks
 before writing, writes into DIR.tmp-xxxx next to DIR and renames it at the end.
@@ -55,9 +59,10 @@ from animdreamer_jax.data import contact_sheet as sheet
 from animdreamer_jax.errors import UserError
 
 FORMAT_NAME = "animdreamer-video"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+READ_VERSIONS = (1, 2)  # version 1: depth.npy and feature.npy always present
 CAMERA_PATHS = ("orbit", "arc", "fixed", "real")
-FEATURE_KINDS = ("oracle", "dinov2")
+FEATURE_KINDS = ("oracle", "dinov2", "none")
 DEFAULT_FLOW_GAPS = (1, 2, 4, 8)
 # Keys the producer supplies in `meta`; the others are derived from the arrays.
 _PRODUCER_KEYS = ("fps", "feature_kind", "background", "camera_path", "source", "normalisation")
@@ -110,8 +115,8 @@ class Video:
   """
   rgb: np.ndarray
   mask: np.ndarray
-  depth: np.ndarray
-  feature: np.ndarray
+  depth: np.ndarray | None  # None: no depth (real videos)
+  feature: np.ndarray  # (T, H, W, 0) when feature_kind is "none"
   flow_fw: dict[int, np.ndarray]
   flow_bw: dict[int, np.ndarray]
   intrinsics: np.ndarray
@@ -223,16 +228,22 @@ def validate_video(video: Video, where: str = "video") -> None:
   if mask.max(initial=0) > 1:
     raise UserError(f"{p('mask.npy')}: values must be 0 or 1")
   fg = mask.astype(bool)
-  depth = _check_array(p("depth.npy"), video.depth, np.float32, (t, h, w))
-  _check_finite(p("depth.npy"), depth)
-  if np.any(depth < 0) or np.any(depth[~fg] != 0):
-    raise UserError(f"{p('depth.npy')}: depth must be >= 0 and 0 on background")
+  if video.depth is not None:
+    depth = _check_array(p("depth.npy"), video.depth, np.float32, (t, h, w))
+    _check_finite(p("depth.npy"), depth)
+    if np.any(depth < 0) or np.any(depth[~fg] != 0):
+      raise UserError(f"{p('depth.npy')}: depth must be >= 0 and 0 on background")
   feature = _check_array(p("feature.npy"), video.feature, np.float16, (t, h, w, None))
-  if feature.shape[-1] < 1:
+  no_features = isinstance(video.meta, dict) and video.meta.get("feature_kind") == "none"
+  if no_features and feature.shape[-1]:
+    raise UserError(f"{p('video.json')}: feature_kind is 'none' but there are "
+                    f"{feature.shape[-1]} feature channels")
+  if not no_features and feature.shape[-1] < 1:
     raise UserError(f"{p('feature.npy')}: no feature channels")
   _check_finite(p("feature.npy"), feature)
   norm = np.sqrt(np.einsum("thwc,thwc->thw", feature, feature, dtype=np.float32))
-  if np.any(np.abs(norm[fg] - 1) > _FEATURE_NORM_TOLERANCE) or np.any(norm[~fg] != 0):
+  if feature.shape[-1] and (np.any(np.abs(norm[fg] - 1) > _FEATURE_NORM_TOLERANCE)
+                            or np.any(norm[~fg] != 0)):
     raise UserError(f"{p('feature.npy')}: features must be unit-norm on foreground and 0 "
                     "on background")
   if not video.flow_fw or sorted(video.flow_fw) != sorted(video.flow_bw):
@@ -362,17 +373,25 @@ def load_video(path: str | os.PathLike, mmap: bool = False, load_gt: bool = True
     raise UserError(f"{meta_path}: cannot read as JSON ({e})") from e
   if not isinstance(meta, dict) or meta.get("format") != FORMAT_NAME:
     raise UserError(f"{meta_path}: not an {FORMAT_NAME} file")
-  if meta.get("version") != FORMAT_VERSION:
-    raise UserError(f"{meta_path}: unsupported version {meta.get('version')!r} "
-                    f"(this build reads {FORMAT_VERSION})")
+  version = meta.get("version")
+  if version not in READ_VERSIONS:
+    raise UserError(f"{meta_path}: unsupported version {version!r} "
+                    f"(this build reads {', '.join(map(str, READ_VERSIONS))})")
   try:
     gaps = [int(g) for g in meta["flow_gaps"]]
     declared = {k: int(meta[k]) for k in ("num_frames", "height", "width", "feature_dim")}
   except (KeyError, TypeError, ValueError) as e:
     raise UserError(f"{meta_path}: missing or malformed frame/size/gap entries ({e})") from e
 
-  arrays = {name: _load_npy(root / f"{name}.npy", mmap)
-            for name in ("rgb", "mask", "depth", "feature")}
+  arrays = {name: _load_npy(root / f"{name}.npy", mmap) for name in ("rgb", "mask")}
+  # Version 2: depth is optional, and a video without features has no feature.npy.
+  optional = version >= 2
+  arrays["depth"] = (_load_npy(root / "depth.npy", mmap)
+                     if not optional or (root / "depth.npy").is_file() else None)
+  if optional and meta.get("feature_kind") == "none":
+    arrays["feature"] = np.zeros(arrays["rgb"].shape[:3] + (0,), np.float16)
+  else:
+    arrays["feature"] = _load_npy(root / "feature.npy", mmap)
   flow_fw = {g: _load_npy(root / f"flow_fw_{g}.npy", mmap) for g in gaps}
   flow_bw = {g: _load_npy(root / f"flow_bw_{g}.npy", mmap) for g in gaps}
   cams = _load_npz(root / "cameras.npz", ("intrinsics", "w2c"))
@@ -437,8 +456,12 @@ def write_video(path: str | os.PathLike, video: Video, overwrite: bool = False,
               flow_gaps=video.flow_gaps)
   with files.atomic_folder(root, replace=overwrite) as tmp:
     (tmp / "video.json").write_text(json.dumps(_jsonable(meta), indent=1) + "\n")
-    for name in ("rgb", "mask", "depth", "feature"):
+    for name in ("rgb", "mask"):
       np.save(tmp / f"{name}.npy", getattr(video, name))
+    if video.depth is not None:
+      np.save(tmp / "depth.npy", video.depth)
+    if video.feature_dim:
+      np.save(tmp / "feature.npy", video.feature)
     for gap in video.flow_gaps:
       np.save(tmp / f"flow_fw_{gap}.npy", video.flow_fw[gap])
       np.save(tmp / f"flow_bw_{gap}.npy", video.flow_bw[gap])

@@ -118,6 +118,28 @@ class LossSettings:
                         if getattr(self.weights, f.name) != 0))
 
 
+# The video inputs each loss reads, when not every video has them (a real video has no depth,
+# and no features without DINOv2 weights).
+NEEDS_DEPTH = ("depth",)
+NEEDS_FEATURES = ("feature", "feat_reproj")
+
+
+def fit_to_video(settings: LossSettings, has_depth: bool, has_features: bool
+                 ) -> tuple[LossSettings, list[str]]:
+  """The loss settings with the terms the video cannot feed switched off, and one notice per
+  switched-off group (empty when nothing changed)."""
+  off, notices = {}, []
+  for needed, present, what in ((NEEDS_DEPTH, has_depth, "no depth.npy"),
+                                (NEEDS_FEATURES, has_features, "no features (feature_kind none)")):
+    names = [n for n in needed if getattr(settings.weights, n) > 0 and not present]
+    if names:
+      off.update({n: 0.0 for n in names})
+      notices.append(f"the video has {what}: loss {', '.join(names)} turned off")
+  if not off:
+    return settings, notices
+  return dataclasses.replace(settings, weights=dataclasses.replace(settings.weights, **off)), notices
+
+
 def train_resolution(settings: LossSettings, video: batching.DeviceVideo) -> float:
   """Pixels per unit of flow / re-projection loss (lab4d: 256; default max(H, W))."""
   return settings.train_res if settings.train_res > 0 else float(max(video.height, video.width))

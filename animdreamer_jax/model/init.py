@@ -26,6 +26,7 @@ import optax
 
 from animdreamer_jax.errors import UserError
 from animdreamer_jax.geometry import quaternion as quat_lib
+from animdreamer_jax.geometry import vector
 from animdreamer_jax.model import articulated_model as am
 from animdreamer_jax.model import encoding
 
@@ -181,7 +182,9 @@ def fit_sdf(model: am.ArticulatedModel, variables: dict,
       loss += 0.01 * jnp.mean(-jax.nn.log_sigmoid(vis))
     grad = jax.vmap(jax.grad(lambda p: model.apply(v, p[None], alpha, method="sdf")[0]))(
         jax.lax.stop_gradient(points))
-    eikonal = (jnp.linalg.norm(grad, axis=-1) - 1.0) ** 2
+    # safe_norm: where the ReLU trunk is flat the gradient is exactly 0, and the plain norm's
+    # derivative there is NaN (seen: a fit that turned every SDF weight NaN).
+    eikonal = (vector.safe_norm(grad) - 1.0) ** 2
     positive = eikonal > 0
     loss += 1e-4 * jnp.sum(jnp.where(positive, eikonal, 0.0)) / jnp.maximum(jnp.sum(positive), 1)
     return loss, jnp.mean((sdf - target) ** 2)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import pathlib
 import time
 from typing import Optional
@@ -13,10 +14,21 @@ from animdreamer_jax import parallel
 from animdreamer_jax import settings as settings_lib
 from animdreamer_jax.data import video as video_lib
 from animdreamer_jax.errors import UserError
+from animdreamer_jax.losses import reconstruction
 from animdreamer_jax.stages.extraction import outputs
 from animdreamer_jax.stages.extraction import plan as plan_lib
 from animdreamer_jax.stages.extraction import settings as settings_mod
 from animdreamer_jax.train import loop
+
+
+def fit_to_video(settings, video, progress: bool = True):
+  """The settings (extraction's or generation's) with the loss terms the video cannot feed
+  turned off (a real video has no depth, and no features without DINOv2), one notice each."""
+  loss, notices = reconstruction.fit_to_video(settings.loss, video.depth is not None,
+                                              video.feature_dim > 0)
+  for notice in notices if progress else ():
+    print(f"notice: {notice}", flush=True)
+  return dataclasses.replace(settings, loss=loss)
 
 
 def run_extraction(config: ml_collections.ConfigDict, video_dir: str | pathlib.Path,
@@ -47,6 +59,7 @@ def run_extraction(config: ml_collections.ConfigDict, video_dir: str | pathlib.P
     raise UserError(f"{workdir}: exists and is not a folder")
   if video is None:
     video = video_lib.load_video(video_dir)
+  settings = fit_to_video(settings, video, progress)
   loop.enable_compilation_cache(settings.train.compilation_cache)
   plan = plan_lib.build_plan(settings, video, source=str(video_dir), prior=prior)
   trainer = loop.Trainer(plan, settings.train, workdir, parallel.make_layout(settings.parallel))

@@ -35,6 +35,7 @@ from animdreamer_jax.errors import UserError
 from animdreamer_jax.skeleton import skeleton_file
 from animdreamer_jax.stages import run_folder
 from animdreamer_jax.stages.extraction import outputs
+from animdreamer_jax.stages.extraction import run as extraction_run
 from animdreamer_jax.stages.generation import plan as plan_lib
 from animdreamer_jax.stages.generation import settings as settings_mod
 from animdreamer_jax.train import loop
@@ -183,6 +184,7 @@ def run_generation(config: ml_collections.ConfigDict, run_dir: str | pathlib.Pat
   settings = settings_mod.from_config(config)
   video_path = source_video_dir(run_dir, video_dir)
   video = video_lib.load_video(video_path)
+  settings = extraction_run.fit_to_video(settings, video, progress)
   if video.num_frames != model.config.num_frames:
     raise UserError(f"{video_path}: {video.num_frames} frames, but the run's model has "
                     f"{model.config.num_frames}; pass the run's own video with --video")
