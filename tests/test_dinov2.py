@@ -143,3 +143,34 @@ def test_live_torch_reference_matches_goldens_and_jax(tool, golden):
     np.testing.assert_allclose(fresh[f"tokens_{i}"], golden[f"tokens_{i}"], rtol=0, atol=1e-5)
     got = dinov2.apply_dinov2(golden["params"], jnp.asarray(fresh[f"images_{i}"]), golden["config"])
     assert relative_error(got, fresh[f"tokens_{i}"]) < 1e-5
+
+
+def test_convert_command_reads_an_hf_folder(golden, tmp_path, capsys):
+  """`animdreamer convert-dinov2` on a facebook/dinov2-small-like folder (model.safetensors):
+  the folder it writes loads back to the goldens' parameters; an occupied --out is one error."""
+  from safetensors.numpy import save_file  # pylint: disable=import-outside-toplevel
+  from animdreamer_jax import cli  # pylint: disable=import-outside-toplevel
+  hf = tmp_path / "dinov2-small"
+  hf.mkdir()
+  save_file({k: np.ascontiguousarray(v) for k, v in golden["state"].items()},
+            str(hf / "model.safetensors"))
+  out = tmp_path / "converted"
+  assert cli.main(["convert-dinov2", "--ckpt", str(hf), "--out", str(out)]) == 0
+  config, params = dinov2.load_dinov2(out)
+  assert config == golden["config"]
+  jax.tree_util.tree_map(np.testing.assert_array_equal, params, golden["params"])
+  capsys.readouterr()
+  assert cli.main(["convert-dinov2", "--ckpt", str(hf), "--out", str(out)]) == 2
+  assert "folder exists and is not empty" in capsys.readouterr().err
+
+
+@pytest.mark.parity
+def test_convert_reads_the_original_pth_layout(golden, tmp_path):
+  """The torch.hub checkpoint's layout (`dinov2_vits14_pretrain.pth`: fused qkv, `ls1.gamma`)
+  saved with torch converts to the same parameters."""
+  torch = pytest.importorskip("torch")
+  original = dinov2.hf_to_original(golden["state"])
+  path = tmp_path / dinov2.CHECKPOINT_NAME
+  torch.save({k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in original.items()}, path)
+  _, params = dinov2.convert_dinov2_state(dinov2.read_checkpoint(path))
+  jax.tree_util.tree_map(np.testing.assert_array_equal, params, golden["params"])

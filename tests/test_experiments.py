@@ -35,7 +35,8 @@ def with_and_without():
 
 
 @pytest.mark.parametrize("name", ["csd_with_and_without", "csd_memory", "oracle_ladder",
-                                  "skeleton_settings", "one_side_probe", "generation_ablation"])
+                                  "skeleton_settings", "one_side_probe", "generation_ablation",
+                                  "phone_clip"])
 def test_each_driver_has_help(name, capsys):
   with pytest.raises(SystemExit) as exit_info:
     _script(name).main(["--help"])

@@ -2,11 +2,12 @@
 
   bin/animdreamer preprocess --video IN.mp4|FRAMES_DIR --out DIR (--box x0,y0,x1,y1 | --masks MASKS)
       [--cameras KEYFRAMES.json] [--features none|dinov2 --dinov2-weights W] [--res 128]
-      [--fps F] [--start S --frames N] [--fov 53.13] [--yaw DEG --elevation DEG]
+      [--fps F] [--start S --frames N] [--fov 53.13] [--yaw DEG --elevation DEG] [--flow-gaps 1,2]
 
 Masks: yours (a folder of PNGs, a mask video, or lab4d's Annotations of .npy label maps), or GrabCut
 tracking from a box around the animal in the first kept frame (no network). Flow: OpenCV DIS with a
-forward-backward test. Features: none (extract then turns its feature losses off), or DINOv2 ViT-S/14
+forward-backward test, at frame gaps 1 and 2 (longer gaps on request: DIS gets them wrong where the
+animal moves fast). Features: none (extract then turns its feature losses off), or DINOv2 ViT-S/14
 from a folder written by `animdreamer convert-dinov2`. Cameras: intrinsics from --fov; the animal's
 rotation from keyframes ({"0": {"yaw": 90, "elevation": 10}, ...}, yaw 0 = facing the camera) or a
 constant --yaw/--elevation the root-pose MLP then learns from. The folder (docs/formats.md, version 2:
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 
+from animdreamer_jax.errors import UserError
 from animdreamer_jax.stages.preprocess import cameras
 from animdreamer_jax.stages.preprocess import run as preprocess_run
 
@@ -43,11 +45,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                       help="constant camera yaw around the animal without --cameras (degrees)")
   parser.add_argument("--elevation", type=float, default=0.0,
                       help="constant camera elevation without --cameras (degrees)")
+  parser.add_argument("--flow-gaps", default="1,2",
+                      help="frame gaps of the flows (default 1,2: DIS is unreliable at 4 and 8)")
   parser.add_argument("--overwrite", action="store_true", help="replace an existing --out")
 
 
 def run(args: argparse.Namespace) -> int:
-  options = preprocess_run.PreprocessOptions(
+  try:
+    gaps = tuple(int(g) for g in args.flow_gaps.split(",") if g.strip())
+  except ValueError:
+    raise UserError(f"--flow-gaps {args.flow_gaps!r}: give frame gaps like 1,2") from None
+  options = preprocess_run.PreprocessOptions(flow_gaps=gaps,
       resolution=args.res, fps=args.fps, start=args.start, frames=args.frames, box=args.box,
       masks=args.masks, features=args.features, dinov2_weights=args.dinov2_weights,
       keyframes=args.cameras, yaw=args.yaw, elevation=args.elevation, fov_degrees=args.fov)
