@@ -211,6 +211,8 @@ def test_dinov2_features_are_unit_norm_on_the_animal(clip, tmp_path, capsys, rep
      r"nothing.mp4: not found"),
     (lambda d, c: ["--video", c / "truth.npz", "--box", "1,1,5,5"],
      r"truth.npz: cannot be read as a video"),
+    (lambda d, c: ["--video", d / "empty.mp4", "--box", "1,1,5,5"],
+     r"empty.mp4: (cannot be read as a video|the video has no frames)"),
     (lambda d, c: ["--video", c / "clip.mp4", "--box", "0,0,500,20"],
      r"--box '0,0,500,20': outside the 128 x 96 frame or empty"),
     (lambda d, c: ["--video", c / "clip.mp4", "--masks", d / "three_masks"],
@@ -223,6 +225,7 @@ def test_dinov2_features_are_unit_norm_on_the_animal(clip, tmp_path, capsys, rep
 ])
 def test_bad_input_is_one_error_line_and_nothing_at_out(clip, tmp_path, capsys, make_args, line,
                                                         repo_root):
+  (tmp_path / "empty.mp4").write_bytes(b"")
   (tmp_path / "three_masks").mkdir()
   (tmp_path / "empty_masks").mkdir()
   for i in range(3):
@@ -284,3 +287,38 @@ def test_version_1_folders_still_load(tmp_path, repo_root):
   meta["version"] = 2
   (folder / "video.json").write_text(json.dumps(meta))
   assert video_lib.load_video(folder).depth is None
+
+
+def test_a_folder_of_frames_a_mask_video_and_a_learned_segmenter_plug_in(clip, tmp_path):
+  """Frames as a folder of PNGs (every 2nd kept: --fps 15 of 30), masks as a video, and any
+  segmenter function in place of GrabCut: each gives the exact masks' crop back."""
+  import imageio.v2 as imageio  # pylint: disable=import-outside-toplevel
+  frames_dir = tmp_path / "frames"
+  frames_dir.mkdir()
+  for i, frame in enumerate(imageio.mimread(clip / "clip.mp4")):
+    cv2.imwrite(str(frames_dir / f"{i:04d}.png"), cv2.cvtColor(frame, cv2.COLOR_RGB2BGR))
+  truth = np.load(clip / "truth.npz")["masks"]
+  mask_video = tmp_path / "masks.mp4"
+  imageio.mimwrite(mask_video, [np.repeat(m[..., None] * 255, 3, -1) for m in truth], fps=30,
+                   codec="libx264", quality=10, macro_block_size=1, format="FFMPEG")
+  out = tmp_path / "video"
+  result = preprocess_run.preprocess(frames_dir, out, preprocess_run.PreprocessOptions(
+      resolution=48, masks=str(mask_video), fps=15.0), progress=False)
+  video = video_lib.load_video(out)
+  assert video.meta["source"]["frames"] == list(range(0, NUM_FRAMES, 2))
+  assert video.meta["fps"] == pytest.approx(15.0) and result["num_frames"] == NUM_FRAMES // 2
+  exact = frames_lib.crop_frames(truth[::2].astype(np.float32)[..., None], result["crop"], 48)
+  exact = exact.reshape(-1, 48, 48) > 0.5
+  iou = (exact & (video.mask > 0)).sum() / (exact | (video.mask > 0)).sum()
+  assert iou > 0.95
+  calls = []
+
+  def oracle_segmenter(frames, box, progress=None):
+    calls.append(box)
+    return truth[::2]
+
+  out2 = tmp_path / "video2"
+  preprocess_run.preprocess(frames_dir, out2, preprocess_run.PreprocessOptions(
+      resolution=48, box="1,1,20,20", fps=15.0), progress=False, segmenter=oracle_segmenter)
+  assert len(calls) == 1 and list(calls[0]) == [1, 1, 20, 20]
+  np.testing.assert_array_equal(video_lib.load_video(out2).mask, exact.astype(np.uint8))

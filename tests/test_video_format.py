@@ -78,7 +78,7 @@ def test_round_trip(video, folder):
     np.testing.assert_array_equal(loaded.flow_bw[gap], video.flow_bw[gap])
   meta = json.loads((folder / "video.json").read_text())
   assert meta == loaded.meta
-  assert meta["format"] == "animdreamer-video" and meta["version"] == 1
+  assert meta["format"] == "animdreamer-video" and meta["version"] == video_lib.FORMAT_VERSION == 2
   sizes = (meta["num_frames"], meta["height"], meta["width"], meta["feature_dim"])
   assert sizes == (T, RES, RES, 16)
   assert meta["feature_kind"] == "oracle" and meta["camera_path"] == "orbit"

@@ -40,12 +40,18 @@ def _read_image(path: pathlib.Path) -> np.ndarray:
   return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
 
 
+def _first_line(error: Exception) -> str:
+  """ffmpeg's errors run over many lines: the first one, for a one-line message."""
+  lines = str(error).strip().splitlines() or [""]
+  return f"{type(error).__name__}: {lines[0][:200]}"
+
+
 def _decode_video(path: pathlib.Path) -> tuple[list[np.ndarray], float]:
   import imageio.v2 as imageio  # pylint: disable=import-outside-toplevel
   try:
     reader = imageio.get_reader(str(path), format="FFMPEG")
   except Exception as e:  # pylint: disable=broad-except  (ffmpeg: any failure to open)
-    raise UserError(f"{path}: cannot be read as a video ({type(e).__name__}: {e})") from None
+    raise UserError(f"{path}: cannot be read as a video ({_first_line(e)})") from None
   try:
     fps = float(reader.get_meta_data().get("fps") or 30.0)
     frames = []
@@ -54,7 +60,7 @@ def _decode_video(path: pathlib.Path) -> tuple[list[np.ndarray], float]:
         frames.append(np.asarray(frame)[..., :3])
     except Exception as e:  # pylint: disable=broad-except  (a truncated file)
       if not frames:
-        raise UserError(f"{path}: cannot be decoded ({type(e).__name__}: {e})") from None
+        raise UserError(f"{path}: cannot be decoded ({_first_line(e)})") from None
   finally:
     reader.close()
   return frames, fps

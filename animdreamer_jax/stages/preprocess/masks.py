@@ -1,7 +1,8 @@
 """The animal's masks: the user's, or bootstrapped from a box in the first frame without a network.
 
-Any segmenter is a function `(frames (T, H, W, 3) uint8, box (x0, y0, x1, y1) in frame 0) -> masks
-(T, H, W) uint8 0/1` (`Segmenter`); a learned one (SAM, XMem, ...) plugs in there. The one built in,
+Any segmenter is a function `(frames (T, H, W, 3) uint8, box (x0, y0, x1, y1) in frame 0,
+progress=callable(frames done) | None) -> masks (T, H, W) uint8 0/1` (`Segmenter`); a learned one (SAM,
+XMem, ...) plugs in there (`stages.preprocess.run.preprocess(..., segmenter=...)`). The one built in,
 `grabcut_track`: OpenCV GrabCut inside the box on frame 0; then frame by frame, the previous mask carried
 over by the (DIS) flow back to the previous frame, and GrabCut again, certain inside the carried mask's
 core, certain background beyond a band around it, undecided in the band; the largest connected part is

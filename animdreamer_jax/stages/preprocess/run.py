@@ -71,8 +71,12 @@ class PreprocessOptions:
 
 
 def preprocess(source: str | pathlib.Path, out: str | pathlib.Path, options: PreprocessOptions,
-               overwrite: bool = False, progress: bool = True) -> dict:
+               overwrite: bool = False, progress: bool = True,
+               segmenter: Optional[masks_lib.Segmenter] = None) -> dict:
   """Runs every stage and writes the video folder `out`.
+
+  segmenter: (frames, box, progress) -> masks, used with `options.box` (default: GrabCut tracking,
+    `masks.grabcut_track`); a learned segmenter plugs in here.
 
   Returns:
     {"out", "num_frames", "crop", "seconds": {stage: s}}.
@@ -107,7 +111,7 @@ def preprocess(source: str | pathlib.Path, out: str | pathlib.Path, options: Pre
 
   if box is not None:
     bar = tqdm.tqdm(total=t - 1, desc="preprocess: masks", unit="frame", disable=not progress)
-    raw_masks = masks_lib.grabcut_track(frames.rgb, box, progress=bar.update)
+    raw_masks = (segmenter or masks_lib.grabcut_track)(frames.rgb, box, progress=bar.update)
     bar.close()
   else:
     raw_masks = masks_lib.read_masks(options.masks, frames.indices, frames.total, h, w)
