@@ -219,6 +219,24 @@ def test_sphere_fit_zero_level_set():
   assert np.abs(on).max() / scale < 0.025, (info, np.abs(on).max(), scale)
 
 
+def test_sphere_fit_stays_finite_where_the_sdf_is_flat():
+  """Points where the ReLU trunk is dead have an SDF gradient of exactly 0; the eikonal term's
+  norm must not turn that into a NaN gradient (it once made every SDF weight NaN)."""
+  config = am.tiny_config(sdf_depth=2, sdf_width=16, sdf_skips=(), sdf_freqs=2, sphere_radius=0.25)
+  model = am.ArticulatedModel(config)
+  variables = init.init_variables(model, 0)
+  trunk = variables["params"]["canonical"]["sdf_trunk"]
+  # Every first-layer unit dead on [-0.5, 0.5]^3: the SDF is flat there.
+  dead = jax.tree_util.tree_map(lambda x: x, trunk)
+  dead["hidden_0"]["bias"] = jnp.full_like(trunk["hidden_0"]["bias"], -100.0)
+  variables = {**variables, "params": {**variables["params"], "canonical": {
+      **variables["params"]["canonical"], "sdf_trunk": dead}}}
+  fitted, info = init.fit_sphere(model, variables, steps=3)
+  assert np.isfinite(info["loss"])
+  for leaf in jax.tree_util.tree_leaves(fitted):
+    assert np.all(np.isfinite(np.asarray(leaf)))
+
+
 def test_fit_root_pose_matches_priors(tiny):
   model, variables = tiny
   n = model.config.num_frames
