@@ -556,14 +556,34 @@ def unflatten_params(flat: Mapping[str, Any]) -> dict:
   return tree
 
 
-def save_prior(result: Mapping[str, Any], out_dir: str | os.PathLike, dtype: str = "float32",
-               overwrite: bool = False, source: str = "") -> pathlib.Path:
-  """Writes `convert_checkpoint`'s result to `out_dir` atomically (temp folder + rename)."""
+def check_output_folder(out_dir: str | os.PathLike, overwrite: bool) -> pathlib.Path:
+  """The folder a converter may write: absent, empty, or replaced with `overwrite` (UserError)."""
   out_dir = pathlib.Path(out_dir)
   if out_dir.exists() and not out_dir.is_dir():
     raise UserError(f"{out_dir}: exists and is not a folder")
   if out_dir.is_dir() and any(out_dir.iterdir()) and not overwrite:
     raise UserError(f"{out_dir}: folder exists and is not empty (pass --overwrite to replace it)")
+  return out_dir
+
+
+def check_param_shapes(where: str, expected: Mapping[str, Any], got: Mapping[str, Any],
+                       config: Any) -> None:
+  """UserError naming the first key missing from, unexpected in, or of another shape in `got`
+  (flattened parameters read from `where`) than in `expected` (for `config`)."""
+  for key in sorted(set(expected) | set(got)):
+    if key not in got:
+      raise UserError(f"{where}: {key} missing")
+    if key not in expected:
+      raise UserError(f"{where}: {key} unexpected for {config}")
+    if tuple(got[key].shape) != tuple(expected[key].shape):
+      raise UserError(f"{where}: {key} has shape {tuple(got[key].shape)}, expected "
+                      f"{tuple(expected[key].shape)} for {config}")
+
+
+def save_prior(result: Mapping[str, Any], out_dir: str | os.PathLike, dtype: str = "float32",
+               overwrite: bool = False, source: str = "") -> pathlib.Path:
+  """Writes `convert_checkpoint`'s result to `out_dir` atomically (temp folder + rename)."""
+  out_dir = check_output_folder(out_dir, overwrite)
   np_dtype = {"float32": np.float32, "float16": np.float16}[dtype]
   # An existing folder is replaced: one with files only with `overwrite` (checked above).
   with files.atomic_folder(out_dir, replace=True) as tmp:
@@ -610,16 +630,8 @@ def load_unet(directory: str | os.PathLike) -> tuple[UNetConfig, dict]:
     raise UserError(f"{directory}/config.json: no 'unet' entry")
   unet_config = UNetConfig.from_dict(config["unet"], where=f"{directory}/config.json unet")
   params = load_params(directory, "unet")
-  expected = flatten_params(unet_param_shapes(unet_config))
-  got = flatten_params(params)
-  for key in sorted(set(expected) | set(got)):
-    if key not in got:
-      raise UserError(f"{directory}/unet.safetensors: {key} missing")
-    if key not in expected:
-      raise UserError(f"{directory}/unet.safetensors: {key} unexpected for {unet_config}")
-    if tuple(got[key].shape) != tuple(expected[key].shape):
-      raise UserError(f"{directory}/unet.safetensors: {key} has shape {tuple(got[key].shape)}, "
-                      f"expected {tuple(expected[key].shape)}")
+  check_param_shapes(f"{directory}/unet.safetensors", flatten_params(unet_param_shapes(unet_config)),
+                     flatten_params(params), unet_config)
   return unet_config, params
 
 

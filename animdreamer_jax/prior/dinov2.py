@@ -34,6 +34,7 @@ from animdreamer_jax import files
 from animdreamer_jax.errors import UserError
 from animdreamer_jax.prior import convert
 from animdreamer_jax.prior import norms
+from animdreamer_jax.prior import text_encoder
 
 CHECKPOINT_NAME = "dinov2_vits14_pretrain.pth"
 CHECKPOINT_URL = ("https://dl.fbaipublicfiles.com/dinov2/dinov2_vits14/dinov2_vits14_pretrain.pth "
@@ -132,17 +133,6 @@ class LayerScale(nn.Module):
     return x * gamma.astype(x.dtype)
 
 
-class Mlp(nn.Module):
-  """fc1 -> exact GELU -> fc2."""
-  hidden: int
-  dtype: Any = jnp.float32
-
-  @nn.compact
-  def __call__(self, x: jax.Array) -> jax.Array:
-    h = nn.Dense(self.hidden, dtype=self.dtype, name="fc1")(x)
-    return nn.Dense(x.shape[-1], dtype=self.dtype, name="fc2")(jax.nn.gelu(h, approximate=False))
-
-
 class Block(nn.Module):
   """x += ls1(attn(norm1(x))); x += ls2(mlp(norm2(x)))."""
   config: Dinov2Config
@@ -154,7 +144,8 @@ class Block(nn.Module):
     h = norms.layer_norm(cfg.layer_norm_eps, "norm1")(x).astype(self.dtype)
     x = x + LayerScale(name="ls1")(Attention(cfg.num_heads, self.dtype, name="attn")(h))
     h = norms.layer_norm(cfg.layer_norm_eps, "norm2")(x).astype(self.dtype)
-    return x + LayerScale(name="ls2")(Mlp(cfg.mlp_hidden, self.dtype, name="mlp")(h))
+    mlp = text_encoder.Mlp(cfg.mlp_hidden, self.dtype, names=("fc1", "fc2"), name="mlp")
+    return x + LayerScale(name="ls2")(mlp(h))
 
 
 class Dinov2(nn.Module):
@@ -346,11 +337,7 @@ def read_checkpoint(path: str | os.PathLike) -> dict[str, np.ndarray]:
 def save_dinov2(config: Dinov2Config, params: Mapping[str, Any], out_dir: str | os.PathLike,
                 source: str = "", overwrite: bool = False) -> pathlib.Path:
   """Writes {config.json, dinov2.safetensors} atomically."""
-  out_dir = pathlib.Path(out_dir)
-  if out_dir.exists() and not out_dir.is_dir():
-    raise UserError(f"{out_dir}: exists and is not a folder")
-  if out_dir.is_dir() and any(out_dir.iterdir()) and not overwrite:
-    raise UserError(f"{out_dir}: folder exists and is not empty (pass --overwrite to replace it)")
+  out_dir = convert.check_output_folder(out_dir, overwrite)
   with files.atomic_folder(out_dir, replace=True) as tmp:
     flat = {k: np.ascontiguousarray(np.asarray(v, np.float32))
             for k, v in convert.flatten_params(params).items()}
@@ -379,13 +366,6 @@ def load_dinov2(directory: str | os.PathLike) -> tuple[Dinov2Config, dict]:
   if not weights.is_file():
     raise UserError(f"{weights}: missing")
   got = {k: np.asarray(v) for k, v in convert.read_safetensors(weights).items()}
-  expected = convert.flatten_params(dinov2_param_shapes(config))
-  for key in sorted(set(expected) | set(got)):
-    if key not in got:
-      raise UserError(f"{weights}: {key} missing")
-    if key not in expected:
-      raise UserError(f"{weights}: {key} unexpected for {config}")
-    if tuple(got[key].shape) != tuple(expected[key].shape):
-      raise UserError(f"{weights}: {key} has shape {tuple(got[key].shape)}, expected "
-                      f"{tuple(expected[key].shape)} for {config}")
+  convert.check_param_shapes(str(weights), convert.flatten_params(dinov2_param_shapes(config)), got,
+                             config)
   return config, convert.unflatten_params(got)

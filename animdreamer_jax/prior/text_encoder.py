@@ -128,15 +128,16 @@ class ResidualAttentionBlock(nn.Module):
 
 
 class Mlp(nn.Module):
-  """c_fc -> exact GELU -> c_proj."""
+  """Dense -> exact GELU -> Dense, named `names` (OpenCLIP's c_fc / c_proj; DINOv2's fc1 / fc2)."""
   hidden: int
   dtype: Any = jnp.float32
+  names: tuple[str, str] = ("c_fc", "c_proj")
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
-    h = nn.Dense(self.hidden, dtype=self.dtype, name="c_fc")(x)
+    h = nn.Dense(self.hidden, dtype=self.dtype, name=self.names[0])(x)
     h = jax.nn.gelu(h, approximate=False)
-    return nn.Dense(x.shape[-1], dtype=self.dtype, name="c_proj")(h)
+    return nn.Dense(x.shape[-1], dtype=self.dtype, name=self.names[1])(h)
 
 
 class Transformer(nn.Module):
