@@ -13,6 +13,7 @@ import argparse
 import importlib
 import sys
 
+from animdreamer_jax import allocator
 from animdreamer_jax.errors import UserError
 
 # name -> (module, one-line help). Order is the order shown by --help.
@@ -58,6 +59,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+  if argv is None:  # the real command line (not a test calling main): jemalloc first, if here
+    allocator.setup()
   argv = list(sys.argv[1:] if argv is None else argv)
   parser = build_parser()
   # First pass only finds the subcommand; its own flags are added afterwards so

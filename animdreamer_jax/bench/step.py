@@ -39,6 +39,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from animdreamer_jax import allocator
 from animdreamer_jax import parallel
 from animdreamer_jax.bench import common
 from animdreamer_jax.errors import UserError
@@ -169,7 +170,8 @@ def run(args: argparse.Namespace) -> int:
   counts = common.parse_devices(args.devices)
   print(f"bench step: config={args.config} rays={args.rays} samples={samples} "
         f"bones={args.bones or 'preset'} blend={args.blend} "
-        f"backend={jax.devices()[0].platform} ({jax.device_count()} devices)", flush=True)
+        f"backend={jax.devices()[0].platform} ({jax.device_count()} devices), allocator: "
+        f"{allocator.current()}", flush=True)
   common.per_device_count(
       counts, lambda count: benchmark(args.config, args.rays, samples, args.rays_per_frame,
                                       args.eikonal_fraction, args.bones, args.blend, args.steps,

@@ -42,6 +42,7 @@ import optax
 import tensorboardX
 import tqdm
 
+from animdreamer_jax import allocator
 from animdreamer_jax import parallel
 from animdreamer_jax.errors import UserError
 from animdreamer_jax.geometry import mesh as mesh_lib
@@ -418,7 +419,7 @@ def process_stats(wall0: float, cpu0: float, trainer: Trainer) -> dict:
           # Peak resident memory of this process so far (Linux reports KiB).
           "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0,
           "device": str(jax.devices()[0].device_kind), "num_devices": trainer.layout.num_devices,
-          "num_processes": jax.process_count(),
+          "num_processes": jax.process_count(), "allocator": allocator.current(),
           "num_rounds": settings.num_rounds, "iters_per_round": settings.iters_per_round}
 
 
