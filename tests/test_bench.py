@@ -110,7 +110,9 @@ def test_tiny_reconstruction_step_runs_and_reports_the_ratio(capsys, tmp_path):
   assert np.isfinite(r["loss"]) and r["step_flops"] > 0 and r["ratio"] > 0
   assert "feat_reproj" in r["losses"]  # the stage's own loss set, not a hand-picked one
   assert r["samples_per_s"] == pytest.approx(64 * r["samples"] / r["step_s_best"])
-  assert "samples per second" in stdout
+  assert "samples per second" in stdout and "peak memory" in stdout
+  # The step's buffers fit in the process's peak; both are counted.
+  assert 0 < r["xla_peak_bytes"] < r["peak_rss_bytes"]
 
 
 @pytest.mark.slow  # two subprocesses with 2 forced CPU devices (~2 min)

@@ -15,7 +15,8 @@ step, times the step (warm-up excluded; best and median of --steps runs),
 times a dense fp32 matmul in the same process, and prints
 
   achieved FLOP/s = step FLOPs / step time,  ratio = achieved / matmul FLOP/s,
-  samples per second = rays x samples per ray / step time (and per device).
+  samples per second = rays x samples per ray / step time (and per device),
+  peak memory = XLA's memory_analysis() of the compiled step and the process's peak RSS.
 
 With `--devices 1,2` the same step is built and timed on 1 and on 2 devices
 (`parallel.Layout`, the batch's frame rows split over them) in this process,
@@ -31,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import resource
 import statistics
 import time
 from typing import Any
@@ -112,6 +114,7 @@ def benchmark(preset: str, rays: int, samples: int, rays_per_frame: int,
   start = time.perf_counter()
   compiled = step.lower(state, data, scalars).compile()
   compile_s = time.perf_counter() - start
+  memory = common.memory_figures(compiled)  # XLA's buffer assignment (one device's share)
   # XLA counts one device's share of a split program: the step's total is n times it.
   flops = common.compiled_flops(compiled, "bench step") * layout.num_devices
 
@@ -149,6 +152,10 @@ def benchmark(preset: str, rays: int, samples: int, rays_per_frame: int,
       "samples_per_s": rays * samples / best, "samples_per_s_median": rays * samples / median,
       "samples_per_s_per_device": rays * samples / best / layout.num_devices,
       "backend": str(jax.devices()[0].platform), "num_devices": layout.num_devices,
+      "xla_peak_bytes": memory["peak_bytes"],
+      # Peak resident memory of this process so far (Linux reports KiB): with --devices 1,2 it
+      # covers every count timed before too.
+      "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
       "loss": loss, "applied_steps": applied,
   }
 
@@ -197,3 +204,6 @@ def print_figures(r: dict) -> None:
   print(f"  samples per second      {r['samples_per_s'] / 1e6:.3f} M "
         f"(median {r['samples_per_s_median'] / 1e6:.3f} M; rays x samples / step time), "
         f"{r['samples_per_s_per_device'] / 1e6:.3f} M per device")
+  print(f"  peak memory             XLA memory_analysis {r['xla_peak_bytes'] / common.GIB:.2f} GiB"
+        f"{' per device' if r['num_devices'] > 1 else ''}; process peak RSS "
+        f"{r['peak_rss_bytes'] / common.GIB:.2f} GiB")
