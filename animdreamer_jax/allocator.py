@@ -2,8 +2,8 @@
 
 XLA:CPU allocates and frees its large step buffers on every step; under glibc's malloc they come from fresh
 mmaps each time, and the page faults of touching them again cost a training step about a fifth of its time
-(lab4d sizes, 4096 rays x 64 samples: 8.50 s -> 7.00 s, minor faults 9.2 M -> 3.5 M; docs/results.md,
-"Allocator"). jemalloc with its freed pages kept for reuse (`dirty_decay_ms:-1,muzzy_decay_ms:-1`) avoids it;
+(lab4d sizes, 4096 rays x 64 samples: 8.68 s -> 6.98 s, minor faults 9.1 M -> 3.5 M; 1024 rays: 2.00 s ->
+1.64 s; docs/results.md, "Allocator"). jemalloc with its freed pages kept for reuse (`dirty_decay_ms:-1,muzzy_decay_ms:-1`) avoids it;
 glibc's own tunables did not (measured: no change).
 
 The command-line entry point (`cli.main` with no argv) calls `setup()` first: when jemalloc is found and not
