@@ -79,7 +79,7 @@ def make(video_dir: str, out_dir: str, seed: int = 0) -> dict:
     src_cols = slice(cols.start - x, cols.stop - x)
     alpha = video.mask[i][src_rows, src_cols].astype(np.float32)[..., None]
     # Soften the silhouette's edge as a camera would (the mask stays the rendered one).
-    alpha = cv2.GaussianBlur(alpha, (3, 3), 0.6)[..., None] if alpha.ndim == 3 else alpha
+    alpha = cv2.GaussianBlur(alpha, (3, 3), 0.6)[..., None]  # OpenCV drops the single channel
     patch = video.rgb[i][src_rows, src_cols].astype(np.float32)
     frame[rows, cols] = (alpha * patch + (1 - alpha) * frame[rows, cols]).astype(np.uint8)
     masks[i, rows, cols] = video.mask[i][src_rows, src_cols]

@@ -458,7 +458,8 @@ def _find_weights_file(folder: pathlib.Path, stem: str) -> pathlib.Path:
   raise UserError(f"{folder}: no {stem}.safetensors (or .bin) in this diffusers folder")
 
 
-def _read_json(path: pathlib.Path) -> dict:
+def read_json(path: pathlib.Path) -> dict:
+  """A JSON file's content ({} when absent; UserError when not JSON)."""
   try:
     return json.loads(path.read_text())
   except FileNotFoundError:
@@ -474,7 +475,7 @@ def _convert_diffusers_folder(folder: pathlib.Path, num_head_channels: int,
   unet_dir = folder / "unet"
   if not unet_dir.is_dir():
     raise UserError(f"{folder}: not a diffusers folder (no unet/ subfolder)")
-  unet_config = _read_json(unet_dir / "config.json")
+  unet_config = read_json(unet_dir / "config.json")
   state = read_state_dict(_find_weights_file(unet_dir, "diffusion_pytorch_model"))
   if any(k.startswith(("down_blocks.", "conv_in.")) for k in state):
     state = diffusers_unet_to_ldm(state, unet_config.get("layers_per_block"))
@@ -493,14 +494,14 @@ def _convert_diffusers_folder(folder: pathlib.Path, num_head_channels: int,
     log("converting the VAE")
     state = read_state_dict(_find_weights_file(folder / "vae", "diffusion_pytorch_model"))
     params, used = vae.convert_vae_diffusers_state(state, "")
-    config = _vae_config_from_diffusers(_read_json(folder / "vae" / "config.json"))
+    config = _vae_config_from_diffusers(read_json(folder / "vae" / "config.json"))
     _check_all_used(folder / "vae", state, used, ignored=())
     result["vae"] = (config.to_dict(), params)
   if (folder / "text_encoder").is_dir():
     log("converting the text encoder")
     state = read_state_dict(_find_weights_file(folder / "text_encoder", "model"))
     open_clip_state, ignored = hf_clip_text_to_open_clip(state)
-    hf_config = _read_json(folder / "text_encoder" / "config.json")
+    hf_config = read_json(folder / "text_encoder" / "config.json")
     width = int(np.shape(open_clip_state["token_embedding.weight"])[1])
     head_dim = width // int(hf_config.get("num_attention_heads", width // 64))
     # An HF export holds exactly the blocks that run (23 for SD2 / MVDream): skip none.
@@ -609,7 +610,7 @@ def load_prior_config(directory: str | os.PathLike) -> dict[str, Any]:
     raise UserError(f"{directory}: no converted MVDream weights here (config.json missing). Convert "
                     f"{CHECKPOINT_NAME} (published at {CHECKPOINT_URL}) with `animdreamer "
                     f"convert-mvdream --ckpt {CHECKPOINT_NAME} --out {directory}`")
-  config = _read_json(path)
+  config = read_json(path)
   if config.get("format") != FORMAT:
     raise UserError(f"{path}: format {config.get('format')!r}, expected {FORMAT!r}")
   return config

@@ -355,10 +355,7 @@ def load_dinov2(directory: str | os.PathLike) -> tuple[Dinov2Config, dict]:
     raise UserError(f"{directory}: no converted DINOv2 weights here (config.json missing). Convert "
                     f"{CHECKPOINT_NAME} ({CHECKPOINT_URL}) with `animdreamer convert-dinov2 "
                     f"--ckpt {CHECKPOINT_NAME} --out {directory}`")
-  try:
-    meta = json.loads(config_path.read_text())
-  except (OSError, json.JSONDecodeError) as e:
-    raise UserError(f"{config_path}: unreadable ({e})") from None
+  meta = convert.read_json(config_path)
   if not isinstance(meta, dict) or meta.get("format") != FORMAT:
     raise UserError(f"{config_path}: not a converted DINOv2 folder (format {FORMAT!r} expected)")
   config = Dinov2Config.from_dict(meta.get("dinov2", {}), where=str(config_path))

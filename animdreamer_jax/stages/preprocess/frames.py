@@ -29,7 +29,7 @@ class Frames(NamedTuple):
   total: int
 
 
-def _image_files(folder: pathlib.Path) -> list[pathlib.Path]:
+def image_files(folder: pathlib.Path) -> list[pathlib.Path]:
   return sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
 
 
@@ -82,7 +82,7 @@ def read_frames(source: str | pathlib.Path, fps: Optional[float] = None, start: 
   """
   source = pathlib.Path(source)
   if source.is_dir():
-    paths = _image_files(source)
+    paths = image_files(source)
     if not paths:
       raise UserError(f"{source}: no images ({', '.join(IMAGE_SUFFIXES)}) in this folder")
     source_fps, lazy = folder_fps, paths

@@ -50,7 +50,7 @@ def read_masks(source: str | pathlib.Path, indices: Sequence[int], num_source_fr
       loader = lambda i: raw[i] > 0  # noqa: E731
       count = len(raw)
     else:
-      paths = frames_lib._image_files(source)  # pylint: disable=protected-access
+      paths = frames_lib.image_files(source)
       if not paths:
         raise UserError(f"{source}: no mask images (.png/.jpg) or lab4d .npy label maps here")
       loader = lambda i: cv2.imread(str(paths[i]), cv2.IMREAD_GRAYSCALE) > 0  # noqa: E731
@@ -123,6 +123,9 @@ def grabcut_track(frames: np.ndarray, box: np.ndarray, work_size: int = 256, ban
   if not first.any():
     raise UserError(f"--box {tuple(int(v) for v in box)}: GrabCut found no animal in it; draw the "
                     "box tighter around the animal or pass --masks")
+  def disk(radius):
+    return cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * radius + 1,) * 2)
+
   masks = [first]
   for i in range(1, t):
     carried = carried_mask(masks[-1], flow_lib.dis_flow(small[i], small[i - 1]))
@@ -130,10 +133,6 @@ def grabcut_track(frames: np.ndarray, box: np.ndarray, work_size: int = 256, ban
       carried = masks[-1]
     x0, y0, x1, y1 = frames_lib.mask_box(carried)
     reach = max(2, int(round(band * np.hypot(x1 - x0, y1 - y0))))
-
-    def disk(radius):
-      return cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * radius + 1,) * 2)
-
     init = np.full(carried.shape, cv2.GC_BGD, np.uint8)
     init[cv2.dilate(carried, disk(2 * reach)) > 0] = cv2.GC_PR_BGD
     init[cv2.dilate(carried, disk(reach)) > 0] = cv2.GC_PR_FGD
