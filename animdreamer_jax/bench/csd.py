@@ -240,8 +240,11 @@ def benchmark(args: argparse.Namespace, devices: int = 1) -> dict[str, Any]:
         f"{memory['peak_gib']:.2f} GiB", flush=True)
   if args.count_flops == "no":
     counted = None
-  elif args.patches > 1:  # loop bodies count once: count the unpatched step instead (never run)
-    unpatched = dataclasses.replace(settings, csd=dataclasses.replace(settings.csd, patches=0))
+  elif args.patches > 1 or settings.render.field_chunk:
+    # Loop bodies (patches, field chunks) count once: count the step without them (never run).
+    unpatched = dataclasses.replace(
+        settings, csd=dataclasses.replace(settings.csd, patches=0),
+        render=dataclasses.replace(settings.render, field_chunk=0))
     counted = lower(csd_step(unpatched, prior, prior_params, text, layout=layout)).compile()
   else:
     counted = compiled

@@ -53,25 +53,26 @@ class CanonicalField(nn.Module):
       (lab4d 16-D, 5x128, 6 bands, not annealed), L2-normalised output.
     use_visibility, vis_depth, vis_width, vis_freqs: visibility logit field
       (lab4d 2x64, 10 bands).
+    matmul_dtype: operand dtype of every layer's product (`mlp.product_in`).
   """
   # Typed loosely: articulated_model imports this module.
   config: Any
 
   def setup(self):
     c = self.config
-    w = c.sdf_width
+    w, dtype = c.sdf_width, c.matmul_dtype
     self.sdf_trunk = mlp_lib.MLP(c.sdf_depth, w, w, tuple(c.sdf_skips),
-                                 final_activation=True)
-    self.sdf_head = mlp_lib.TorchDense(1)
+                                 final_activation=True, matmul_dtype=dtype)
+    self.sdf_head = mlp_lib.TorchDense(1, matmul_dtype=dtype)
     self.color_mlp = mlp_lib.MLP(c.color_depth, w, w, (),
-                                 final_activation=True)
-    self.rgb_hidden = mlp_lib.SplitDense(w // 2)
-    self.rgb_out = mlp_lib.TorchDense(3)
+                                 final_activation=True, matmul_dtype=dtype)
+    self.rgb_hidden = mlp_lib.SplitDense(w // 2, dtype)
+    self.rgb_out = mlp_lib.TorchDense(3, matmul_dtype=dtype)
     if c.feature_dim > 0:
       self.feature_mlp = mlp_lib.MLP(c.feature_depth, c.feature_width,
-                                     c.feature_dim, (4,))
+                                     c.feature_dim, (4,), matmul_dtype=dtype)
     if c.use_visibility:
-      self.visibility_mlp = mlp_lib.MLP(c.vis_depth, c.vis_width, 1, (4,))
+      self.visibility_mlp = mlp_lib.MLP(c.vis_depth, c.vis_width, 1, (4,), matmul_dtype=dtype)
 
   def _embedding(self, x: jnp.ndarray, num_freqs: int) -> jnp.ndarray:
     """lab4d-layout Fourier features of x with `num_freqs` bands, no window."""

@@ -38,6 +38,10 @@ class RenderSettings:
   warp: str = "skinning"
   eikonal_ray_fraction: float = 1.0 / 16  # share of each frame's rays that get the eikonal term
   match_candidates: int = 1024  # canonical samples a pixel's feature is matched against
+  # Training rays' canonical fields are evaluated this many samples at a time, each piece
+  # rematerialised in the backward pass (0: all at once, every activation kept). lab4d sizes,
+  # 4096 rays x 64: XLA's peak 10.4 -> 2.1 GiB, step time +4% (docs/results.md, "Memory").
+  field_chunk: int = 8192
   # Rays use the video's intrinsics (its cameras are calibrated); False: the model's learned ones.
   use_video_intrinsics: bool = True
   # Sharpness schedule of the SDF density (0: off; lab4d only learns beta). The density's beta
@@ -65,6 +69,7 @@ class RenderSettings:
     require(0.0 < self.sharpen_fraction <= 1.0, "sharpen_fraction", "must be in (0, 1]")
     require(self.eval_samples >= 2, "eval_samples", "must be >= 2")
     require(self.eval_chunk >= 1, "eval_chunk", "must be >= 1")
+    require(self.field_chunk >= 0, "field_chunk", "must be >= 0 (0: no chunks)")
 
   def max_beta(self, init_beta: float, step: int, total_steps: int) -> np.float32:
     """The cap on the density's beta at `step` (`final_beta`'s schedule; inf when off)."""
@@ -93,7 +98,7 @@ class RenderSettings:
     """
     values = dict(num_samples=self.num_samples, density_fn=self.density_fn(),
                   warp=warp if warp is not None else self.make_warp(),
-                  match_candidates=self.match_candidates)
+                  match_candidates=self.match_candidates, field_chunk=self.field_chunk or None)
     values.update(overrides)
     return warp_render.RenderOptions(**values)
 
@@ -101,7 +106,7 @@ class RenderSettings:
     """RenderOptions of whole images: the evaluation sampling, no training-only terms."""
     return self.options(warp=warp, num_samples=self.eval_samples,
                         importance_samples=self.eval_importance_samples, eikonal_rays=0,
-                        gauss_mask=False)
+                        gauss_mask=False, field_chunk=None)  # no backward pass: no remat
 
 
 def make_image_renderer(model, settings: RenderSettings, height: int, width: int,

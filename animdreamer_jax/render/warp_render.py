@@ -314,6 +314,10 @@ class RenderOptions:
   eikonal_rays: Optional[int] = None
   gauss_mask: bool = True  # render the Gaussian-bone density mask
   match_candidates: int = 1024  # random canonical samples each pixel feature is matched against
+  # Evaluate the canonical fields on at most this many samples at a time, each chunk
+  # rematerialised in the backward pass (its activations recomputed, not stored); None: all
+  # samples at once with every activation kept (faster, several times the memory).
+  field_chunk: Optional[int] = None
 
 
 # ----------------------------------------------------------------------------
@@ -529,7 +533,7 @@ def render_rays(model, params, uv, frame_idx, partner_idx=None, *, near_far,
   geo = samples(depths)
   geo["depths"] = depths
   # Stage 2 (all frames at once): the canonical fields.
-  field = _canonical_fields(full_fn, geo["x_c"], frames.appearance, alpha)
+  field = _canonical_fields(full_fn, geo["x_c"], frames.appearance, alpha, options.field_chunk)
   eik_out, grad_c = _eikonal_outputs(geo["x_c"], sdf_fn, options, uv.dtype)
 
   # Stage 3 (per frame): compositing, forward warps, flow, normals.
@@ -616,16 +620,55 @@ def _ray_depths(near_far, options: RenderOptions, stratified_key, samples_fn, sd
   return depths
 
 
-def _canonical_fields(full_fn, x_c, appearance, alpha) -> dict[str, jnp.ndarray]:
+def _canonical_fields(full_fn, x_c, appearance, alpha, chunk=None) -> dict[str, jnp.ndarray]:
   """Stage 2: the canonical fields of (F, R, S, 3) points, as (F, R, S, ...) arrays.
 
   Evaluated on the FLAT (N, 3) points of all frames at once: XLA:CPU runs these
   MLPs markedly faster on 2-D arrays than under the frame vmap's extra batch axis.
+  With `chunk`, in rematerialised pieces of at most that many samples (`in_remat_chunks`).
   """
   lead = x_c.shape[:3]
   appearance = jnp.repeat(appearance, lead[1] * lead[2], axis=0)
-  field = full_fn(x_c.reshape(-1, 3), appearance, alpha)
+  fn = lambda x, a: full_fn(x, a, alpha)
+  field = in_remat_chunks(fn, chunk, x_c.reshape(-1, 3), appearance)
   return {k: v.reshape(lead + v.shape[1:]) for k, v in field.items()}
+
+
+def in_remat_chunks(fn: Callable, chunk: Optional[int], *arrays: jnp.ndarray):
+  """fn(*arrays) on the leading axis in pieces of at most `chunk` rows, each rematerialised.
+
+  The forward pass loops over the pieces (`lax.map`) and keeps only each piece's inputs;
+  the backward pass recomputes one piece's activations at a time, so the memory the
+  pieces need is one piece's, whatever the number of rows. Piece k takes rows k, k + K,
+  k + 2K, ... (K pieces): a batch split over devices along its leading axis keeps its
+  split inside every piece. Rows are padded by repeating the last one; fn must treat rows
+  independently.
+
+  Args:
+    fn: (N, ...) arrays -> pytree of (N, ...) arrays.
+    chunk: the most rows per piece (None or >= N: one call of fn, nothing rematerialised).
+    *arrays: with the same leading size N.
+
+  Returns:
+    fn(*arrays).
+  """
+  num = arrays[0].shape[0]
+  if chunk is None or num <= chunk:
+    return fn(*arrays)
+  pieces = -(-num // chunk)
+  rows = -(-num // pieces)
+  pad = rows * pieces - num
+
+  def to_pieces(a):
+    if pad:
+      a = jnp.concatenate([a, jnp.repeat(a[-1:], pad, axis=0)])
+    return jnp.swapaxes(a.reshape((rows, pieces) + a.shape[1:]), 0, 1)
+
+  def from_pieces(a):
+    return jnp.swapaxes(a, 0, 1).reshape((rows * pieces,) + a.shape[2:])[:num]
+
+  out = jax.lax.map(jax.checkpoint(lambda args: fn(*args)), tuple(map(to_pieces, arrays)))
+  return jax.tree_util.tree_map(from_pieces, out)
 
 
 def _eikonal_outputs(x_c, sdf_fn, options: RenderOptions, dtype):
