@@ -46,6 +46,7 @@ from animdreamer_jax import parallel
 from animdreamer_jax.bench import common
 from animdreamer_jax.errors import UserError
 from animdreamer_jax.model import articulated_model as am
+from animdreamer_jax.model.mlp import MATMUL_DTYPES
 from animdreamer_jax.stages.extraction import plan as plan_lib
 from animdreamer_jax.stages.extraction import settings as extraction_settings
 from animdreamer_jax.train import step as step_lib
@@ -71,6 +72,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
   parser.add_argument("--bones", type=int, default=None,
                       help="number of bones (default: the preset's, 25 for cpu and lab4d)")
   parser.add_argument("--blend", choices=("dqs", "lbs"), default="dqs")
+  parser.add_argument("--field-chunk", type=int, default=None,
+                      help="samples per rematerialised canonical-field piece (default: "
+                           "config.render.field_chunk's; 0: none, every activation kept)")
+  parser.add_argument("--matmul-dtype", choices=MATMUL_DTYPES, default=None,
+                      help="operands of the canonical field's products (default: the "
+                           "preset's, float32)")
   parser.add_argument("--steps", type=int, default=5, help="timed steps after warm-up")
   parser.add_argument("--matmul-size", type=int, default=2048,
                       help="side of the square fp32 matmul used as the peak")
@@ -81,17 +88,23 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def bench_settings(preset: str, rays: int, samples: int, rays_per_frame: int,
-                   eikonal_fraction: float, bones: int | None, blend: str
+                   eikonal_fraction: float, bones: int | None, blend: str,
+                   field_chunk: int | None = None, matmul_dtype: str | None = None
                    ) -> extraction_settings.ExtractionSettings:
-  """The extraction settings of the preset with the benchmark's batch, sampling and bones."""
+  """The extraction settings of the preset with the benchmark's batch, sampling and bones
+  (field_chunk / matmul_dtype None: the declared defaults)."""
   base = extraction_settings.defaults(preset)
   model = base.model if bones is None else dataclasses.replace(base.model, num_bones=bones)
+  if matmul_dtype is not None:
+    model = dataclasses.replace(model, matmul_dtype=matmul_dtype)
+  render = dataclasses.replace(base.render, num_samples=samples,
+                               eikonal_ray_fraction=eikonal_fraction, blend=blend)
+  if field_chunk is not None:
+    render = dataclasses.replace(render, field_chunk=field_chunk)
   return dataclasses.replace(
-      base, model=model,
+      base, model=model, render=render,
       data=dataclasses.replace(base.data, pairs_per_batch=rays // (2 * rays_per_frame),
-                               pixels_per_frame=rays_per_frame),
-      render=dataclasses.replace(base.render, num_samples=samples,
-                                 eikonal_ray_fraction=eikonal_fraction, blend=blend))
+                               pixels_per_frame=rays_per_frame))
 
 
 class BuiltStep(NamedTuple):
@@ -108,9 +121,11 @@ class BuiltStep(NamedTuple):
 
 def build_step(preset: str, rays: int, samples: int, rays_per_frame: int = 16,
                eikonal_fraction: float = 1.0 / 16.0, bones: int | None = None,
-               blend: str = "dqs", devices: int = 1) -> BuiltStep:
+               blend: str = "dqs", devices: int = 1, field_chunk: int | None = None,
+               matmul_dtype: str | None = None) -> BuiltStep:
   """The trainer's reconstruction step (`plan.kinds`, `make_train_step`) on the synthetic video."""
-  settings = bench_settings(preset, rays, samples, rays_per_frame, eikonal_fraction, bones, blend)
+  settings = bench_settings(preset, rays, samples, rays_per_frame, eikonal_fraction, bones, blend,
+                            field_chunk, matmul_dtype)
   layout = parallel.make_layout(parallel.ParallelSettings(devices=devices))
   video = common.synthetic_video(NUM_FRAMES, *IMAGE_SIZE, settings.model.feature_dim)
   plan = plan_lib.build_plan(settings, video, source="synthetic video")
@@ -151,10 +166,11 @@ def model_flops(settings, video, state, scalars, layout: parallel.Layout) -> flo
 
 def benchmark(preset: str, rays: int, samples: int, rays_per_frame: int,
               eikonal_fraction: float, bones: int | None, blend: str, steps: int,
-              matmul_size: int, devices: int = 1) -> dict[str, Any]:
+              matmul_size: int, devices: int = 1, field_chunk: int | None = None,
+              matmul_dtype: str | None = None) -> dict[str, Any]:
   """Builds, compiles and times the step on `devices` devices (0: all); returns the figures."""
   built = build_step(preset, rays, samples, rays_per_frame, eikonal_fraction, bones, blend,
-                     devices)
+                     devices, field_chunk, matmul_dtype)
   compiled, state, data, scalars = built.compiled, built.state, built.data, built.scalars
   layout, settings, compile_s = built.layout, built.settings, built.compile_s
   num_params = am.count_params(state.params)
@@ -183,6 +199,7 @@ def benchmark(preset: str, rays: int, samples: int, rays_per_frame: int,
   return {
       "config": preset, "rays": rays, "samples": samples, "frames": rays // rays_per_frame,
       "bones": settings.model.num_bones, "blend": blend,
+      "field_chunk": settings.render.field_chunk, "matmul_dtype": settings.model.matmul_dtype,
       "eikonal_rays_per_frame": max(1, int(round(rays_per_frame * eikonal_fraction))),
       "losses": sorted(settings.loss.enabled()),
       "params": num_params, "compile_s": compile_s,
@@ -208,6 +225,8 @@ def run(args: argparse.Namespace) -> int:
   for name in ("rays", "steps", "rays_per_frame", "matmul_size"):
     if getattr(args, name) < 1:
       raise UserError(f"--{name.replace('_', '-')}: must be >= 1")
+  if args.field_chunk is not None and args.field_chunk < 0:
+    raise UserError("--field-chunk: must be >= 0 (0: no chunks)")
   if args.bones is not None and args.bones < 1:
     raise UserError("--bones: must be >= 1")
   if samples < 2:
@@ -225,7 +244,8 @@ def run(args: argparse.Namespace) -> int:
   common.per_device_count(
       counts, lambda count: benchmark(args.config, args.rays, samples, args.rays_per_frame,
                                       args.eikonal_fraction, args.bones, args.blend, args.steps,
-                                      args.matmul_size, count),
+                                      args.matmul_size, count, args.field_chunk,
+                                      args.matmul_dtype),
       print_figures, args.json)
   return 0
 
@@ -233,7 +253,8 @@ def run(args: argparse.Namespace) -> int:
 def print_figures(r: dict) -> None:
   g = 1e9
   print(f"  devices                 {r['num_devices']} x {r['backend']}")
-  print(f"  model parameters        {r['params']:,} ({r['bones']} bones)")
+  print(f"  model parameters        {r['params']:,} ({r['bones']} bones); field chunk "
+        f"{r['field_chunk'] or 'none'}, {r['matmul_dtype']} products")
   print(f"  losses                  {', '.join(r['losses'])}")
   print(f"  compile                 {r['compile_s']:.1f} s")
   print(f"  step FLOPs (XLA)        {r['step_flops'] / g:.2f} GFLOP (every sample once; the "

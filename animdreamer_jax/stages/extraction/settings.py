@@ -44,6 +44,10 @@ from animdreamer_jax.train.optimizer import OptimSettings
 LENGTH_SCALE = 2.5
 PRESETS = {"lab4d": articulated_model.lab4d_config, "cpu": articulated_model.cpu_config,
            "tiny": articulated_model.tiny_config}
+# The lab4d-sized preset (the GPU configs) multiplies in bfloat16 (float32 parameters and
+# accumulation): its 4096 x 64 step 7.24 -> 5.49 s on a CPU with bf16 dot instructions; the
+# demo's fox scored within noise either way (docs/results.md, "Memory and speed").
+PRESET_MATMUL_DTYPES = {"lab4d": "bfloat16"}
 # ModelConfig fields that come from the video, not from the config.
 VIDEO_FIELDS = ("video_lengths", "image_size")
 MESH_FRAMES = ("object", "camera", "world")
@@ -118,7 +122,8 @@ def default_model(preset: str) -> articulated_model.ModelConfig:
       video_lengths=placeholder.video_lengths, image_size=placeholder.image_size,
       sphere_radius=0.1 * LENGTH_SCALE, init_gauss_scale=0.03 * LENGTH_SCALE,
       bone_trans_scale=0.1 * LENGTH_SCALE, bone_density_radius=0.01 * LENGTH_SCALE,
-      init_bone_beta=0.01 * LENGTH_SCALE)
+      init_bone_beta=0.01 * LENGTH_SCALE,
+      matmul_dtype=PRESET_MATMUL_DTYPES.get(preset, placeholder.matmul_dtype))
 
 
 def defaults(preset: str = "cpu") -> ExtractionSettings:
