@@ -1,7 +1,7 @@
 r"""Where the reconstruction step's time goes: XLA:CPU's per-op trace, grouped by kind.
 
   python3 experiments/step_profile.py [--config lab4d] [--rays 1024] [--samples 64] [--steps 2]
-      [--field-chunk N] [--top 25] [--json OUT]
+      [--field-chunk N] [--matmul-dtype float32|bfloat16] [--top 25] [--json OUT]
 
 Builds `animdreamer bench step`'s step (the trainer's own reconstruction step,
 `bench.step.build_step`), runs it once to warm up, then --steps times under
@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import collections
-import dataclasses
 import glob
 import gzip
 import json
@@ -114,41 +113,34 @@ def main(argv=None) -> int:
   parser.add_argument("--steps", type=int, default=2)
   parser.add_argument("--field-chunk", type=int, default=None,
                       help="override config.render.field_chunk (0: no chunks)")
-  parser.add_argument("--matmul-dtype", default=None, help="override config.model.matmul_dtype")
+  parser.add_argument("--matmul-dtype", default=None, choices=("float32", "bfloat16"),
+                      help="override config.model.matmul_dtype")
   parser.add_argument("--top", type=int, default=25, help="slowest single ops to list")
   parser.add_argument("--json", default=None)
   args = parser.parse_args(argv)
 
-  base = bench_step.bench_settings
-
-  def with_overrides(*a, **k):
-    s = base(*a, **k)
-    if args.field_chunk is not None:
-      s = dataclasses.replace(s, render=dataclasses.replace(s.render, field_chunk=args.field_chunk))
-    if args.matmul_dtype is not None:
-      s = dataclasses.replace(s, model=dataclasses.replace(s.model, matmul_dtype=args.matmul_dtype))
-    return s
-  bench_step.bench_settings = with_overrides
-  built = bench_step.build_step(args.config, args.rays, args.samples)
+  built = bench_step.build_step(args.config, args.rays, args.samples,
+                                field_chunk=args.field_chunk, matmul_dtype=args.matmul_dtype)
   hlo = built.compiled.as_text()
   kinds, where = op_kinds(hlo), op_sources(hlo)
-  flops = common.compiled_flops(built.compiled, "step_profile")
+  flops = built.flops
   state, metrics = built.compiled(built.state, built.data, built.scalars)
   jax.block_until_ready(metrics["loss"])
   mm_rate, _ = common.matmul_flops_per_second(2048)
 
-  log_dir = tempfile.mkdtemp(prefix="step_profile_")
-  jax.profiler.start_trace(log_dir, create_perfetto_trace=True)
-  start = time.perf_counter()
-  for _ in range(args.steps):
-    state, metrics = built.compiled(state, built.data, built.scalars)
-    jax.block_until_ready(metrics["loss"])
-  wall = (time.perf_counter() - start) / args.steps
-  jax.profiler.stop_trace()
+  with tempfile.TemporaryDirectory(prefix="step_profile_") as log_dir:
+    jax.profiler.start_trace(log_dir, create_perfetto_trace=True)
+    start = time.perf_counter()
+    for _ in range(args.steps):
+      state, metrics = built.compiled(state, built.data, built.scalars)
+      jax.block_until_ready(metrics["loss"])
+    wall = (time.perf_counter() - start) / args.steps
+    jax.profiler.stop_trace()
+    events = trace_events(log_dir)
 
   by_kind: dict[str, float] = collections.defaultdict(float)
   by_op: dict[str, float] = collections.defaultdict(float)
-  for event in trace_events(log_dir):
+  for event in events:
     if event.get("ph") != "X":
       continue
     kind = kinds.get(event["name"])
@@ -168,7 +160,7 @@ def main(argv=None) -> int:
         f"matmul limit {flops / mm_rate:.3f} s = {flops / mm_rate / wall:.2f} of the step")
   print(f"  slowest ops (s per step):")
   for name, seconds in sorted(by_op.items(), key=lambda kv: -kv[1])[:args.top]:
-    print(f"    {seconds:7.3f}  {kinds[name]:<12} {name:<36} {where.get(name, '')}")
+    print(f"    {seconds:7.3f}  {kinds[name]:<12} {name:<32} {where.get(name, '')[:110]}")
   if args.json:
     files.save_json(args.json, {"wall_s": wall, "ops_s": total, "by_kind": by_kind,
                                 "flops": flops, "matmul_flops_per_s": mm_rate,

@@ -9,6 +9,7 @@ import pathlib
 import subprocess
 import sys
 
+import jax
 import numpy as np
 import pytest
 
@@ -36,7 +37,7 @@ def with_and_without():
 
 @pytest.mark.parametrize("name", ["csd_with_and_without", "csd_memory", "oracle_ladder",
                                   "skeleton_settings", "one_side_probe", "generation_ablation",
-                                  "phone_clip"])
+                                  "phone_clip", "step_profile"])
 def test_each_driver_has_help(name, capsys):
   with pytest.raises(SystemExit) as exit_info:
     _script(name).main(["--help"])
@@ -249,3 +250,18 @@ def test_generation_variants_are_valid_overrides_and_rows_read_the_metrics(capsy
   err = capsys.readouterr().err
   assert err.startswith("error: ") and "magic" in err and err.count("\n") == 1
   assert not (tmp_path / "o").exists()
+
+
+def test_step_profile_kinds_and_a_tiny_trace(capsys, tmp_path):
+  profile = _script("step_profile")
+  x = jax.numpy.ones((64, 32))
+  hlo = jax.jit(lambda a, b: jax.numpy.tanh(a @ b) + 1.0).lower(x, x.T).compile().as_text()
+  kinds = profile.op_kinds(hlo)
+  assert "matmul" in kinds.values() and "elementwise" in kinds.values()
+  out = tmp_path / "profile.json"
+  assert profile.main(["--config", "tiny", "--rays", "64", "--samples", "8", "--steps", "1",
+                       "--json", str(out)]) == 0
+  stdout = capsys.readouterr().out
+  assert "matmul" in stdout and "matmul limit" in stdout
+  result = json.loads(out.read_text())
+  assert result["by_kind"]["matmul"] > 0 and result["ops_s"] > 0
