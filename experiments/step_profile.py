@@ -158,6 +158,12 @@ def main(argv=None) -> int:
     print(f"  {kind:<12} {by_kind.get(kind, 0.0):7.3f} s  {by_kind.get(kind, 0.0) / total:6.1%}")
   print(f"  step FLOPs (XLA) {flops / 1e9:.1f} GFLOP; dense matmul {mm_rate / 1e9:.0f} GFLOP/s: "
         f"matmul limit {flops / mm_rate:.3f} s = {flops / mm_rate / wall:.2f} of the step")
+  families: dict[str, float] = collections.defaultdict(float)
+  for name, seconds in by_op.items():
+    families[re.sub(r"[.\d]+$", "", name)] += seconds
+  print("  by op family (s per step): " + ", ".join(
+      f"{name} {seconds:.3f}" for name, seconds in sorted(families.items(),
+                                                          key=lambda kv: -kv[1])[:10]))
   print(f"  slowest ops (s per step):")
   for name, seconds in sorted(by_op.items(), key=lambda kv: -kv[1])[:args.top]:
     print(f"    {seconds:7.3f}  {kinds[name]:<12} {name:<32} {where.get(name, '')[:110]}")

@@ -125,20 +125,40 @@ def bf16_round(a) -> np.ndarray:
                     np.float64)
 
 
-def test_narrow_matmul_and_its_gradients_against_rounded_float64_products():
+def test_narrow_dense_and_its_gradients_against_rounded_float64_products():
+  """Two inputs, one broadcast along the rows (a per-frame code), and a bias."""
   rng = np.random.default_rng(6)
   x = rng.normal(size=(2, 9, 16)).astype(np.float32)
-  k = rng.normal(size=(16, 5)).astype(np.float32)
+  c = rng.normal(size=(2, 1, 4)).astype(np.float32)
+  k, kc = rng.normal(size=(16, 5)).astype(np.float32), rng.normal(size=(4, 5)).astype(np.float32)
+  b = rng.normal(size=(5,)).astype(np.float32)
   g = rng.normal(size=(2, 9, 5)).astype(np.float32)
-  y, vjp = jax.vjp(lambda x, k: mlp.narrow_matmul(x, k, jnp.bfloat16), x, k)
-  dx, dk = vjp(jnp.asarray(g))
-  assert y.dtype == dx.dtype == dk.dtype == jnp.float32
-  xr, kr, gr = bf16_round(x), bf16_round(k), bf16_round(g)
-  np.testing.assert_allclose(y, xr @ kr, rtol=1e-5, atol=1e-5)
+  fn = lambda x, c, k, kc, b: mlp.narrow_dense((x, c), (k, kc), b, jnp.dtype(jnp.bfloat16))
+  y, vjp = jax.vjp(fn, x, c, k, kc, b)
+  dx, dc, dk, dkc, db = vjp(jnp.asarray(g))
+  assert all(a.dtype == jnp.float32 for a in (y, dx, dc, dk, dkc, db))
+  assert dc.shape == c.shape
+  xr, cr, kr, kcr, gr = map(bf16_round, (x, c, k, kc, g))
+  np.testing.assert_allclose(y, xr @ kr + cr @ kcr + b, rtol=1e-5, atol=1e-5)
   np.testing.assert_allclose(dx, gr @ kr.T, rtol=1e-5, atol=1e-5)
-  np.testing.assert_allclose(dk, np.einsum("abi,abj->ij", xr, gr), rtol=1e-5, atol=1e-4)
+  np.testing.assert_allclose(dc, (gr @ kcr.T).sum(1, keepdims=True), rtol=1e-5, atol=1e-4)
+  # The kernel gradients are float32 products (XLA:CPU has no fast bf16 form of them).
+  np.testing.assert_allclose(dk, np.einsum("abi,abj->ij", x, g), rtol=1e-5, atol=1e-4)
+  np.testing.assert_allclose(dkc, np.einsum("ai,abj->ij", c[:, 0], g), rtol=1e-5, atol=1e-4)
+  np.testing.assert_allclose(db, gr.sum((0, 1)), rtol=1e-5, atol=1e-4)
   # ... and they are not the float32 products (the rounding is real).
-  assert np.max(np.abs(np.asarray(y) - x.astype(np.float64) @ k)) > 1e-3
+  assert np.max(np.abs(np.asarray(y) - (x.astype(np.float64) @ k + c @ kc + b))) > 1e-3
+
+
+def test_bf16_layers_have_the_float32_layers_parameters():
+  x = jnp.ones((3, 7))
+  for layer in (mlp.TorchDense, mlp.MLP):
+    args = (4,) if layer is mlp.TorchDense else (2, 8, 4, (1,))
+    p32 = layer(*args).init(jax.random.PRNGKey(0), x)
+    p16 = layer(*args, matmul_dtype="bfloat16").init(jax.random.PRNGKey(0), x)
+    assert jax.tree_util.tree_structure(p32) == jax.tree_util.tree_structure(p16)
+    for a, b in zip(jax.tree_util.tree_leaves(p32), jax.tree_util.tree_leaves(p16)):
+      np.testing.assert_array_equal(a, b)
 
 
 def test_narrow_products_differentiate_twice_like_float32():

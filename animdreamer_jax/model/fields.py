@@ -53,7 +53,7 @@ class CanonicalField(nn.Module):
       (lab4d 16-D, 5x128, 6 bands, not annealed), L2-normalised output.
     use_visibility, vis_depth, vis_width, vis_freqs: visibility logit field
       (lab4d 2x64, 10 bands).
-    matmul_dtype: operand dtype of every layer's product (`mlp.product_in`).
+    matmul_dtype: every layer's products, "float32" or "bfloat16" (`mlp.narrow_dense`).
   """
   # Typed loosely: articulated_model imports this module.
   config: Any

@@ -38,65 +38,88 @@ def torch_uniform_init(fan_in: int) -> Callable:
 MATMUL_DTYPES = ("float32", "bfloat16")
 
 
-@functools.lru_cache(maxsize=None)
-def product_in(dtype: str) -> Callable:
-  """`lax.dot_general` for layers: operands rounded to `dtype`, a float32 result.
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
+def narrow_dense(inputs: tuple, kernels: tuple, bias: Optional[jnp.ndarray], dtype) -> jnp.ndarray:
+  """sum_i inputs[i] @ kernels[i] + bias, the products in `dtype` (bfloat16) accumulated in float32.
 
-  "float32" is the plain product. "bfloat16" (`narrow_matmul`) rounds the operands, and in
-  the backward pass the incoming gradient, to bfloat16 and accumulates in float32: half the
-  bytes stored for the backward pass and, where the CPU has bf16 dot instructions
-  (AVX512-BF16, AMX) or on a GPU, about twice the matmul rate. One function object per
-  dtype, so modules holding it compare equal.
+  Operands are rounded to `dtype`; so, for the input and bias gradients, is the incoming
+  gradient: where the CPU has bf16 dot instructions (AVX512-BF16, AMX) or on a GPU, two to
+  three times the matmul rate. The input gradient is a dot_general on the stored operands
+  (XLA:CPU turns `g @ k.T` into a transpose and a float32 product, a third of the rate); the
+  kernel gradient, a product over the rows that XLA:CPU only runs in float32, is taken in
+  float32. Differentiable again (the eikonal term differentiates a gradient).
+
+  Args:
+    inputs: arrays (..., C_i), broadcast-compatible in their leading axes.
+    kernels: (C_i, D) each.
+    bias: (D,) or None.
+    dtype: the products' operand dtype.
+
+  Returns:
+    (..., D) float32.
   """
+  return _narrow_dense_forward(inputs, kernels, bias, dtype)[0]
+
+
+def _narrow_dense_forward(inputs, kernels, bias, dtype):
+  narrow_k = tuple(k.astype(dtype) for k in kernels)
+  out = None
+  for x, k in zip(inputs, narrow_k):
+    term = jax.lax.dot_general(x.astype(dtype), k, (((x.ndim - 1,), (0,)), ((), ())),
+                               preferred_element_type=jnp.float32)
+    out = term if out is None else out + term
+  if bias is not None:
+    out = out + bias
+  # The inputs are kept as given: the kernel gradient is a float32 product (below).
+  return out, (tuple(inputs), narrow_k, bias is not None)
+
+
+def _sum_to_shape(a: jnp.ndarray, shape: tuple) -> jnp.ndarray:
+  """a summed over the axes that broadcasting added to `shape`."""
+  lead = a.ndim - len(shape)
+  a = jnp.sum(a, axis=tuple(range(lead))) if lead else a
+  axes = tuple(i for i, n in enumerate(shape) if n == 1 and a.shape[i] != 1)
+  return jnp.sum(a, axis=axes, keepdims=True) if axes else a
+
+
+def _narrow_dense_backward(dtype, saved, grad):
+  inputs, narrow_k, has_bias = saved
+  g = grad.astype(dtype)  # one rounding, shared by the input gradients and the bias
+  rows = tuple(range(grad.ndim - 1))
+  d_in, d_k = [], []
+  for x, k in zip(inputs, narrow_k):
+    dx = jax.lax.dot_general(g, k, (((g.ndim - 1,), (1,)), ((), ())),
+                             preferred_element_type=jnp.float32)
+    d_in.append(_sum_to_shape(dx, x.shape).astype(x.dtype))
+    # A product over the rows: XLA:CPU has no fast bf16 form of it and would convert both
+    # operands back to float32 first, so it is taken in float32 from the start.
+    full = jnp.broadcast_to(x, grad.shape[:-1] + x.shape[-1:])
+    d_k.append(jax.lax.dot_general(full, grad, ((rows, rows), ((), ())),
+                                   preferred_element_type=jnp.float32))
+  d_bias = jnp.sum(g, axis=rows, dtype=jnp.float32) if has_bias else None
+  return tuple(d_in), tuple(d_k), d_bias
+
+
+narrow_dense.defvjp(_narrow_dense_forward, _narrow_dense_backward)
+
+
+def check_matmul_dtype(dtype: str) -> None:
   if dtype not in MATMUL_DTYPES:
     raise ValueError(f"matmul dtype {dtype!r}: use one of {MATMUL_DTYPES}")
-  if dtype == "float32":
-    return jax.lax.dot_general
-  narrow = jnp.dtype(dtype)
-
-  def dot_general(lhs, rhs, dimension_numbers, precision=None, preferred_element_type=None,
-                  **kwargs):
-    del precision, preferred_element_type, kwargs
-    if dimension_numbers != (((lhs.ndim - 1,), (0,)), ((), ())) or rhs.ndim != 2:
-      raise ValueError("narrow products are x (..., C) @ kernel (C, D) only")
-    return narrow_matmul(lhs, rhs, narrow)
-  return dot_general
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
-def narrow_matmul(x: jnp.ndarray, kernel: jnp.ndarray, dtype) -> jnp.ndarray:
-  """x @ kernel with both operands in `dtype`, accumulated and returned in float32.
+class DenseParams(nn.Module):
+  """The kernel and bias `nn.Dense` would create (same names, shapes and initialisers)."""
+  features: int
+  fan_in: int
+  use_bias: bool = True
 
-  Its gradients are products in `dtype` too (the incoming gradient rounded to it), each
-  accumulated in float32; differentiable again (the eikonal term differentiates a gradient).
-  (..., C) x (C, D) -> (..., D).
-  """
-  return _narrow_forward(x, kernel, dtype)[0]
-
-
-def _narrow_forward(x, kernel, dtype):
-  xn, kn = x.astype(dtype), kernel.astype(dtype)
-  return jnp.matmul(xn, kn, preferred_element_type=jnp.float32), (xn, kn)
-
-
-def _narrow_backward(dtype, saved, grad):
-  xn, kn = saved
-  gn = grad.astype(dtype)
-  # Written as dot_generals on the stored operands, not with kernel.T: XLA:CPU runs
-  # g @ kernel.T through a transpose at a third of the rate (measured, bf16 with AMX).
-  dx = jax.lax.dot_general(gn, kn, (((gn.ndim - 1,), (1,)), ((), ())),
-                           preferred_element_type=jnp.float32)
-  rows = list(range(xn.ndim - 1))
-  dk = jax.lax.dot_general(xn, gn, ((rows, rows), ((), ())), preferred_element_type=jnp.float32)
-  return dx, dk
-
-
-narrow_matmul.defvjp(_narrow_forward, _narrow_backward)
-
-
-def matmul(x: jnp.ndarray, kernel: jnp.ndarray, dtype: str = "float32") -> jnp.ndarray:
-  """x @ kernel over x's last axis with `product_in(dtype)`. (..., C) x (C, D) -> (..., D)."""
-  return product_in(dtype)(x, kernel, (((x.ndim - 1,), (0,)), ((), ())))
+  @nn.compact
+  def __call__(self):
+    kernel = self.param("kernel", torch_kernel_init, (self.fan_in, self.features))
+    bias = (self.param("bias", torch_uniform_init(self.fan_in), (self.features,))
+            if self.use_bias else None)
+    return kernel, bias
 
 
 class TorchDense(nn.Module):
@@ -105,7 +128,7 @@ class TorchDense(nn.Module):
   Attributes:
     features: output width.
     use_bias: add a bias.
-    matmul_dtype: operand dtype of the product (`product_in`).
+    matmul_dtype: "float32", or "bfloat16" products (`narrow_dense`; same parameters).
   """
   features: int
   use_bias: bool = True
@@ -115,10 +138,13 @@ class TorchDense(nn.Module):
   def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
     """(..., fan_in) -> (..., features)."""
     fan_in = x.shape[-1]
+    check_matmul_dtype(self.matmul_dtype)
+    if self.matmul_dtype != "float32":
+      kernel, bias = DenseParams(self.features, fan_in, self.use_bias, name="dense")()
+      return narrow_dense((x,), (kernel,), bias, jnp.dtype(self.matmul_dtype))
     return nn.Dense(self.features, use_bias=self.use_bias,
                     kernel_init=torch_kernel_init,
-                    bias_init=torch_uniform_init(fan_in),
-                    dot_general=product_in(self.matmul_dtype), name="dense")(x)
+                    bias_init=torch_uniform_init(fan_in), name="dense")(x)
 
 
 class SplitDense(nn.Module):
@@ -132,7 +158,7 @@ class SplitDense(nn.Module):
 
   Attributes:
     features: output width.
-    matmul_dtype: operand dtype of the products (`product_in`).
+    matmul_dtype: "float32", or "bfloat16" products (`narrow_dense`).
   """
   features: int
   matmul_dtype: str = "float32"
@@ -153,15 +179,21 @@ class SplitDense(nn.Module):
       (..., features).
     """
     fan_in = sum(int(x.shape[-1]) for x in inputs)
-    out = None
+    check_matmul_dtype(self.matmul_dtype)
+    kernels = []
     for i, x in enumerate(inputs):
       kernel = self.param(f"kernel_{i}", torch_uniform_init(fan_in),
                           (x.shape[-1], self.features))
       if row_scales is not None and row_scales[i] is not None:
         kernel = kernel * row_scales[i].astype(kernel.dtype)[:, None]
-      term = matmul(x, kernel, self.matmul_dtype)
-      out = term if out is None else out + term
+      kernels.append(kernel)
     bias = self.param("bias", torch_uniform_init(fan_in), (self.features,))
+    if self.matmul_dtype != "float32":
+      return narrow_dense(tuple(inputs), tuple(kernels), bias, jnp.dtype(self.matmul_dtype))
+    out = None
+    for x, kernel in zip(inputs, kernels):
+      term = x @ kernel
+      out = term if out is None else out + term
     return out + bias
 
 
@@ -177,7 +209,7 @@ class MLP(nn.Module):
     out_features: output width.
     skips: hidden-layer indices that re-read the input.
     final_activation: ReLU after the output layer (lab4d `final_act`).
-    matmul_dtype: operand dtype of every layer's product (`product_in`).
+    matmul_dtype: every layer's products, "float32" or "bfloat16" (`narrow_dense`).
   """
   depth: int
   width: int
