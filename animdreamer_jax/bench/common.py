@@ -55,7 +55,7 @@ def matmul_flops_per_second(size: int, repeats: int = 5, dtype=jnp.float32) -> t
 
 
 def compiled_flops(compiled, what: str) -> float:
-  """Total FLOPs of a compiled executable from XLA's cost analysis (UserError if it has none)."""
+  """Total FLOPs of a compiled (or lowered) step from XLA's cost analysis (UserError if none)."""
   cost = compiled.cost_analysis()
   if isinstance(cost, (list, tuple)):
     cost = cost[0] if cost else {}

@@ -77,7 +77,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                            "config.render.field_chunk's; 0: none, every activation kept)")
   parser.add_argument("--matmul-dtype", choices=MATMUL_DTYPES, default=None,
                       help="operands of the canonical field's products (default: the "
-                           "preset's, float32)")
+                           "preset's: bfloat16 for lab4d, float32 otherwise)")
   parser.add_argument("--steps", type=int, default=5, help="timed steps after warm-up")
   parser.add_argument("--matmul-size", type=int, default=2048,
                       help="side of the square fp32 matmul used as the peak")
@@ -155,13 +155,7 @@ def model_flops(settings, video, state, scalars, layout: parallel.Layout) -> flo
   plan = plan_lib.build_plan(whole, video, source="synthetic video")
   kind, _ = plan.schedule(0, whole.train.total_steps)
   step = step_lib.make_train_step(plan.kinds[kind], plan.tx, layout)
-  cost = step.lower(state, layout.place(plan.data), scalars).cost_analysis()
-  if isinstance(cost, (list, tuple)):
-    cost = cost[0] if cost else {}
-  flops = float((cost or {}).get("flops", 0.0))
-  if flops <= 0:
-    raise UserError("bench step: XLA's cost_analysis() reported no FLOP count on this backend")
-  return flops
+  return common.compiled_flops(step.lower(state, layout.place(plan.data), scalars), "bench step")
 
 
 def benchmark(preset: str, rays: int, samples: int, rays_per_frame: int,
