@@ -7,11 +7,12 @@ Command (the `demo` subcommand runs the same thing on the bundled Khronos Fox):
   bin/animdreamer extract --config configs/extract_demo_cpu.py \
       --video runs/demo/video --workdir runs/demo/extract
 
-Runtime: 600 steps; the whole `demo` (synth + extract + export + scores) 334 s
-wall on an idle 2-core CPU. Result (2026-12-05): Chamfer 0.0156, F@2% 75.6,
-limb recall@2% 44.9 (legs and ears show, stubby; before the sharpness schedule
-and 128 px: 34.4 and no legs in the mesh). Details: docs/results.md, "Demo" and
-"oracle ladder".
+Runtime: 600 steps; the whole `demo` (synth + extract + export + scores) 163 s
+wall on an idle 2-core CPU (2026-12-06; 334 s on 2026-12-05). Result (2026-12-06,
+fc57909, canonical fields in rematerialised chunks): Chamfer 0.0147, F@2% 77.9,
+limb recall@2% 45.3 (2026-12-05: 0.0156, 75.6, 44.9; legs and ears show, stubby;
+before the sharpness schedule and 128 px: 34.4 and no legs in the mesh).
+Details: docs/results.md, "Demo", "oracle ladder" and "Memory and speed".
 """
 
 from animdreamer_jax.stages.extraction import settings as extraction
