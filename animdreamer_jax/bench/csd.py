@@ -83,8 +83,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
   parser.add_argument("--matmul-size", type=int, default=0,
                       help="side of the square matmuls timed as peaks (0: 8192 on GPU, 1024 else)")
   parser.add_argument("--count-flops", choices=("yes", "no"), default="yes",
-                      help="with --patches: compile the unpatched step once more for XLA's FLOP "
-                           "count (no: skip it and the FLOP ratios)")
+                      help="lower the step once more without patches or field chunks for XLA's "
+                           "FLOP count (no: skip it and the FLOP ratios)")
   parser.add_argument("--devices", default="0",
                       help="device counts to split the step over (each view's pixels and the "
                            "prior's batch), comma-separated, each timed (0: every device)")
@@ -238,19 +238,15 @@ def benchmark(args: argparse.Namespace, devices: int = 1) -> dict[str, Any]:
   memory = common.memory_figures(compiled)
   print(f"  compiled in {compile_s:.1f} s; XLA memory_analysis peak "
         f"{memory['peak_gib']:.2f} GiB", flush=True)
-  if args.count_flops == "no":
-    counted = None
-  elif args.patches > 1 or settings.render.field_chunk:
-    # Loop bodies (patches, field chunks) count once: count the step without them (never run).
-    unpatched = dataclasses.replace(
+  flops = None
+  if args.count_flops != "no":
+    # XLA counts a loop body once and a split program per device: count the step lowered
+    # without patches or field chunks (never compiled or run), every sample once, whole.
+    unlooped = dataclasses.replace(
         settings, csd=dataclasses.replace(settings.csd, patches=0),
         render=dataclasses.replace(settings.render, field_chunk=0))
-    counted = lower(csd_step(unpatched, prior, prior_params, text, layout=layout)).compile()
-  else:
-    counted = compiled
-  # XLA counts one device's share of a split program: the step's total is n times it.
-  flops = (None if counted is None
-           else common.compiled_flops(counted, "bench csd") * layout.num_devices)
+    flops = common.compiled_flops(
+        lower(csd_step(unlooped, prior, prior_params, text, layout=layout)), "bench csd")
 
   state, times, applied, metrics = bench.state, [], 0, None
   for i in range(args.steps + 1):  # the first call is the warm-up
