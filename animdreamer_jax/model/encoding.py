@@ -125,6 +125,31 @@ def fourier_features(x: jnp.ndarray, num_freqs: int,
   return features_from_bands(x, fourier_bands(x, num_freqs), num_freqs, alpha)
 
 
+
+def fourier_features_feature_major(x: jnp.ndarray, num_freqs: int) -> jnp.ndarray:
+  """`fourier_features(x, N)` (no window) with the channel axis first, built in that layout.
+
+  For feature-major MLPs (`mlp.feature_major_dense`): the sines and cosines are
+  written straight into the (C, ...) layout, so no large array is transposed.
+
+  Args:
+    x: (..., D) inputs.
+    num_freqs: N; -1 gives a (0, ...) output, 0 returns x's channels first.
+
+  Returns:
+    (D (2N + 1), ...).
+  """
+  x_first = jnp.moveaxis(x, -1, 0)
+  if num_freqs < 0:
+    return jnp.zeros((0,) + x_first.shape[1:], x.dtype)
+  if num_freqs == 0:
+    return x_first
+  freqs = jnp.asarray(2.0 ** np.arange(num_freqs), x.dtype).reshape((num_freqs, 1) + (1,) * x.ndim)
+  scaled = freqs * x_first[None, None]  # (N, 1, D, ...): lab4d's (frequency, function, channel)
+  bands = jnp.concatenate([jnp.sin(scaled), jnp.cos(scaled)], axis=1)
+  return jnp.concatenate([x_first, bands.reshape((-1,) + x_first.shape[1:])], axis=0)
+
+
 # ----------------------------------------------------------------------------
 # Time.
 

@@ -22,6 +22,7 @@ from __future__ import annotations
 from typing import Any, Optional
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
 
 from animdreamer_jax.model import encoding
@@ -31,6 +32,15 @@ from animdreamer_jax.model import mlp as mlp_lib
 def l2_normalize(x: jnp.ndarray, eps: float = 1e-12) -> jnp.ndarray:
   """x / |x| over the last axis, finite at 0. (..., C) -> (..., C)."""
   return x * jnp.reciprocal(jnp.sqrt(jnp.maximum(jnp.sum(x * x, -1, keepdims=True), eps)))
+
+
+def _unfolded(x: jnp.ndarray) -> jnp.ndarray:
+  """x, kept apart from the transpose next to it (and, differentiated, its gradient too).
+
+  XLA merges a transpose into the dot that produces or reads it; between the two layouts
+  that makes a dot form XLA:CPU's bf16 path does not run (it fails at run time).
+  """
+  return jax.lax.optimization_barrier(x)
 
 
 class CanonicalField(nn.Module):
@@ -74,9 +84,22 @@ class CanonicalField(nn.Module):
     if c.use_visibility:
       self.visibility_mlp = mlp_lib.MLP(c.vis_depth, c.vis_width, 1, (4,), matmul_dtype=dtype)
 
+  def _feature_major(self) -> bool:
+    # bf16 products run on feature-major arrays, the layout XLA:CPU's bf16 kernels
+    # take at full rate in all three products (`mlp.feature_major_dense`); float32
+    # keeps the samples-first layout.
+    return self.config.matmul_dtype != "float32"
+
   def _embedding(self, x: jnp.ndarray, num_freqs: int) -> jnp.ndarray:
-    """lab4d-layout Fourier features of x with `num_freqs` bands, no window."""
+    """lab4d-layout Fourier features of x with `num_freqs` bands, no window (channels
+    first when feature-major)."""
+    if self._feature_major():
+      return encoding.fourier_features_feature_major(x, num_freqs)
     return encoding.fourier_features(x, num_freqs)
+
+  def _samples_last(self, out: jnp.ndarray) -> jnp.ndarray:
+    """An output layer's (C, ...) back to (..., C) when feature-major."""
+    return jnp.moveaxis(_unfolded(out), 0, -1) if self._feature_major() else out
 
   def _max_freqs(self) -> int:
     c = self.config
@@ -84,16 +107,19 @@ class CanonicalField(nn.Module):
                c.feature_freqs if c.feature_dim > 0 else 0,
                c.vis_freqs if c.use_visibility else 0, 0)
 
-  @staticmethod
-  def _prefix(emb: jnp.ndarray, num_freqs: int) -> jnp.ndarray:
+  def _prefix(self, emb: jnp.ndarray, num_freqs: int) -> jnp.ndarray:
     # lab4d's layout [x, band 0 (sin, cos), band 1, ...] makes the encoding
     # with fewer bands a prefix of the one with more.
-    return emb[..., :encoding.fourier_dim(3, num_freqs)]
+    width = encoding.fourier_dim(3, num_freqs)
+    return emb[:width] if self._feature_major() else emb[..., :width]
 
   def _geometry(self, emb, alpha):
     scale = encoding.fourier_row_scales(3, self.config.sdf_freqs, alpha)
-    trunk = self.sdf_trunk(self._prefix(emb, self.config.sdf_freqs), input_scale=scale)
-    return self.sdf_head(trunk)[..., 0], trunk
+    fm = self._feature_major()
+    trunk = self.sdf_trunk(self._prefix(emb, self.config.sdf_freqs), input_scale=scale,
+                           feature_major=fm)
+    sdf = self.sdf_head(trunk, feature_major=fm)
+    return (sdf[0] if fm else sdf[..., 0]), trunk
 
   def sdf(self, x: jnp.ndarray, alpha: Optional[jnp.ndarray] = None) -> jnp.ndarray:
     """Signed distance (negative inside). (..., 3) -> (...,)."""
@@ -104,14 +130,18 @@ class CanonicalField(nn.Module):
     return self._feature(self._embedding(x, self.config.feature_freqs))
 
   def _feature(self, emb):
-    return l2_normalize(self.feature_mlp(self._prefix(emb, self.config.feature_freqs)))
+    out = self.feature_mlp(self._prefix(emb, self.config.feature_freqs),
+                           feature_major=self._feature_major())
+    return l2_normalize(self._samples_last(out))
 
   def visibility(self, x: jnp.ndarray) -> jnp.ndarray:
     """Visibility logit (> 0: observed). (..., 3) -> (...,)."""
     return self._visibility(self._embedding(x, self.config.vis_freqs))
 
   def _visibility(self, emb):
-    return self.visibility_mlp(self._prefix(emb, self.config.vis_freqs))[..., 0]
+    out = self.visibility_mlp(self._prefix(emb, self.config.vis_freqs),
+                              feature_major=self._feature_major())
+    return self._samples_last(out)[..., 0]
 
   def __call__(self, x: jnp.ndarray, appearance: Optional[jnp.ndarray] = None,
                alpha: Optional[jnp.ndarray] = None) -> dict[str, jnp.ndarray]:
@@ -129,18 +159,26 @@ class CanonicalField(nn.Module):
       (..., feature_dim) unit norm (absent if feature_dim == 0), "vis" (...,)
       logits (absent if use_visibility is False).
     """
+    fm = self._feature_major()
     emb = self._embedding(x, self._max_freqs())
     sdf, trunk = self._geometry(emb, alpha)
     color_feat = trunk + self.color_mlp(
         self._prefix(emb, self.config.color_freqs),
-        input_scale=encoding.fourier_row_scales(3, self.config.color_freqs, alpha))
+        input_scale=encoding.fourier_row_scales(3, self.config.color_freqs, alpha),
+        feature_major=fm)
     if self.config.appearance_dim > 0:
       if appearance is None:
         appearance = jnp.zeros((1,) * (x.ndim - 1) + (self.config.appearance_dim,), x.dtype)
-      hidden = self.rgb_hidden(color_feat, appearance)
+      if fm:
+        appearance = appearance.reshape((1,) * (x.ndim - appearance.ndim) + appearance.shape)
+        appearance = _unfolded(jnp.moveaxis(appearance, -1, 0))
+      hidden = self.rgb_hidden(color_feat, appearance, feature_major=fm)
     else:
-      hidden = self.rgb_hidden(color_feat)
-    rgb = nn.sigmoid(self.rgb_out(nn.relu(hidden)))
+      hidden = self.rgb_hidden(color_feat, feature_major=fm)
+    hidden = nn.relu(hidden)
+    if fm:
+      hidden = hidden.astype(self.config.matmul_dtype)
+    rgb = nn.sigmoid(self._samples_last(self.rgb_out(hidden, feature_major=fm)))
     out = {"sdf": sdf, "rgb": rgb}
     if self.config.feature_dim > 0:
       out["feature"] = self._feature(emb)
