@@ -63,7 +63,8 @@ class CanonicalField(nn.Module):
       (lab4d 16-D, 5x128, 6 bands, not annealed), L2-normalised output.
     use_visibility, vis_depth, vis_width, vis_freqs: visibility logit field
       (lab4d 2x64, 10 bands).
-    matmul_dtype: every layer's products, "float32" or "bfloat16" (`mlp.narrow_dense`).
+    matmul_dtype: every layer's products, "float32" or "bfloat16"; bfloat16 runs the
+      MLPs channels-first (`mlp.feature_major_dense`), same parameters.
   """
   # Typed loosely: articulated_model imports this module.
   config: Any

@@ -43,6 +43,9 @@ MATMUL_DTYPES = ("float32", "bfloat16")
 def narrow_dense(inputs: tuple, kernels: tuple, bias: Optional[jnp.ndarray], dtype) -> jnp.ndarray:
   """sum_i inputs[i] @ kernels[i] + bias, the products in `dtype` (bfloat16) accumulated in float32.
 
+  The samples-first layout, for any caller; the canonical field uses `feature_major_dense`,
+  whose kernel gradient is a bf16 product too.
+
   Operands are rounded to `dtype`; so, for the input and bias gradients, is the incoming
   gradient: where the CPU has bf16 dot instructions (AVX512-BF16, AMX) or on a GPU, two to
   three times the matmul rate. The input gradient is a dot_general on the stored operands
