@@ -89,7 +89,7 @@ class ModelConfig:
   vis_width: int = 64
   vis_freqs: int = 10
   # Operands of the canonical field's matmuls: "float32", or "bfloat16" (float32 parameters
-  # and accumulation, channels-first MLPs; 1.5-1.7x the float32 step on CPUs with bf16 dot
+  # and accumulation, channels-first MLPs; 1.6-2x the float32 step on CPUs with bf16 dot
   # instructions, docs/results.md "Memory and speed").
   matmul_dtype: str = "float32"
   # Appearance code.

@@ -45,8 +45,8 @@ LENGTH_SCALE = 2.5
 PRESETS = {"lab4d": articulated_model.lab4d_config, "cpu": articulated_model.cpu_config,
            "tiny": articulated_model.tiny_config}
 # The lab4d-sized preset (the GPU configs) multiplies in bfloat16 (float32 parameters and
-# accumulation, channels-first MLPs): its 4096 x 64 step 6.9 -> 4.6 s against float32 on a CPU
-# with bf16 dot instructions (each in its own session, docs/results.md, "Memory and speed").
+# accumulation, channels-first MLPs): its 4096 x 64 step 4.6-4.8 s against 7.7-9.1 s in float32
+# on a CPU with bf16 dot instructions (docs/results.md, "Memory and speed").
 PRESET_MATMUL_DTYPES = {"lab4d": "bfloat16"}
 # ModelConfig fields that come from the video, not from the config.
 VIDEO_FIELDS = ("video_lengths", "image_size")
