@@ -125,14 +125,23 @@ def bf16_round(a) -> np.ndarray:
                     np.float64)
 
 
-def test_narrow_dense_and_its_gradients_against_rounded_float64_products():
-  """Two inputs, one broadcast along the rows (a per-frame code), and a bias."""
-  rng = np.random.default_rng(6)
+def layer_operands(seed: int, channels_first: bool = False):
+  """x (2, 9, 16), a per-frame code c (2, 1, 4), kernels, bias, output gradient g (2, 9, 5);
+  channels moved to the front when channels_first."""
+  rng = np.random.default_rng(seed)
   x = rng.normal(size=(2, 9, 16)).astype(np.float32)
   c = rng.normal(size=(2, 1, 4)).astype(np.float32)
   k, kc = rng.normal(size=(16, 5)).astype(np.float32), rng.normal(size=(4, 5)).astype(np.float32)
   b = rng.normal(size=(5,)).astype(np.float32)
   g = rng.normal(size=(2, 9, 5)).astype(np.float32)
+  if channels_first:
+    x, c, g = (np.ascontiguousarray(np.moveaxis(a, -1, 0)) for a in (x, c, g))
+  return x, c, k, kc, b, g
+
+
+def test_narrow_dense_and_its_gradients_against_rounded_float64_products():
+  """Two inputs, one broadcast along the rows (a per-frame code), and a bias."""
+  x, c, k, kc, b, g = layer_operands(6)
   fn = lambda x, c, k, kc, b: mlp.narrow_dense((x, c), (k, kc), b, jnp.dtype(jnp.bfloat16))
   y, vjp = jax.vjp(fn, x, c, k, kc, b)
   dx, dc, dk, dkc, db = vjp(jnp.asarray(g))
@@ -152,12 +161,7 @@ def test_narrow_dense_and_its_gradients_against_rounded_float64_products():
 
 def test_feature_major_dense_and_its_gradients_against_rounded_float64_products():
   """The channels-first layer: two inputs, one broadcast along the rows, and a bias."""
-  rng = np.random.default_rng(16)
-  x = rng.normal(size=(16, 2, 9)).astype(np.float32)
-  c = rng.normal(size=(4, 2, 1)).astype(np.float32)
-  k, kc = rng.normal(size=(16, 5)).astype(np.float32), rng.normal(size=(4, 5)).astype(np.float32)
-  b = rng.normal(size=(5,)).astype(np.float32)
-  g = rng.normal(size=(5, 2, 9)).astype(np.float32)
+  x, c, k, kc, b, g = layer_operands(16, channels_first=True)
   fn = lambda x, c, k, kc, b: mlp.feature_major_dense((x, c), (k, kc), b, jnp.dtype(jnp.bfloat16))
   y, vjp = jax.jit(lambda *a: jax.vjp(fn, *a))(x, c, k, kc, b)
   dx, dc, dk, dkc, db = vjp(jnp.asarray(g))
@@ -175,6 +179,8 @@ def test_feature_major_dense_and_its_gradients_against_rounded_float64_products(
   np.testing.assert_allclose(dkc, np.einsum("irs,drs->id", cr, g_c), rtol=1e-5, atol=1e-4)
   np.testing.assert_allclose(db, gr.sum((1, 2)), rtol=1e-5, atol=1e-4)
   assert np.max(np.abs(np.asarray(dk) - np.einsum("irs,drs->id", x, g))) > 1e-4  # rounded
+  with pytest.raises(ValueError, match="one rank"):
+    mlp.feature_major_dense((x, c[:, 0]), (k, kc), b, jnp.dtype(jnp.bfloat16))
 
 
 def test_feature_major_dense_in_float32_passes_gradient_checks():

@@ -151,6 +151,10 @@ def feature_major_dense(inputs: tuple, kernels: tuple, bias: Optional[jnp.ndarra
 
 
 def _feature_major_forward(inputs, kernels, bias, dtype):
+  if len({x.ndim for x in inputs}) > 1:
+    # Broadcasting aligns trailing axes: a missing row axis would pair channels with rows.
+    raise ValueError(f"feature_major_dense: inputs of one rank needed, got shapes "
+                     f"{[tuple(x.shape) for x in inputs]}")
   out = None
   for x, k in zip(inputs, kernels):
     term = jax.lax.dot_general(_transposed(k).astype(dtype), x.astype(dtype),
