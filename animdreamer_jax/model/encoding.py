@@ -125,7 +125,6 @@ def fourier_features(x: jnp.ndarray, num_freqs: int,
   return features_from_bands(x, fourier_bands(x, num_freqs), num_freqs, alpha)
 
 
-
 def fourier_features_feature_major(x: jnp.ndarray, num_freqs: int) -> jnp.ndarray:
   """`fourier_features(x, N)` (no window) with the channel axis first, built in that layout.
 

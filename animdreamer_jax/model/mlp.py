@@ -119,12 +119,6 @@ def _transposed(kernel: jnp.ndarray) -> jnp.ndarray:
   return kernel.reshape(-1)[order].reshape(cols, rows)
 
 
-def _sum_to_lead(a: jnp.ndarray, shape: tuple) -> jnp.ndarray:
-  """a (C, *lead) summed over the lead axes that are 1 in `shape` (same rank)."""
-  axes = tuple(i for i in range(1, a.ndim) if shape[i] == 1 and a.shape[i] != 1)
-  return jnp.sum(a, axis=axes, keepdims=True) if axes else a
-
-
 @functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
 def feature_major_dense(inputs: tuple, kernels: tuple, bias: Optional[jnp.ndarray],
                         dtype) -> jnp.ndarray:
@@ -155,14 +149,15 @@ def _feature_major_forward(inputs, kernels, bias, dtype):
     # Broadcasting aligns trailing axes: a missing row axis would pair channels with rows.
     raise ValueError(f"feature_major_dense: inputs of one rank needed, got shapes "
                      f"{[tuple(x.shape) for x in inputs]}")
+  narrow_k = tuple(k.astype(dtype) for k in kernels)
   out = None
-  for x, k in zip(inputs, kernels):
-    term = jax.lax.dot_general(_transposed(k).astype(dtype), x.astype(dtype),
+  for x, k in zip(inputs, narrow_k):
+    term = jax.lax.dot_general(_transposed(k), x.astype(dtype),
                                (((1,), (0,)), ((), ())), preferred_element_type=jnp.float32)
     out = term if out is None else out + term
   if bias is not None:
     out = out + bias.reshape(bias.shape + (1,) * (out.ndim - 1))
-  return out, (tuple(inputs), tuple(k.astype(dtype) for k in kernels), bias is not None)
+  return out, (tuple(inputs), narrow_k, bias is not None)
 
 
 def _feature_major_backward(dtype, saved, grad):
@@ -172,9 +167,10 @@ def _feature_major_backward(dtype, saved, grad):
   d_in, d_k = [], []
   for x, k in zip(inputs, narrow_k):
     dx = jax.lax.dot_general(k, g, (((1,), (0,)), ((), ())), preferred_element_type=jnp.float32)
-    d_in.append(_sum_to_lead(dx, x.shape).astype(x.dtype))
+    d_in.append(_sum_to_shape(dx, x.shape).astype(x.dtype))
     # A broadcast input (one code per frame) meets the gradient summed over its copies.
-    g_x = g if x.shape[1:] == g.shape[1:] else _sum_to_lead(grad, x.shape).astype(dtype)
+    g_x = (g if x.shape[1:] == g.shape[1:]
+           else _sum_to_shape(grad, grad.shape[:1] + x.shape[1:]).astype(dtype))
     d_k.append(jax.lax.dot_general(x.astype(dtype), g_x, ((rows, rows), ((), ())),
                                    preferred_element_type=jnp.float32))
   d_bias = jnp.sum(g, axis=rows, dtype=jnp.float32) if has_bias else None
